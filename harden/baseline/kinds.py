@@ -1,0 +1,223 @@
+"""The fixed vocabulary of rule kinds and the typed specification each one takes.
+
+Every field that names something on the target (a package, a unit, a path, a sysctl key)
+is constrained to characters that cannot break out of a shell word; remediation templates
+quote every value as well, so a baseline cannot smuggle shell into a build.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+PARAM_REF = r"^\$\{[a-z_][a-z0-9_]*\}$"
+ParamRef = Annotated[str, StringConstraints(pattern=PARAM_REF)]
+
+PackageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.\-]*$", max_length=128)]
+UnitName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]*$", max_length=128)
+]
+# absolute path, optionally with shell-style glob characters (* ? [ ]), no whitespace or quoting
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$", max_length=512)]
+SysctlKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(\.[a-z0-9_*\-]+)+$", max_length=128)]
+ModuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]+$", max_length=64)]
+UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_\-]*\$?$", max_length=32)]
+OctalMode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3,4}$")]
+ConfigKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=128)]
+# a value written into a config file: one line, no control characters
+ConfigValue = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=1024)]
+MountOpt = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_=,\-]+$", max_length=64)]
+
+
+class RuleKind(StrEnum):
+    PACKAGE_ABSENT = "package_absent"
+    PACKAGE_PRESENT = "package_present"
+    SERVICE_DISABLED = "service_disabled"
+    FILE_ABSENT = "file_absent"
+    FILE_PERMISSIONS = "file_permissions"
+    CONFIG_LINE = "config_line"
+    SYSCTL = "sysctl"
+    KERNEL_MODULE_DISABLED = "kernel_module_disabled"
+    MOUNT_OPTION = "mount_option"
+    SUID_SGID_ALLOWLIST = "suid_sgid_allowlist"
+    WORLD_WRITABLE = "world_writable"
+    ACCOUNTS = "accounts"
+    IMAGE_CONFIG = "image_config"
+    COMMAND = "command"
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PackageAbsent(Spec):
+    """None of ``packages`` is installed. Remediation purges them."""
+
+    packages: list[PackageName] | ParamRef = Field(min_length=1)
+
+
+class PackagePresent(Spec):
+    """Every package in ``packages`` is installed. Remediation installs them (needs the mirror)."""
+
+    packages: list[PackageName] | ParamRef = Field(min_length=1)
+
+
+class ServiceDisabled(Spec):
+    """Each unit is disabled or masked; a unit that does not exist counts as disabled."""
+
+    units: list[UnitName] | ParamRef = Field(min_length=1)
+    mask: bool = True
+
+
+class FileAbsent(Spec):
+    """No file matches any of ``paths`` (shell globs allowed)."""
+
+    paths: list[AbsPath] | ParamRef = Field(min_length=1)
+
+
+class FilePermissions(Spec):
+    """Each existing path has the owner, group, and a mode no more permissive than ``max_mode``."""
+
+    paths: list[AbsPath] | ParamRef = Field(min_length=1)
+    owner: UserName | ParamRef | None = None
+    group: UserName | ParamRef | None = None
+    max_mode: OctalMode | ParamRef
+    missing_ok: bool = True
+
+
+class Compare(StrEnum):
+    EQ = "eq"  # equal (case-insensitive for words)
+    LE = "le"  # integer, at most
+    GE = "ge"  # integer, at least
+    ONE_OF = "one_of"  # the value is one of a comma-separated list
+    SUBSET = "subset"  # every comma-separated item of the effective value is in ``value``
+
+
+class ConfigLine(Spec):
+    """``key`` has an effective value that satisfies ``compare`` against ``value``.
+
+    ``match: first`` follows the first occurrence (sshd, with ``Include`` drop-ins expanded where
+    they appear); ``match: last`` the last one (login.defs, most shell-style files).
+    """
+
+    path: AbsPath | ParamRef
+    key: ConfigKey
+    value: ConfigValue | int | ParamRef
+    compare: Compare = Compare.EQ
+    separator: Literal["space", "equals"] = "space"
+    match: Literal["first", "last"] = "first"
+    dropin_dir: AbsPath | None = None
+    missing_ok: bool = False
+    # a file that does not exist makes the rule not applicable (e.g. sshd_config without sshd)
+    requires_file: bool = True
+
+
+class Sysctl(Spec):
+    """``key`` is persisted with ``value`` under /etc/sysctl.d; on a VM the live value matches too."""
+
+    key: SysctlKey
+    value: int | ConfigValue | ParamRef
+    compare: Literal["eq", "ge"] = "eq"
+
+
+class KernelModuleDisabled(Spec):
+    """Each module is blocked (``install M /bin/false`` + ``blacklist M``); on a VM, not loaded."""
+
+    modules: list[ModuleName] | ParamRef = Field(min_length=1)
+
+
+class MountOption(Spec):
+    """``mountpoint`` is mounted with every option in ``options`` (VM only)."""
+
+    mountpoint: AbsPath
+    options: list[MountOpt] | ParamRef = Field(min_length=1)
+    tmpfs_size: str | None = Field(default=None, pattern=r"^[0-9]+[kmgKMG%]?$")
+    required: bool = False  # a mount point that is not a separate mount fails instead of n/a
+
+
+class SuidSgidAllowlist(Spec):
+    """Only files on ``allowlist`` carry setuid/setgid bits; remediation strips the rest."""
+
+    allowlist: list[AbsPath] | ParamRef
+
+
+class WorldWritable(Spec):
+    """No world-writable file; every world-writable directory has the sticky bit."""
+
+    exclude: list[AbsPath] | ParamRef = Field(default_factory=list)
+
+
+class AccountCheck(StrEnum):
+    UID0_ONLY_ROOT = "uid0_only_root"
+    ROOT_GID_ZERO = "root_gid_zero"
+    SYSTEM_ACCOUNTS_NOLOGIN = "system_accounts_nologin"
+    NO_EMPTY_PASSWORDS = "no_empty_passwords"
+    ALL_SHADOWED = "all_shadowed"
+    UNIQUE_IDS = "unique_ids"
+    GROUPS_EXIST = "groups_exist"
+    SHADOW_GROUP_EMPTY = "shadow_group_empty"
+
+
+class Accounts(Spec):
+    check: AccountCheck
+    # system accounts are those with uid below this (Debian: 1000); root is exempt
+    uid_min: int | ParamRef = 1000
+    allow_login: list[UserName] | ParamRef = Field(default_factory=lambda: ["root", "sync"])
+
+
+class ImageCheck(StrEnum):
+    NON_ROOT_USER = "non_root_user"
+    NO_SECRET_ENV = "no_secret_env"
+    HEALTHCHECK = "healthcheck"
+
+
+class ImageConfig(Spec):
+    """Container image configuration (container only). ``user`` is set by the build."""
+
+    check: ImageCheck
+    user: UserName | ParamRef | None = None
+    secret_patterns: list[str] | ParamRef = Field(
+        default_factory=lambda: ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "PRIVATE_KEY"]
+    )
+
+
+class Command(Spec):
+    """Escape hatch: ``check`` exits 0 when compliant; ``remediation`` makes it so."""
+
+    check: str = Field(min_length=1, max_length=4096)
+    remediation: str = Field(min_length=1, max_length=8192)
+
+    @field_validator("check", "remediation")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("must not contain NUL bytes")
+        return v
+
+
+KIND_MODELS: dict[RuleKind, type[Spec]] = {
+    RuleKind.PACKAGE_ABSENT: PackageAbsent,
+    RuleKind.PACKAGE_PRESENT: PackagePresent,
+    RuleKind.SERVICE_DISABLED: ServiceDisabled,
+    RuleKind.FILE_ABSENT: FileAbsent,
+    RuleKind.FILE_PERMISSIONS: FilePermissions,
+    RuleKind.CONFIG_LINE: ConfigLine,
+    RuleKind.SYSCTL: Sysctl,
+    RuleKind.KERNEL_MODULE_DISABLED: KernelModuleDisabled,
+    RuleKind.MOUNT_OPTION: MountOption,
+    RuleKind.SUID_SGID_ALLOWLIST: SuidSgidAllowlist,
+    RuleKind.WORLD_WRITABLE: WorldWritable,
+    RuleKind.ACCOUNTS: Accounts,
+    RuleKind.IMAGE_CONFIG: ImageConfig,
+    RuleKind.COMMAND: Command,
+}
+
+# kinds that only make sense on a VM (a container shares the host kernel and has no mounts/boot)
+VM_ONLY_KINDS = frozenset({RuleKind.KERNEL_MODULE_DISABLED, RuleKind.MOUNT_OPTION})
+CONTAINER_ONLY_KINDS = frozenset({RuleKind.IMAGE_CONFIG})
+
+
+def spec_as_dict(spec: Spec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")

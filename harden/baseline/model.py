@@ -1,0 +1,256 @@
+"""The baseline file format, validated at the trust boundary (pydantic v2, frozen, no extras).
+
+A baseline file declares metadata, typed parameters, rules and waivers. Each rule carries exactly
+one kind key from :data:`harden.baseline.kinds.KIND_MODELS`. ``docs/baseline.schema.json`` is
+generated from :class:`BaselineDoc`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from harden.baseline.kinds import (
+    Accounts,
+    Command,
+    ConfigLine,
+    FileAbsent,
+    FilePermissions,
+    ImageConfig,
+    KernelModuleDisabled,
+    MountOption,
+    PackageAbsent,
+    PackagePresent,
+    RuleKind,
+    ServiceDisabled,
+    Spec,
+    Sysctl,
+    SuidSgidAllowlist,
+    WorldWritable,
+)
+
+BaselineIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
+RuleIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9][a-z0-9_\-]*)+$", max_length=96)]
+ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$", max_length=64)]
+ControlId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*$", max_length=64)]
+FrameworkName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$", max_length=64)]
+Text = Annotated[str, StringConstraints(max_length=4000)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class Target(StrEnum):
+    CONTAINER = "container"
+    VM = "vm"
+
+
+class Family(StrEnum):
+    DEBIAN = "debian"
+    UBUNTU = "ubuntu"
+    RHEL = "rhel"  # the RHEL family: RHEL, Rocky, Alma, CentOS Stream, Fedora
+    ALPINE = "alpine"
+
+
+class Platform(Strict):
+    family: Family
+    versions: list[Annotated[str, StringConstraints(pattern=r"^[0-9][0-9.]*$")]] = Field(
+        default_factory=list, description="major versions; empty means every version"
+    )
+
+    def admits(self, family: str, version: str) -> bool:
+        if family != self.family.value:
+            return False
+        if not self.versions:
+            return True
+        major = version.split(".")[0]
+        return version in self.versions or major in self.versions
+
+
+class Condition(Strict):
+    """A fact about the target that must hold for a rule to apply."""
+
+    package_installed: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.\-]*$")] | None = None
+    file_exists: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.+@%/\-]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Condition:
+        if (self.package_installed is None) == (self.file_exists is None):
+            raise ValueError("a condition needs exactly one of package_installed, file_exists")
+        return self
+
+    def describe(self) -> str:
+        if self.package_installed is not None:
+            return f"package {self.package_installed} is installed"
+        return f"{self.file_exists} exists"
+
+
+class AppliesTo(Strict):
+    targets: list[Target] | None = Field(default=None, min_length=1)
+    platforms: list[Platform] | None = Field(default=None, min_length=1)
+    when: list[Condition] = Field(default_factory=list)
+
+
+ParamType = Literal["string", "integer", "boolean", "list"]
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "boolean": (bool,),
+    "list": (list,),
+}
+
+
+def check_param_value(ptype: str, value: Any) -> str | None:
+    """Why ``value`` is not of parameter type ``ptype``, or None when it is."""
+    if ptype == "integer" and isinstance(value, bool):
+        return "expected an integer, got a boolean"
+    if not isinstance(value, _PY_TYPES[ptype]):
+        return f"expected {ptype}, got {type(value).__name__}"
+    if ptype == "list" and not all(isinstance(v, str | int) for v in value):
+        return "a list parameter holds strings or integers"
+    return None
+
+
+class Parameter(Strict):
+    type: ParamType
+    default: Any
+    description: Text
+
+    @model_validator(mode="after")
+    def _default_has_type(self) -> Parameter:
+        problem = check_param_value(self.type, self.default)
+        if problem:
+            raise ValueError(f"default: {problem}")
+        return self
+
+
+class Waiver(Strict):
+    rule: RuleIdStr
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    expires: dt.date
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return dt.date.fromisoformat(v)
+            except ValueError as e:
+                raise ValueError(f"expires must be a date YYYY-MM-DD, got {v!r}") from e
+        return v
+
+    def active_on(self, today: dt.date) -> bool:
+        return today <= self.expires
+
+
+KIND_FIELDS = tuple(k.value for k in RuleKind)
+
+
+class RuleDoc(Strict):
+    id: RuleIdStr
+    title: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    rationale: Text = ""
+    severity: Severity = Severity.MEDIUM
+    controls: dict[FrameworkName, list[ControlId]] = Field(
+        description="framework -> control ids, e.g. iso27017: [CLD.9.5.2], cis_debian12: ['5.1.20']"
+    )
+    applies_to: AppliesTo = Field(default_factory=AppliesTo)
+    override: bool = Field(
+        default=False, description="replace the rule of the same id from a parent baseline"
+    )
+    # exactly one of the kind keys
+    package_absent: PackageAbsent | None = None
+    package_present: PackagePresent | None = None
+    service_disabled: ServiceDisabled | None = None
+    file_absent: FileAbsent | None = None
+    file_permissions: FilePermissions | None = None
+    config_line: ConfigLine | None = None
+    sysctl: Sysctl | None = None
+    kernel_module_disabled: KernelModuleDisabled | None = None
+    mount_option: MountOption | None = None
+    suid_sgid_allowlist: SuidSgidAllowlist | None = None
+    world_writable: WorldWritable | None = None
+    accounts: Accounts | None = None
+    image_config: ImageConfig | None = None
+    command: Command | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kinds = [k for k in KIND_FIELDS if k in data]
+            if not kinds:
+                unknown = [k for k in data if k not in cls.model_fields]
+                extra = f" (unknown key(s): {', '.join(unknown)})" if unknown else ""
+                raise ValueError(
+                    "a rule needs exactly one kind key, one of: " + ", ".join(KIND_FIELDS) + extra
+                )
+            if len(kinds) > 1:
+                raise ValueError(f"a rule has exactly one kind, found {', '.join(kinds)}")
+        return data
+
+    @field_validator("controls")
+    @classmethod
+    def _needs_iso(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not v.get("iso27017"):
+            raise ValueError("every rule maps to at least one ISO 27017 control (iso27017: [...])")
+        return v
+
+    @property
+    def kind(self) -> RuleKind:
+        for k in RuleKind:
+            if getattr(self, k.value) is not None:
+                return k
+        raise AssertionError("validated rule without a kind")  # pragma: no cover
+
+    @property
+    def spec(self) -> Spec:
+        spec: Spec = getattr(self, self.kind.value)
+        return spec
+
+
+class BaselineDoc(Strict):
+    """One baseline file."""
+
+    id: BaselineIdStr
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+){0,2}([\-+][0-9A-Za-z.\-]+)?$")]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    description: Text = ""
+    extends: list[BaselineIdStr] = Field(default_factory=list)
+    platforms: list[Platform] = Field(min_length=1)
+    targets: list[Target] = Field(min_length=1)
+    parameters: dict[ParamName, Parameter] = Field(default_factory=dict)
+    set_parameters: dict[ParamName, Any] = Field(
+        default_factory=dict, description="override values of parameters declared by a parent"
+    )
+    exclude_rules: list[RuleIdStr] = Field(
+        default_factory=list, description="drop these inherited rules"
+    )
+    rules: list[RuleDoc] = Field(default_factory=list)
+    waivers: list[Waiver] = Field(default_factory=list)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = BaselineDoc.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://harden.dev/schemas/baseline.schema.json"
+    return schema

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Install and start everything harden's tests and demo need, idempotently, as root on Debian 12.
+# Takes a few seconds when everything is already up.
+#   - Docker Engine (Debian docker.io) without bridge/iptables: containers use network none|host
+#   - OCI registry (Debian docker-registry, distribution 2.8) on 127.0.0.1:5000
+#   - base images debian:12 and debian:13 built with debootstrap (no public registry here),
+#     cached as tarballs under /var/cache/harden, imported and pushed to the local registry
+# Usage: scripts/services.sh [--no-images] [--vm]
+set -euo pipefail
+
+STATE=${HARDEN_SERVICES_STATE:-/var/lib/harden-services}
+CACHE=${HARDEN_CACHE:-/var/cache/harden}
+REGISTRY=127.0.0.1:5000
+MIRROR=${HARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+WANT_IMAGES=1
+WANT_VM=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-images) WANT_IMAGES=0 ;;
+    --vm) WANT_VM=1 ;;
+    *) echo "usage: $0 [--no-images] [--vm]" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[services] %s\n' "$*" >&2; }
+need_root() { [ "$(id -u)" = 0 ] || { echo "error: scripts/services.sh must run as root" >&2; exit 4; }; }
+need_root
+mkdir -p "$STATE" "$CACHE"
+
+# ---- packages --------------------------------------------------------------------------------
+PKGS=(docker.io docker-registry debootstrap skopeo apache2-utils openssl curl)
+if [ "$WANT_VM" = 1 ]; then PKGS+=(qemu-system-x86 qemu-utils mmdebstrap zstd openssh-client); fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---- Docker Engine ---------------------------------------------------------------------------
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2; shift 2
+  local i=0
+  until "$@" >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ "$i" -ge $((limit * 4)) ]; then log "$what did not come up in ${limit}s"; return 1; fi
+    sleep 0.25
+  done
+}
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd (--bridge=none --iptables=false --ip-masq=false)"
+  mkdir -p "$STATE/docker"
+  nohup dockerd --bridge=none --iptables=false --ip-masq=false --ip6tables=false \
+    >"$STATE/docker/dockerd.log" 2>&1 &
+  echo $! >"$STATE/docker/dockerd.pid"
+  wait_for 60 dockerd docker info || { tail -n 20 "$STATE/docker/dockerd.log" >&2; exit 4; }
+fi
+
+# ---- registry --------------------------------------------------------------------------------
+REGBIN=$(command -v docker-registry || echo /usr/bin/docker-registry)
+if ! curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1; then
+  log "starting registry on $REGISTRY"
+  mkdir -p "$STATE/registry/data"
+  cat >"$STATE/registry/config.yml" <<CFG
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/registry/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+CFG
+  nohup "$REGBIN" serve "$STATE/registry/config.yml" >"$STATE/registry/registry.log" 2>&1 &
+  echo $! >"$STATE/registry/registry.pid"
+  wait_for 30 registry curl -fsS "http://$REGISTRY/v2/" || { tail -n 20 "$STATE/registry/registry.log" >&2; exit 4; }
+fi
+
+# ---- base images -----------------------------------------------------------------------------
+base_image() { # base_image VERSION CODENAME
+  local version=$1 codename=$2 tarball="$CACHE/debian-$2-minbase.tar"
+  local ref="$REGISTRY/library/debian:$version"
+  if ! docker image inspect "debian:$version" >/dev/null 2>&1; then
+    if [ ! -s "$tarball" ]; then
+      log "debootstrap --variant=minbase $codename (about 30 s, cached in $tarball)"
+      local root; root=$(mktemp -d "$CACHE/rootfs-$codename.XXXXXX")
+      debootstrap --variant=minbase "$codename" "$root" "$MIRROR" >"$CACHE/debootstrap-$codename.log" 2>&1 \
+        || { tail -n 20 "$CACHE/debootstrap-$codename.log" >&2; rm -rf "$root"; exit 4; }
+      rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*_Packages
+      tar --numeric-owner -C "$root" -cf "$tarball.tmp" .
+      mv "$tarball.tmp" "$tarball"
+      rm -rf "$root"
+    fi
+    log "docker import debian:$version"
+    docker import --change 'CMD ["/bin/bash"]' "$tarball" "debian:$version" >/dev/null
+    docker tag "debian:$version" "debian:$codename"
+  fi
+  if ! curl -fsS -o /dev/null -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+      "http://$REGISTRY/v2/library/debian/manifests/$version" 2>/dev/null; then
+    log "pushing $ref"
+    docker tag "debian:$version" "$ref"
+    docker push -q "$ref" >/dev/null
+  fi
+}
+if [ "$WANT_IMAGES" = 1 ]; then
+  base_image 12 bookworm
+  base_image 13 trixie
+fi
+log "ready: docker engine, registry $REGISTRY$([ "$WANT_IMAGES" = 1 ] && echo ', debian:12, debian:13')"
