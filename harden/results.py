@@ -1,0 +1,123 @@
+"""Verification results: a sealed sum of rule outcomes and the report of one verification.
+
+A rule is ``passed``, ``failed`` (with evidence), ``waived`` (with the waiver), ``not_applicable``
+(with why) or ``error``. Waived and not-applicable are never collapsed into passed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Status(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    WAIVED = "waived"
+    NOT_APPLICABLE = "not_applicable"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class WaiverInfo:
+    reason: str
+    owner: str
+    expires: dt.date
+    expired: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "owner": self.owner,
+            "expires": self.expires.isoformat(),
+            "expired": self.expired,
+        }
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule_id: str
+    status: Status
+    title: str
+    severity: str
+    kind: str
+    controls: Mapping[str, tuple[str, ...]]
+    evidence: tuple[str, ...] = ()  # what was found, one line each
+    reason: str = ""  # why not applicable / error message / waiver note
+    waiver: WaiverInfo | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule_id": self.rule_id,
+            "status": self.status.value,
+            "title": self.title,
+            "severity": self.severity,
+            "kind": self.kind,
+            "evidence": list(self.evidence),
+            "reason": self.reason,
+            "waiver": self.waiver.to_json() if self.waiver else None,
+            "controls": {k: list(v) for k, v in sorted(self.controls.items())},
+        }
+
+
+@dataclass(frozen=True)
+class BaselineRef:
+    id: str
+    version: str
+    digest: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version, "digest": self.digest}
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    image: str  # what was verified, as the user named it
+    digest: str | None  # image manifest/config digest or qcow2 sha256 when known
+    target: str  # "container" | "vm"
+    platform: str  # e.g. "debian 12"
+    baseline: BaselineRef
+    results: tuple[RuleResult, ...]
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    facts_seconds: float = 0.0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def compliant(self) -> bool:
+        return not any(r.status in (Status.FAILED, Status.ERROR) for r in self.results)
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(r.status for r in self.results)
+        return {s.value: counts.get(s, 0) for s in Status} | {"total": len(self.results)}
+
+    def by_status(self, status: Status) -> Sequence[RuleResult]:
+        return [r for r in self.results if r.status == status]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "image": self.image,
+            "digest": self.digest,
+            "target": self.target,
+            "platform": self.platform,
+            "baseline": self.baseline.to_json(),
+            "compliant": self.compliant,
+            "summary": self.summary(),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+def rfc3339(t: dt.datetime) -> str:
+    """RFC 3339 in UTC with a Z, second precision."""
+    if t.tzinfo is None:
+        raise ValueError("naive datetime")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
