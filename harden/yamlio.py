@@ -88,9 +88,14 @@ class _Builder:
 
 
 _CONSTRUCTOR = yaml.SafeLoader(stream="")
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
 def _scalar(node: ScalarNode, builder: _Builder) -> Any:
+    if node.tag == _TIMESTAMP_TAG:
+        # dates stay text here, including malformed ones (2026-13-45): the models parse them and
+        # name the field in their error message
+        return node.value
     try:
         value = _CONSTRUCTOR.construct_object(node, deep=False)
     except (yaml.YAMLError, ValueError, OverflowError) as e:
@@ -108,28 +113,41 @@ def _check_depth(text: str) -> int | None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                return int(event.start_mark.line) + 1
+                mark = event.start_mark
+                return int(mark.line) + 1 if mark is not None else 1
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return None
 
 
 def _compose(text: str, source: str, error: type[InputError]) -> Node | None:
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
         deep = _check_depth(text)
         if deep is not None:
-            raise error(f"document nested deeper than {MAX_DEPTH} levels", location=Location(source, deep))
+            raise error(
+                f"document nested deeper than {MAX_DEPTH} levels", location=Location(source, deep)
+            )
+        # the reader rejects control characters (e.g. NUL) already while it is being constructed
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         problem = e.problem or str(e)
         raise error(f"invalid YAML: {problem}", location=Location(source, line)) from e
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        char = f"U+{e.character:04X}" if isinstance(e.character, int) else repr(e.character)
+        raise error(
+            f"invalid YAML: control character {char} is not allowed",
+            location=Location(source, line),
+        ) from e
     except yaml.YAMLError as e:
         raise error(f"invalid YAML: {e}", location=Location(source)) from e
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return node
 
 
