@@ -156,6 +156,9 @@ class Waiver(Strict):
                 return dt.date.fromisoformat(v)
             except ValueError as e:
                 raise ValueError(f"expires must be a date YYYY-MM-DD, got {v!r}") from e
+        if isinstance(v, dt.datetime) or not isinstance(v, dt.date):
+            # pydantic would read a number as seconds since 1970 (expires: 0 -> 1970-01-01)
+            raise ValueError(f"expires must be a date YYYY-MM-DD, got {v!r}")
         return v
 
     def active_on(self, today: dt.date) -> bool:
