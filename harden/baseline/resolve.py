@@ -345,9 +345,14 @@ def _set_param(state: _State, name: str, value: Any, where: Location) -> None:
     state.values[name] = value
 
 
-def _collect(
-    catalogue: Catalogue, baseline_id: str, stack: tuple[str, ...], where: Location | None
-) -> tuple[_State, list[str]]:
+def _linearize(
+    catalogue: Catalogue,
+    baseline_id: str,
+    stack: tuple[str, ...],
+    where: Location | None,
+    chain: list[str],
+) -> None:
+    """Append ``baseline_id`` after its parents (depth first, in ``extends`` order), each once."""
     loaded = catalogue.get(baseline_id)
     if loaded is None:
         known = ", ".join(catalogue.ids()) or "none"
@@ -356,24 +361,30 @@ def _collect(
             location=where,
             hint="add a directory with --baselines DIR or HARDEN_BASELINES",
         )
-    state = _State()
-    chain: list[str] = []
     for i, parent in enumerate(loaded.doc.extends):
         ploc = loaded.lines.location(("extends", i))
         if parent in (*stack, baseline_id):
             cycle = " -> ".join((*stack, baseline_id, parent))
             raise BaselineError(f"extends cycle: {cycle}", location=ploc)
-        pstate, pchain = _collect(catalogue, parent, (*stack, baseline_id), ploc)
-        for name, p in pstate.params.items():
-            state.params.setdefault(name, p)
-            state.param_origin.setdefault(name, pstate.param_origin[name])
-            state.values[name] = pstate.values[name]
-        for rid, entry in pstate.rules.items():
-            state.rules.setdefault(rid, entry)
-        state.waivers.extend(pstate.waivers)
-        chain.extend(c for c in pchain if c not in chain)
-    _merge(state, loaded)
+        if parent not in chain:
+            _linearize(catalogue, parent, (*stack, baseline_id), ploc, chain)
     chain.append(baseline_id)
+
+
+def _collect(
+    catalogue: Catalogue, baseline_id: str, stack: tuple[str, ...], where: Location | None
+) -> tuple[_State, list[str]]:
+    # Every baseline of the chain is merged exactly once, parents first. (Merging each parent's
+    # separately resolved state lost a diamond's settings: with a extends [b, c], both extending
+    # d, c's copy of d's defaults overwrote b's set_parameters, and a rule id defined by both b
+    # and c was silently taken from b.)
+    chain: list[str] = []
+    _linearize(catalogue, baseline_id, stack, where, chain)
+    state = _State()
+    for bid in chain:
+        loaded = catalogue.get(bid)
+        assert loaded is not None
+        _merge(state, loaded)
     return state, chain
 
 
