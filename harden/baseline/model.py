@@ -124,10 +124,13 @@ def check_param_value(ptype: str, value: Any) -> str | None:
         return "expected an integer, got a boolean"
     if not isinstance(value, _PY_TYPES[ptype]):
         return f"expected {ptype}, got {type(value).__name__}"
-    if ptype == "list" and isinstance(value, list):
-        # bool is an int subclass, but yes/no in a list of packages or paths is a mistake
-        if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
-            return "a list parameter holds strings or integers"
+    # bool is an int subclass, but yes/no in a list of packages or paths is a mistake
+    if (
+        ptype == "list"
+        and isinstance(value, list)
+        and not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value)
+    ):
+        return "a list parameter holds strings or integers"
     return None
 
 
