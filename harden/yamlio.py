@@ -133,8 +133,14 @@ def _compose(text: str, source: str, error: type[InputError]) -> Node | None:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
+        if e.context_mark is not None and (mark is None or mark.index >= len(text)):
+            # "unexpected end of stream" points past the last line; where the unclosed thing
+            # started is the line to fix
+            mark = e.context_mark
+        line = min(mark.line + 1, max(len(text.splitlines()), 1)) if mark else None
         problem = e.problem or str(e)
+        if e.context and e.context_mark is not None and mark is not e.context_mark:
+            problem += f" ({e.context} at line {e.context_mark.line + 1})"
         raise error(f"invalid YAML: {problem}", location=Location(source, line)) from e
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
