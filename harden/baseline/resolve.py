@@ -55,6 +55,7 @@ def raise_validation(
     error: type[InputError] = BaselineError,
     rule_ids: Mapping[int, str] | None = None,
     doc: Any = None,
+    hint: str | None = None,
 ) -> None:
     """Turn the first pydantic error into an InputError naming file, line and rule id."""
     messages = []
@@ -84,7 +85,7 @@ def raise_validation(
                 rule_id = rid if isinstance(rid, str) else None
     more = len(e.errors()) - len(messages)
     text = "; ".join(messages) + (f" (and {more} more)" if more > 0 else "")
-    raise error(text, location=lines.location(path), rule_id=rule_id) from e
+    raise error(text, location=lines.location(path), rule_id=rule_id, hint=hint) from e
 
 
 def _is_union_tag(p: str | int) -> bool:
@@ -290,6 +291,7 @@ class _State:
     params: dict[str, Parameter] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     param_origin: dict[str, str] = field(default_factory=dict)
+    value_where: dict[str, Location] = field(default_factory=dict)  # where each value was set
     rules: dict[str, _RuleEntry] = field(default_factory=dict)
     waivers: list[tuple[Waiver, LineMap, PathKey]] = field(default_factory=list)
 
@@ -305,6 +307,7 @@ def _merge(state: _State, loaded: LoadedDoc) -> None:
             )
         state.params[name] = p
         state.values[name] = p.default
+        state.value_where[name] = lines.location(("parameters", name, "default"))
         state.param_origin[name] = doc.id
     for name, value in doc.set_parameters.items():
         _set_param(state, name, value, lines.location(("set_parameters", name)))
@@ -343,6 +346,7 @@ def _set_param(state: _State, name: str, value: Any, where: Location) -> None:
     if problem:
         raise BaselineError(f"parameter {name!r}: {problem}", location=where)
     state.values[name] = value
+    state.value_where[name] = where
 
 
 def _linearize(
@@ -405,7 +409,9 @@ def _substitute(
     return value
 
 
-def _finish_rule(entry: _RuleEntry, values: Mapping[str, Any]) -> Rule:
+def _finish_rule(
+    entry: _RuleEntry, values: Mapping[str, Any], where: Mapping[str, Location] | None = None
+) -> Rule:
     doc, loaded = entry.doc, entry.loaded
     kind = doc.kind
     base_path: PathKey = ("rules", entry.index, kind.value)
@@ -414,7 +420,16 @@ def _finish_rule(entry: _RuleEntry, values: Mapping[str, Any]) -> Rule:
     try:
         spec = KIND_MODELS[kind].model_validate(substituted)
     except ValidationError as e:
-        raise_validation(e, loaded.lines, base_path, rule_ids={entry.index: doc.id})
+        # a bad value may come from a parameter set in another file: say where
+        used = sorted({v[2:-1] for v in _strings(raw) if _PARAM_RE.match(v)})
+        hint = "; ".join(
+            f"${{{n}}} is {values[n]!r}" + (f", set at {where[n]}" if where and n in where else "")
+            for n in used
+            if n in values
+        )
+        raise_validation(
+            e, loaded.lines, base_path, rule_ids={entry.index: doc.id}, hint=hint or None
+        )
         raise  # pragma: no cover
     leftover = [v for v in _strings(spec.model_dump()) if _PARAM_RE.match(v)]
     if leftover:
@@ -481,7 +496,7 @@ def resolve(
             del state.rules[rid]
         for i, w in enumerate(overrides.waivers):
             state.waivers.append((w, olines, (*overrides.prefix, "waivers", i)))
-    rules = tuple(_finish_rule(e, state.values) for e in state.rules.values())
+    rules = tuple(_finish_rule(e, state.values, state.value_where) for e in state.rules.values())
     ids = {r.id for r in rules}
     waivers: dict[str, Waiver] = {}
     for w, lines, path in state.waivers:
