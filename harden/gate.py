@@ -1,0 +1,392 @@
+"""The promotion gate: small policy objects combined with :class:`AllOf`.
+
+Pure: no I/O and no clock; the caller verifies the envelopes (only statements that verified
+against trusted keys reach here) and passes the time in :class:`Evidence`. ``check`` returns the
+reasons to deny; an empty list means the policy is satisfied. An empty :class:`AllOf` is an error,
+never a pass.
+
+Which compliance attestation counts: of the verified compliance statements whose subject is the
+promoted digest, the one with the latest ``verifiedAt`` (a newer failing verification supersedes
+an older pass).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from harden.attest.dsse import VerifiedStatement
+from harden.attest.predicates import (
+    HARDEN_COMPLIANCE,
+    HARDEN_REVOCATION,
+    SLSA_PROVENANCE,
+    TEST_RESULT,
+    ComplianceV1,
+)
+from harden.errors import AttestationError, UsageError
+from harden.results import rfc3339
+
+__all__ = [
+    "KNOWN_PREDICATES",
+    "AllOf",
+    "BaselineAllowed",
+    "Decision",
+    "Evidence",
+    "GateConfigError",
+    "KnownPredicate",
+    "NotOlderThan",
+    "NotRevoked",
+    "Policy",
+    "ResultPassed",
+    "SignatureValid",
+    "SubjectMatches",
+    "ValidUntilFuture",
+    "decide",
+    "default_gate",
+]
+
+SCHEMA_VERSION = 1
+KNOWN_PREDICATES = frozenset({HARDEN_COMPLIANCE, TEST_RESULT, SLSA_PROVENANCE})
+# a verifiedAt this far ahead of the gate's clock is accepted (clock skew between machines)
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+class GateConfigError(UsageError, ValueError):
+    """A gate that cannot be evaluated as configured (e.g. no policies)."""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    subject_digest: str  # the digest being promoted, sha256:<hex>
+    statements: Sequence[VerifiedStatement]  # only the ones that verified against trusted keys
+    rejected: Sequence[str]  # why other envelopes were rejected (bad signature, malformed, ...)
+    revocations: Sequence[VerifiedStatement]
+    now: dt.datetime
+
+    def __post_init__(self) -> None:
+        if self.now.tzinfo is None:
+            raise ValueError("Evidence.now must be an aware datetime")
+
+    def for_subject(self, predicate_type: str | None = None) -> list[VerifiedStatement]:
+        """Statements naming the promoted digest (optionally of one predicate type)."""
+        return [
+            s
+            for s in self.statements
+            if s.statement.matches(self.subject_digest)
+            and (predicate_type is None or s.statement.predicateType == predicate_type)
+        ]
+
+
+class Policy(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def check(self, ev: Evidence) -> list[str]: ...
+
+
+def _latest_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
+    """The newest valid compliance predicate for the subject and the problems found on the way."""
+    problems: list[str] = []
+    best: ComplianceV1 | None = None
+    for s in ev.for_subject(HARDEN_COMPLIANCE):
+        try:
+            c = s.statement.compliance()
+        except AttestationError as e:
+            problems.append(f"compliance attestation signed by {s.keyid[:12]}: {e.message}")
+            continue
+        if best is None or c.verifiedAt > best.verifiedAt:
+            best = c
+    return best, problems
+
+
+def _need_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
+    c, problems = _latest_compliance(ev)
+    if c is None:
+        problems.append(f"no valid compliance attestation for {ev.subject_digest}")
+    return c, problems
+
+
+@dataclass(frozen=True)
+class SignatureValid:
+    """At least one attestation verified against a trusted key."""
+
+    name: str = "SignatureValid"
+
+    def check(self, ev: Evidence) -> list[str]:
+        if ev.statements:
+            return []
+        reasons = ["no attestation verified against a trusted key"]
+        reasons += [f"rejected: {r}" for r in ev.rejected]
+        return reasons
+
+
+@dataclass(frozen=True)
+class SubjectMatches:
+    """A verified attestation names the promoted digest (matched purely by digest)."""
+
+    name: str = "SubjectMatches"
+
+    def check(self, ev: Evidence) -> list[str]:
+        if ev.for_subject():
+            return []
+        others = sorted({d for s in ev.statements for d in s.statement.subject_digests})
+        found = f" (attestations found for: {', '.join(others)})" if others else ""
+        return [f"no verified attestation has subject {ev.subject_digest}{found}"]
+
+
+@dataclass(frozen=True)
+class KnownPredicate:
+    """At least one attestation for the subject has a predicate type harden understands."""
+
+    known: frozenset[str] = KNOWN_PREDICATES
+    name: str = "KnownPredicate"
+
+    def check(self, ev: Evidence) -> list[str]:
+        mine = ev.for_subject()
+        if any(s.statement.predicateType in self.known for s in mine):
+            return []
+        types = sorted({s.statement.predicateType for s in mine})
+        return [
+            f"no attestation with a known predicate type for {ev.subject_digest}"
+            + (f" (found: {', '.join(types)})" if types else "")
+        ]
+
+
+@dataclass(frozen=True)
+class ResultPassed:
+    """The latest compliance attestation is compliant and each waiver in it is unexpired.
+
+    Without a compliance attestation, every test-result attestation must be PASSED (WARNED is
+    denied: test-result v0.1 does not carry when a waiver expires).
+    """
+
+    name: str = "ResultPassed"
+
+    def check(self, ev: Evidence) -> list[str]:
+        c, problems = _latest_compliance(ev)
+        if c is not None:
+            return problems + self._compliance(c, ev)
+        results = ev.for_subject(TEST_RESULT)
+        if not results:
+            return [
+                *problems,
+                f"no verification result (compliance or test-result) for {ev.subject_digest}",
+            ]
+        reasons = list(problems)
+        for s in results:
+            try:
+                t = s.statement.test_result()
+            except AttestationError as e:
+                reasons.append(e.message)
+                continue
+            if t.result == "FAILED":
+                reasons.append(f"test result FAILED: {', '.join(t.failedTests) or '(no ids)'}")
+            elif t.result == "WARNED":
+                reasons.append(
+                    "test result WARNED (waived rules: "
+                    f"{', '.join(t.warnedTests)}) and no compliance attestation carries the "
+                    "waivers' expiry"
+                )
+        return reasons
+
+    @staticmethod
+    def _compliance(c: ComplianceV1, ev: Evidence) -> list[str]:
+        reasons = []
+        if not c.compliant:
+            s = c.summary
+            reasons.append(
+                f"verification at {rfc3339(c.verifiedAt)} was not compliant "
+                f"({s.get('failed', '?')} failed, {s.get('error', '?')} error)"
+            )
+        today = ev.now.astimezone(dt.UTC).date()
+        for w in c.waivers:
+            if w.expires < today:
+                reasons.append(
+                    f"waiver for rule {w.rule} (owner {w.owner}) expired on {w.expires.isoformat()}"
+                )
+        return reasons
+
+
+@dataclass(frozen=True)
+class NotOlderThan:
+    """The latest compliance attestation's verifiedAt is within ``max_age`` of now."""
+
+    max_age: dt.timedelta
+    name: str = "NotOlderThan"
+
+    def __post_init__(self) -> None:
+        if self.max_age <= dt.timedelta(0):
+            raise GateConfigError(f"max age must be positive, got {self.max_age}")
+
+    def check(self, ev: Evidence) -> list[str]:
+        c, problems = _need_compliance(ev)
+        if c is None:
+            return problems
+        reasons = problems
+        if c.verifiedAt < ev.now - self.max_age:
+            reasons.append(
+                f"verified at {rfc3339(c.verifiedAt)}, older than the maximum age "
+                f"{_fmt_delta(self.max_age)}"
+            )
+        elif c.verifiedAt > ev.now + CLOCK_SKEW:
+            reasons.append(f"verifiedAt {rfc3339(c.verifiedAt)} is in the future")
+        return reasons
+
+
+@dataclass(frozen=True)
+class ValidUntilFuture:
+    """The latest compliance attestation's validUntil is still ahead."""
+
+    name: str = "ValidUntilFuture"
+
+    def check(self, ev: Evidence) -> list[str]:
+        c, problems = _need_compliance(ev)
+        if c is None:
+            return problems
+        if c.validUntil <= ev.now:
+            problems.append(f"compliance attestation expired at {rfc3339(c.validUntil)}")
+        return problems
+
+
+@dataclass(frozen=True, init=False)
+class BaselineAllowed:
+    """The latest compliance attestation verified against an allowed baseline.
+
+    An entry is a baseline id (any version) or ``id@version``.
+    """
+
+    allowed: frozenset[str]
+    name: str = "BaselineAllowed"
+
+    def __init__(self, allowed: Iterable[str], name: str = "BaselineAllowed") -> None:
+        ids = frozenset(allowed)
+        if not ids:
+            raise GateConfigError(
+                "BaselineAllowed needs at least one baseline id",
+                hint="leave the policy out to accept any baseline",
+            )
+        object.__setattr__(self, "allowed", ids)
+        object.__setattr__(self, "name", name)
+
+    def check(self, ev: Evidence) -> list[str]:
+        c, problems = _need_compliance(ev)
+        if c is None:
+            return problems
+        b = c.baseline
+        if b.id in self.allowed or f"{b.id}@{b.version}" in self.allowed:
+            return problems
+        allowed = ", ".join(sorted(self.allowed))
+        problems.append(f"baseline {b.id}@{b.version} is not allowed (allowed: {allowed})")
+        return problems
+
+
+@dataclass(frozen=True)
+class NotRevoked:
+    """No verified revocation names the promoted digest."""
+
+    name: str = "NotRevoked"
+
+    def check(self, ev: Evidence) -> list[str]:
+        reasons = []
+        seen: set[bytes] = set()
+        for s in [*ev.revocations, *ev.statements]:
+            st = s.statement
+            if st.predicateType != HARDEN_REVOCATION or not st.matches(ev.subject_digest):
+                continue
+            if s.payload in seen:
+                continue
+            seen.add(s.payload)
+            try:
+                r = st.revocation()
+            except AttestationError as e:
+                # a trusted key signed a revocation we cannot read: still a revocation
+                reasons.append(f"revoked (unreadable revocation: {e.message})")
+                continue
+            cascade = f", cascaded from {r.cascadeFrom}" if r.cascadeFrom else ""
+            reasons.append(
+                f"revoked at {rfc3339(r.revokedAt)} by {r.revokedBy}: {r.reason}{cascade}"
+            )
+        return reasons
+
+
+class AllOf:
+    """Every policy must pass; ``check`` returns every reason of every failing policy."""
+
+    def __init__(self, policies: Sequence[Policy], name: str = "AllOf") -> None:
+        if not policies:
+            raise GateConfigError(
+                "a gate with no policies would allow everything",
+                hint="use default_gate() or list at least one policy",
+            )
+        self.policies: tuple[Policy, ...] = tuple(policies)
+        self.name = name
+
+    def check(self, ev: Evidence) -> list[str]:
+        reasons: list[str] = []
+        for p in self.policies:
+            reasons += [f"{p.name}: {r}" for r in p.check(ev)]
+        return reasons
+
+    def names(self) -> list[str]:
+        out: list[str] = []
+        for p in self.policies:
+            out += p.names() if isinstance(p, AllOf) else [p.name]
+        return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reasons: list[str]
+    subject_digest: str = ""
+    policies: list[str] = field(default_factory=list)
+    decided_at: dt.datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "allowed": self.allowed,
+            "subject": self.subject_digest,
+            "decided_at": rfc3339(self.decided_at) if self.decided_at else None,
+            "policies": list(self.policies),
+            "reasons": list(self.reasons),
+        }
+
+
+def default_gate(max_age: dt.timedelta | None, baselines: Sequence[str]) -> AllOf:
+    """Signature, subject, known predicate, passed result, validity, not revoked; plus
+    NotOlderThan when ``max_age`` is given and BaselineAllowed when ``baselines`` is not empty."""
+    policies: list[Policy] = [
+        SignatureValid(),
+        SubjectMatches(),
+        KnownPredicate(),
+        ResultPassed(),
+        ValidUntilFuture(),
+    ]
+    if max_age is not None:
+        policies.append(NotOlderThan(max_age))
+    if baselines:
+        policies.append(BaselineAllowed(baselines))
+    policies.append(NotRevoked())
+    return AllOf(policies, name="default")
+
+
+def decide(gate: AllOf, ev: Evidence) -> Decision:
+    reasons = gate.check(ev)
+    return Decision(
+        allowed=not reasons,
+        reasons=reasons,
+        subject_digest=ev.subject_digest,
+        policies=gate.names(),
+        decided_at=ev.now,
+    )
+
+
+def _fmt_delta(d: dt.timedelta) -> str:
+    if d.total_seconds() % 86400 == 0:
+        return f"{d.days}d"
+    if d.total_seconds() % 3600 == 0:
+        return f"{int(d.total_seconds() // 3600)}h"
+    return str(d)
