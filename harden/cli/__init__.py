@@ -19,6 +19,7 @@ from harden.errors import ExitCode, HardenError
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
     "baseline": "harden.cli.baseline_cmd:baseline",
+    "keygen": "harden.cli.keys_cmd:keygen",
 }
 
 
