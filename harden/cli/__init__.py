@@ -20,6 +20,8 @@ from harden.errors import ExitCode, HardenError
 COMMANDS: dict[str, str] = {
     "baseline": "harden.cli.baseline_cmd:baseline",
     "keygen": "harden.cli.keys_cmd:keygen",
+    "verify": "harden.cli.verify_cmd:verify",
+    "build": "harden.cli.build_cmd:build",
 }
 
 

@@ -1,0 +1,254 @@
+"""Docker Engine adapter (docker SDK): the only module that imports ``docker``.
+
+Targets for verification (an image, a running container) and the primitives the container build
+uses. Every docker exception is translated here into a harden error with a hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.models.images import Image
+
+from harden.errors import EnvironmentProblem, RegistryError, TargetError
+from harden.target import CommandResult, TargetKind
+
+START_HINT = "start it with: sudo scripts/services.sh (or: dockerd --bridge=none --iptables=false --ip-masq=false)"
+
+
+class Engine:
+    """A connection to the Docker Engine."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls) -> Engine:
+        try:
+            client = docker.from_env(timeout=300)
+            client.ping()
+        except docker.errors.DockerException as e:
+            raise EnvironmentProblem(
+                f"the Docker Engine is not running or not reachable ({_short(e)})", hint=START_HINT
+            ) from e
+        return cls(client)
+
+    # ------------------------------------------------------------ images
+
+    def image(self, ref: str) -> Image:
+        try:
+            return self.client.images.get(ref)
+        except docker.errors.ImageNotFound as e:
+            raise TargetError(
+                f"image {ref} not found in the local engine",
+                hint="pull it first, or build the base images with scripts/services.sh",
+            ) from e
+        except docker.errors.APIError as e:
+            raise TargetError(f"cannot inspect image {ref}: {_short(e)}") from e
+
+    def pull(self, ref: str) -> Image | None:
+        """Pull ``ref`` from its registry; None when the registry does not have it or is down."""
+        repo, tag = split_tag(ref)
+        try:
+            return self.client.images.pull(repo, tag=tag)
+        except docker.errors.APIError:
+            return None
+
+    def find_images(self, labels: dict[str, str]) -> list[Image]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        try:
+            return list(self.client.images.list(filters=filters))
+        except docker.errors.APIError as e:
+            raise TargetError(f"cannot list images: {_short(e)}") from e
+
+    def push(self, ref: str) -> str:
+        """Push a tagged image; returns the manifest digest. Raises RegistryError on any failure."""
+        repo, tag = split_tag(ref)
+        digest = None
+        try:
+            for line in self.client.images.push(repo, tag=tag, stream=True, decode=True):
+                if "error" in line or "errorDetail" in line:
+                    detail = line.get("errorDetail", {}).get("message") or line.get("error")
+                    raise RegistryError(
+                        f"push of {ref} failed: {detail}",
+                        hint="is the registry running? scripts/services.sh starts the local one",
+                    )
+                aux = line.get("aux") or {}
+                if "Digest" in aux:
+                    digest = aux["Digest"]
+        except docker.errors.APIError as e:
+            raise RegistryError(f"push of {ref} failed: {_short(e)}") from e
+        except (docker.errors.DockerException, OSError) as e:
+            raise RegistryError(f"push of {ref} failed: {_short(e)}") from e
+        if not digest:
+            raise RegistryError(f"push of {ref} reported no digest")
+        return str(digest)
+
+    def tag(self, image: Image, ref: str) -> None:
+        repo, tag = split_tag(ref)
+        image.tag(repo, tag=tag)
+
+    def remove_image(self, ref: str) -> None:
+        with contextlib.suppress(docker.errors.DockerException):
+            self.client.images.remove(ref, noprune=False)
+
+    # ------------------------------------------------------------ containers
+
+    def create(
+        self, image: str, command: list[str], *, network: str = "none", user: str = "root"
+    ) -> Container:
+        if network not in ("none", "host"):
+            raise ValueError("containers get network none or host, never a bridge")
+        try:
+            return self.client.containers.create(
+                image,
+                command=command,
+                entrypoint=[],
+                user=user,
+                network_mode=network,
+                labels={"dev.harden.temporary": "true"},
+                detach=True,
+            )
+        except docker.errors.ImageNotFound as e:
+            raise TargetError(f"image {image} not found") from e
+        except docker.errors.APIError as e:
+            raise TargetError(f"cannot create a container from {image}: {_short(e)}") from e
+
+    def run_to_end(self, container: Container, timeout: float) -> CommandResult:
+        try:
+            container.start()
+            status = container.wait(timeout=timeout)
+            out = container.logs(stdout=True, stderr=False)
+            err = container.logs(stdout=False, stderr=True)
+        except docker.errors.DockerException as e:
+            raise TargetError(f"container {container.short_id} failed: {_short(e)}") from e
+        except OSError as e:  # read timeout from requests
+            raise TargetError(f"container {container.short_id} did not finish in {timeout:.0f}s") from e
+        return CommandResult(int(status.get("StatusCode", -1)), out, err)
+
+    @staticmethod
+    def remove(container: Container) -> None:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True)
+
+    @contextlib.contextmanager
+    def throwaway(
+        self, image: str, command: list[str], *, network: str = "none"
+    ) -> Iterator[Container]:
+        """A container that is removed whatever happens (errors, Ctrl-C)."""
+        c = self.create(image, command, network=network)
+        try:
+            yield c
+        finally:
+            self.remove(c)
+
+    def commit(self, container: Container, changes: list[str]) -> Image:
+        try:
+            return container.commit(changes=changes)
+        except docker.errors.APIError as e:
+            raise TargetError(f"docker commit failed: {_short(e)}") from e
+
+    def container(self, name: str) -> Container:
+        try:
+            c = self.client.containers.get(name)
+        except docker.errors.NotFound as e:
+            raise TargetError(f"no running container named {name}") from e
+        except docker.errors.APIError as e:
+            raise TargetError(f"cannot inspect container {name}: {_short(e)}") from e
+        if c.status != "running":
+            raise TargetError(f"container {name} is {c.status}, not running")
+        return c
+
+
+def split_tag(ref: str) -> tuple[str, str | None]:
+    """'host:5000/a/b:tag' -> ('host:5000/a/b', 'tag'); digests stay in the repo part."""
+    if "@" in ref:
+        return ref, None
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = ref.rsplit(":", 1)
+        return repo, tag
+    return ref, "latest"
+
+
+def repo_digest(image: Image, repo: str) -> str | None:
+    """The manifest digest of ``image`` in ``repo`` (from RepoDigests)."""
+    name = split_tag(repo)[0]
+    for rd in image.attrs.get("RepoDigests") or []:
+        r, _, d = rd.partition("@")
+        if r == name:
+            return str(d)
+    return None
+
+
+def _short(e: Exception) -> str:
+    text = str(getattr(e, "explanation", None) or e)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+
+
+# ---------------------------------------------------------------- verification targets
+
+
+@dataclass
+class ImageTarget:
+    """An image: each run() is one throwaway container with network none, as root."""
+
+    engine: Engine
+    ref: str
+    kind: TargetKind = TargetKind.CONTAINER
+
+    def __post_init__(self) -> None:
+        self._image = self.engine.image(self.ref)
+
+    @property
+    def image_id(self) -> str:
+        return str(self._image.id)
+
+    def describe(self) -> str:
+        return self.ref
+
+    def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
+        with self.engine.throwaway(self.image_id, ["/bin/sh", "-c", script]) as c:
+            return self.engine.run_to_end(c, timeout)
+
+    def image_config(self) -> dict[str, Any] | None:
+        cfg: dict[str, Any] = dict(self._image.attrs.get("Config") or {})
+        return cfg
+
+
+@dataclass
+class RunningContainerTarget:
+    """A running container (``docker://NAME``), driven through testinfra's docker backend."""
+
+    engine: Engine
+    name: str
+    kind: TargetKind = TargetKind.CONTAINER
+
+    def __post_init__(self) -> None:
+        self._container = self.engine.container(self.name)
+        import testinfra
+
+        self._host = testinfra.get_host(f"docker://root@{self.name}")
+
+    def describe(self) -> str:
+        return f"docker://{self.name}"
+
+    def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
+        out = self._host.run("/bin/sh -c %s", script)
+        return CommandResult(out.rc, out.stdout_bytes, out.stderr_bytes)
+
+    def image_config(self) -> dict[str, Any] | None:
+        cfg: dict[str, Any] = dict(self._container.attrs.get("Config") or {})
+        return cfg
+
+
+def dockerfile_label(key: str, value: str) -> str:
+    """A ``LABEL`` change line with both parts JSON-quoted (no injection into the change)."""
+    return f"LABEL {json.dumps(key)}={json.dumps(value)}"

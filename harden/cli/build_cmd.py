@@ -1,0 +1,66 @@
+"""`harden build IMAGE-DEF`: build, verify (and push) one golden image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harden.cli.common import baselines_option, catalogue, dump_json, emit, progress
+from harden.cli.output import render_report
+from harden.clock import SystemClock
+from harden.imagedef import load_definition
+
+
+@click.command()
+@click.argument("definition", type=click.Path(dir_okay=False, path_type=Path))
+@baselines_option
+@click.option("--force", is_flag=True, help="Rebuild even when base and baseline are unchanged.")
+@click.option("--allow-noncompliant", is_flag=True,
+              help="Push even when verification fails (says so loudly).")
+@click.option("--no-push", is_flag=True, help="Build and verify only.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def build(
+    definition: Path,
+    baseline_dirs: tuple[Path, ...],
+    force: bool,
+    allow_noncompliant: bool,
+    no_push: bool,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Build the golden image described by DEFINITION (images/*.yaml).
+
+    Resolves the base to a digest, applies the baseline's remediation in throwaway containers,
+    commits one image labelled with its base and baseline, verifies it, and pushes it to the
+    definition's destination only when compliant. Exit 0 compliant, 1 not compliant,
+    3 bad definition or baseline, 4 engine or registry problems.
+    """
+    from builder.container_build import build_container
+    from builder.docker_engine import Engine
+
+    defn = load_definition(definition)
+    cat = catalogue(baseline_dirs)
+    engine = Engine.connect()
+    result = build_container(
+        defn,
+        cat,
+        engine,
+        SystemClock(),
+        force=force,
+        allow_noncompliant=allow_noncompliant,
+        push=not no_push,
+        progress=progress,
+    )
+    if fmt == "json":
+        emit(dump_json(result.to_json()), output)
+    else:
+        render_report(result.report, "table", output)
+    state = "compliant" if result.compliant else "NOT compliant"
+    where = f"{result.reference}@{result.digest}" if result.digest else result.reference
+    progress(f"{'reused' if result.reused else 'built'} {where}: {state}"
+             + ("" if result.pushed or no_push else " (not pushed)"))
+    if not result.compliant:
+        raise click.exceptions.Exit(1)

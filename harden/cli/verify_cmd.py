@@ -1,0 +1,66 @@
+"""`harden verify REF`: check an image, a running container or a machine against a baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harden.cli.common import baselines_option, catalogue, progress
+from harden.cli.output import FORMAT_CHOICES, render_report
+from harden.clock import SystemClock
+from verifiers.refs import verify_ref
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "--baseline",
+    "baseline_id",
+    default=None,
+    help="Baseline id (default: the one recorded in the image's labels, else debian-container "
+    "for containers and debian-vm for machines).",
+)
+@baselines_option
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report to FILE instead of stdout.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="known_hosts file pinning the host key of an ssh:// target.")
+@click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Private key for an ssh:// target.")
+def verify(
+    ref: str,
+    baseline_id: str | None,
+    baseline_dirs: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    known_hosts: Path | None,
+    identity: Path | None,
+) -> None:
+    """Verify REF against a baseline and report every rule.
+
+    \b
+    REF is one of:
+      debian:12                          a local image
+      127.0.0.1:5000/staging/app:1       a registry reference (pulled)
+      docker://NAME                      a running container
+      ssh://USER@HOST:PORT               a running machine (host key must be pinned)
+      template.qcow2                     a VM template (booted in a throwaway overlay)
+
+    Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
+    3 for bad input, 4 when the engine, registry or machine cannot be reached.
+    """
+    cat = catalogue(baseline_dirs)
+    report = verify_ref(
+        ref,
+        cat,
+        SystemClock(),
+        baseline_id=baseline_id,
+        known_hosts=known_hosts,
+        identity=identity,
+        progress=progress,
+    )
+    render_report(report, fmt, output)
+    if not report.compliant:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,136 @@
+"""Image definitions: what golden image to build from which base with which baseline.
+
+```yaml
+name: debian12-hardened
+base: 127.0.0.1:5000/library/debian:12
+target: container
+baseline:
+  id: debian-container
+  parameters: {umask: "027"}
+  waivers: [{rule: pkg.nginx-absent, reason: web image, owner: web-team, expires: 2027-03-31}]
+destination: 127.0.0.1:5000/staging/debian12-hardened:latest
+max_age: 30d
+labels: {org.opencontainers.image.vendor: Example}
+```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from harden.baseline.model import BaselineIdStr, RuleIdStr, Target, Waiver
+from harden.baseline.resolve import Catalogue, Overrides, ResolvedBaseline, raise_validation, resolve
+from harden.errors import ImageDefinitionError
+from harden.yamlio import LineMap, load_file
+
+ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-_:/@]*$", max_length=255)]
+_DURATION = re.compile(r"^(\d+)([hdw])$")
+_UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"a duration like 12h, 30d or 4w, got {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BaselineSelection(Strict):
+    id: BaselineIdStr
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    waivers: list[Waiver] = Field(default_factory=list)
+    exclude_rules: list[RuleIdStr] = Field(default_factory=list)
+
+
+class VmSource(Strict):
+    """A VM template to start from: a qcow2 disk, with a kernel and initrd for direct boot."""
+
+    disk: str
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str = "root=/dev/vda rw console=ttyS0"
+    ssh_user: str = "root"
+    ssh_key: str | None = None
+
+
+class ImageDefinitionDoc(Strict):
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-_]{0,127}$")]
+    description: str = ""
+    base: ImageRef | None = None
+    vm: VmSource | None = None
+    target: Target
+    baseline: BaselineSelection
+    destination: ImageRef | None = None
+    max_age: str = "30d"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("max_age")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+@dataclass(frozen=True)
+class ImageDefinition:
+    doc: ImageDefinitionDoc
+    path: Path
+    lines: LineMap
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.doc.name
+
+    @property
+    def max_age(self) -> dt.timedelta:
+        return parse_duration(self.doc.max_age)
+
+    def overrides(self) -> Overrides:
+        b = self.doc.baseline
+        return Overrides(
+            parameters=b.parameters,
+            waivers=tuple(b.waivers),
+            exclude_rules=tuple(b.exclude_rules),
+            lines=self.lines,
+            prefix=("baseline",),
+        )
+
+    def resolve_baseline(self, catalogue: Catalogue) -> ResolvedBaseline:
+        return resolve(catalogue, self.doc.baseline.id, self.overrides())
+
+
+def load_definition(path: Path) -> ImageDefinition:
+    loaded = load_file(path, ImageDefinitionError)
+    if not isinstance(loaded.data, dict):
+        raise ImageDefinitionError(
+            "the top level must be a mapping (name, base, target, baseline, destination, ...)",
+            location=loaded.lines.location(),
+        )
+    try:
+        doc = ImageDefinitionDoc.model_validate(loaded.data)
+    except ValidationError as e:
+        raise_validation(e, loaded.lines, error=ImageDefinitionError)
+        raise  # pragma: no cover
+    if doc.target is Target.CONTAINER and doc.base is None:
+        raise ImageDefinitionError(
+            "a container image definition needs 'base' (an image reference)",
+            location=loaded.lines.location(("target",)),
+        )
+    if doc.target is Target.VM and doc.vm is None:
+        raise ImageDefinitionError(
+            "a vm image definition needs 'vm' (disk, kernel, initrd)",
+            location=loaded.lines.location(("target",)),
+        )
+    return ImageDefinition(doc, path, loaded.lines, hashlib.sha256(path.read_bytes()).hexdigest())
