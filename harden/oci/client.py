@@ -1,0 +1,733 @@
+"""The raw OCI distribution client: HTTP, auth, retries, bounded and verified reads.
+
+This layer speaks the protocol (distribution-spec v1.1 endpoints) and nothing more; the model
+layer (:mod:`harden.oci.model`) builds referrers, tag-schema indexes and copies on top of it.
+
+Every HTTP or connection failure becomes a typed error in exactly one function,
+:func:`_raise_for`. Every manifest and blob read is checked against its digest; a mismatch is
+bad content, not a broken environment, so :class:`DigestMismatch` exits with
+``ExitCode.INVALID_INPUT`` (3) while the other registry errors exit with 4.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+
+from harden.errors import InputError, RegistryError
+from harden.oci.auth import Credentials, load_docker_credentials
+from harden.oci.model import (
+    ALL_MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    DigestMismatch,
+    Manifest,
+    Reference,
+    check_hasher,
+    compute_digest,
+    is_digest,
+    new_hasher,
+    verify_digest,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 4 << 20
+_MAX_ERROR_BODY = 64 << 10
+_MAX_TOKEN_BODY = 1 << 20
+_READ_CHUNK = 1 << 20
+UPLOAD_CHUNK = 8 << 20
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_RETRY_AFTER_CAP = 30.0
+_BACKOFF_BASE = 0.5
+_BACKOFF_CAP = 8.0
+_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+
+
+# ---- errors ----------------------------------------------------------------------------------
+class RegistryAuthError(RegistryError):
+    """401/403: missing, wrong or insufficient credentials."""
+
+
+class RegistryNotFound(RegistryError):
+    """404: the repository, manifest or blob does not exist."""
+
+
+class PreconditionFailed(RegistryError):
+    """412: a conditional write (If-Match) lost a race; re-read and retry."""
+
+
+@dataclass(frozen=True)
+class PutResult:
+    digest: str
+    subject_header: str | None
+    etag: str | None
+
+
+# ---- the single HTTP-error mapping -----------------------------------------------------------
+def _error_detail(response: requests.Response) -> str:
+    try:
+        body = _read_bounded(response, _MAX_ERROR_BODY, "error body", strict=False)
+        errors = json.loads(body).get("errors") or []
+        parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors]
+        return "; ".join(p for p in parts if p)
+    except Exception:  # an unreadable error body must not hide the status code
+        return ""
+
+
+def _raise_for(
+    what: str,
+    registry: str,
+    *,
+    response: requests.Response | None = None,
+    exc: Exception | None = None,
+) -> NoReturn:
+    """Map one failed HTTP exchange to a typed error. The only place that does this."""
+    if exc is not None:
+        if isinstance(exc, requests.exceptions.SSLError):
+            raise RegistryError(
+                f"{what}: TLS verification with {registry} failed",
+                hint="pass the registry's CA certificate (ca_bundle or HARDEN_REGISTRY_CA)",
+            ) from exc
+        if isinstance(exc, requests.exceptions.Timeout):
+            raise RegistryError(
+                f"{what}: {registry} did not answer in time",
+                hint="check the registry's load and network, or raise the timeout",
+            ) from exc
+        raise RegistryError(
+            f"{what}: cannot connect to {registry}",
+            hint="is the registry running? scripts/services.sh starts the local one",
+        ) from exc
+    assert response is not None
+    status = response.status_code
+    detail = _error_detail(response)
+    suffix = f" ({detail})" if detail else ""
+    message = f"{what}: {registry} answered {status}{suffix}"
+    if status == 401:
+        raise RegistryAuthError(
+            message, hint=f"run `docker login {registry}` or set credentials for it"
+        )
+    if status == 403:
+        raise RegistryAuthError(
+            message, hint=f"the credentials for {registry} lack permission for this repository"
+        )
+    if status == 404:
+        raise RegistryNotFound(message, hint="check the repository name, tag and digest")
+    if status == 412:
+        raise PreconditionFailed(message, hint="a concurrent writer changed it; retry")
+    if status == 429:
+        raise RegistryError(message, hint="the registry rate-limits harden; try again later")
+    if status >= 500:
+        raise RegistryError(message, hint=f"{registry} is failing; look at its log")
+    raise RegistryError(message, hint="the registry refused the request; see the detail")
+
+
+def _read_bounded(
+    response: requests.Response, max_bytes: int, what: str, *, strict: bool = True
+) -> bytes:
+    """Read at most ``max_bytes`` of a (streamed) response; more is an error (or cut)."""
+    length = response.headers.get("Content-Length")
+    if strict and length and length.isdigit() and int(length) > max_bytes:
+        response.close()
+        raise InputError(f"{what} is {length} bytes, more than the limit of {max_bytes}")
+    buf = bytearray()
+    for chunk in response.iter_content(65536):
+        buf += chunk
+        if len(buf) > max_bytes:
+            response.close()
+            if not strict:
+                return bytes(buf[:max_bytes])
+            raise InputError(f"{what} is larger than the limit of {max_bytes} bytes")
+    return bytes(buf)
+
+
+def _is_loopback(registry: str) -> bool:
+    host = registry
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+    return scheme.lower(), params
+
+
+def _media_type(data: bytes, content_type: str | None, what: str) -> str:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} is not JSON") from e
+    if not isinstance(doc, dict):
+        raise InputError(f"{what} is not a JSON object")
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    if content_type:
+        ct = content_type.split(";")[0].strip()
+        if ct and ct not in ("application/json", "application/octet-stream"):
+            return ct
+    return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _next_link(response: requests.Response) -> str | None:
+    link = response.headers.get("Link")
+    if not link:
+        return None
+    m = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', link)
+    return m.group(1) if m else None
+
+
+class RegistryClient:
+    """One registry (``host[:port]``), one HTTP session, tokens cached per scope."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        credentials: Credentials | None = None,
+        ca_bundle: str | None = None,
+        insecure_http: bool | None = None,
+        timeout: float = 30,
+        max_retries: int = 4,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """``insecure_http=None`` means plain http for loopback (127.0.0.0/8, localhost, ::1)
+        unless a ``ca_bundle`` is given, https otherwise."""
+        self.registry = registry
+        if insecure_http is None:
+            insecure_http = ca_bundle is None and _is_loopback(registry)
+        self.base_url = f"{'http' if insecure_http else 'https'}://{registry}"
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.sleep = sleep
+        self._credentials = credentials
+        self._verify: bool | str = ca_bundle or os.environ.get("HARDEN_REGISTRY_CA") or True
+        self._session = session or requests.Session()
+        self._lock = threading.Lock()
+        self._auth_kind: str | None = None  # "basic" or "bearer" once a challenge was seen
+        self._tokens: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base_url!r})"
+
+    @classmethod
+    def for_reference(cls, ref: Reference, ca_bundle: str | None = None) -> RegistryClient:
+        """A client for ``ref.registry`` with credentials from the docker config."""
+        return cls(
+            ref.registry, credentials=load_docker_credentials(ref.registry), ca_bundle=ca_bundle
+        )
+
+    # ---- transport ---------------------------------------------------------------------------
+    def _url(self, path_or_url: str) -> str:
+        return urljoin(self.base_url + "/", path_or_url)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: dict[str, str],
+        data: bytes | Iterable[bytes] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One request with bounded retries on 429, 5xx and connection errors."""
+        resendable = data is None or isinstance(data, bytes)
+        attempt = 0
+        while True:
+            log.debug("%s %s", method, urlsplit(url).path)
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    stream=stream,
+                    timeout=self.timeout,
+                    verify=self._verify,
+                    allow_redirects=method in ("GET", "HEAD"),
+                )
+            except requests.exceptions.SSLError as e:
+                _raise_for(what, self.registry, exc=e)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if attempt >= self.max_retries or not resendable:
+                    _raise_for(what, self.registry, exc=e)
+                delay = self._backoff(attempt)
+            else:
+                if response.status_code not in _RETRY_STATUS or attempt >= self.max_retries:
+                    return response
+                if not resendable:
+                    return response
+                delay = self._retry_after(response) or self._backoff(attempt)
+                response.close()
+            attempt += 1
+            log.debug("retrying %s in %.2fs (attempt %d)", what, delay, attempt)
+            self.sleep(delay)
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return float(min(_BACKOFF_CAP, _BACKOFF_BASE * (2**attempt)))
+
+    @staticmethod
+    def _retry_after(response: requests.Response) -> float | None:
+        value = response.headers.get("Retry-After", "").strip()
+        if value.isdigit():
+            return min(_RETRY_AFTER_CAP, float(value))
+        return None  # HTTP-date form: fall back to our own backoff
+
+    def _request(
+        self,
+        method: str,
+        path_or_url: str,
+        what: str,
+        *,
+        scopes: Sequence[str] = (),
+        ok: Sequence[int] = (200,),
+        allow: Sequence[int] = (),
+        headers: dict[str, str] | None = None,
+        data: bytes | Iterable[bytes] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Authenticated request; statuses outside ``ok``/``allow`` raise via _raise_for."""
+        url = self._url(path_or_url)
+        authenticated = False
+        while True:
+            hdrs = dict(headers or {})
+            auth = self._auth_header(scopes)
+            if auth:
+                hdrs["Authorization"] = auth
+            response = self._send(method, url, what, headers=hdrs, data=data, stream=stream)
+            if response.status_code == 401 and not authenticated:
+                challenge = response.headers.get("WWW-Authenticate", "")
+                if challenge and self._authenticate(challenge, scopes, what):
+                    authenticated = True
+                    if data is None or isinstance(data, bytes):
+                        response.close()
+                        continue
+            if response.status_code in ok or response.status_code in allow:
+                return response
+            _raise_for(what, self.registry, response=response)
+
+    # ---- auth --------------------------------------------------------------------------------
+    @staticmethod
+    def _scope_key(scopes: Iterable[str]) -> str:
+        return " ".join(sorted(set(scopes)))
+
+    def _basic(self) -> str:
+        assert self._credentials is not None
+        raw = f"{self._credentials.username}:{self._credentials.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def _auth_header(self, scopes: Sequence[str]) -> str | None:
+        with self._lock:
+            if self._auth_kind == "basic" and self._credentials is not None:
+                return self._basic()
+            if self._auth_kind == "bearer":
+                token = self._tokens.get(self._scope_key(scopes))
+                return f"Bearer {token}" if token else None
+        return None
+
+    def _authenticate(self, challenge: str, scopes: Sequence[str], what: str) -> bool:
+        scheme, params = _parse_challenge(challenge)
+        if scheme == "basic":
+            if self._credentials is None:
+                return False
+            with self._lock:
+                self._auth_kind = "basic"
+            return True
+        if scheme != "bearer" or "realm" not in params:
+            return False
+        wanted = list(scopes)
+        if params.get("scope"):
+            wanted += params["scope"].split(" ")
+        token = self._fetch_token(params["realm"], params.get("service"), wanted, what)
+        with self._lock:
+            self._auth_kind = "bearer"
+            self._tokens[self._scope_key(scopes)] = token
+        return True
+
+    def _fetch_token(self, realm: str, service: str | None, scopes: list[str], what: str) -> str:
+        creds = self._credentials
+        query: list[tuple[str, str]] = []
+        if service:
+            query.append(("service", service))
+        query += [("scope", s) for s in sorted(set(scopes))]
+        headers = {"Accept": "application/json"}
+        if creds is not None and creds.identity_token:
+            form = dict(query, grant_type="refresh_token", client_id="harden")
+            form["refresh_token"] = creds.identity_token
+            form["scope"] = " ".join(sorted(set(scopes)))
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            response = self._send(
+                "POST", realm, f"{what} (token)", headers=headers, data=urlencode(form).encode()
+            )
+        else:
+            if creds is not None and (creds.username or creds.password):
+                headers["Authorization"] = self._basic()
+            url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+            response = self._send("GET", url, f"{what} (token)", headers=headers, stream=True)
+        if response.status_code != 200:
+            _raise_for(
+                f"{what} (token from {urlsplit(realm).netloc})", self.registry, response=response
+            )
+        try:
+            body = json.loads(_read_bounded(response, _MAX_TOKEN_BODY, "token response"))
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError) as e:
+            raise RegistryError(f"{what}: the token service gave an unreadable answer") from e
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{what}: the token service gave no token")
+        return token
+
+    # ---- endpoints ---------------------------------------------------------------------------
+    @staticmethod
+    def _pull(repo: str) -> list[str]:
+        return [f"repository:{repo}:pull"]
+
+    @staticmethod
+    def _push(repo: str) -> list[str]:
+        return [f"repository:{repo}:pull,push"]
+
+    def ping(self) -> None:
+        """GET /v2/: the registry speaks the API and accepts our credentials."""
+        self._request("GET", "/v2/", f"ping {self.registry}").close()
+
+    def get_manifest(
+        self,
+        repo: str,
+        ref: str,
+        accept: Sequence[str] = ALL_MANIFEST_TYPES,
+        max_bytes: int = MAX_MANIFEST_BYTES,
+    ) -> Manifest:
+        """Manifest by tag or digest; the bytes are checked against the digest."""
+        what = f"get manifest {repo}:{ref}" if not is_digest(ref) else f"get manifest {repo}@{ref}"
+        response = self._request(
+            "GET",
+            f"/v2/{repo}/manifests/{ref}",
+            what,
+            scopes=self._pull(repo),
+            headers={"Accept": ", ".join(accept)},
+            stream=True,
+        )
+        data = _read_bounded(response, max_bytes, f"manifest {repo}:{ref}")
+        if is_digest(ref):
+            verify_digest(data, ref, what)
+            digest = ref
+        else:
+            digest = compute_digest(data)
+            header = response.headers.get("Docker-Content-Digest")
+            if header and header.startswith("sha256:") and header != digest:
+                raise DigestMismatch(
+                    f"{what}: content has digest {digest}, the registry says {header}",
+                    hint="do not trust this registry's answer",
+                )
+        media_type = _media_type(
+            data, response.headers.get("Content-Type"), f"manifest {repo}:{ref}"
+        )
+        return Manifest(data=data, media_type=media_type, digest=digest)
+
+    def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
+        """Descriptor of a manifest, or None when it does not exist."""
+        found = self.head_manifest_with_etag(repo, ref)
+        return found[0] if found else None
+
+    def head_manifest_with_etag(self, repo: str, ref: str) -> tuple[Descriptor, str | None] | None:
+        """Descriptor and ETag (for If-Match) of a manifest, or None when it does not exist."""
+        what = f"head manifest {repo}:{ref}"
+        response = self._request(
+            "HEAD",
+            f"/v2/{repo}/manifests/{ref}",
+            what,
+            scopes=self._pull(repo),
+            headers={"Accept": ", ".join(ALL_MANIFEST_TYPES)},
+            allow=(404,),
+        )
+        response.close()
+        if response.status_code == 404:
+            return None
+        etag = response.headers.get("ETag")
+        digest = response.headers.get("Docker-Content-Digest")
+        length = response.headers.get("Content-Length", "")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if is_digest(ref):
+            if digest and digest != ref:
+                raise DigestMismatch(f"{what}: the registry says {digest}")
+            digest = ref
+        if not digest or not length.isdigit() or not media_type:
+            return self.get_manifest(repo, ref).descriptor(), etag
+        return Descriptor(media_type=media_type, digest=digest, size=int(length)), etag
+
+    def put_manifest(
+        self,
+        repo: str,
+        ref: str,
+        data: bytes,
+        media_type: str,
+        if_match: str | None = None,
+    ) -> PutResult:
+        """PUT the exact bytes under a tag or digest (a digest must match the bytes)."""
+        what = f"put manifest {repo}:{ref}" if not is_digest(ref) else f"put manifest {repo}@{ref}"
+        if is_digest(ref):
+            verify_digest(data, ref, what)
+        digest = compute_digest(data)
+        headers = {"Content-Type": media_type}
+        if if_match:
+            headers["If-Match"] = if_match
+        response = self._request(
+            "PUT",
+            f"/v2/{repo}/manifests/{ref}",
+            what,
+            scopes=self._push(repo),
+            headers=headers,
+            data=data,
+            ok=(200, 201, 202),
+        )
+        response.close()
+        header = response.headers.get("Docker-Content-Digest")
+        if header and header.startswith("sha256:") and header != digest:
+            raise RegistryError(
+                f"{what}: the registry stored it as {header}, not {digest}",
+                hint="the registry rewrote the manifest; it does not keep exact bytes",
+            )
+        return PutResult(
+            digest=digest,
+            subject_header=response.headers.get("OCI-Subject"),
+            etag=response.headers.get("ETag"),
+        )
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        self._request(
+            "DELETE",
+            f"/v2/{repo}/manifests/{digest}",
+            f"delete manifest {repo}@{digest}",
+            scopes=[f"repository:{repo}:delete", *self._push(repo)],
+            ok=(200, 202),
+        ).close()
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        response = self._request(
+            "HEAD",
+            f"/v2/{repo}/blobs/{digest}",
+            f"head blob {repo}@{digest}",
+            scopes=self._pull(repo),
+            allow=(404,),
+        )
+        response.close()
+        return response.status_code == 200
+
+    def get_blob(self, repo: str, digest: str, max_bytes: int) -> bytes:
+        """A whole blob, at most ``max_bytes``, verified against its digest."""
+        what = f"get blob {repo}@{digest}"
+        new_hasher(digest)
+        response = self._request(
+            "GET", f"/v2/{repo}/blobs/{digest}", what, scopes=self._pull(repo), stream=True
+        )
+        data = _read_bounded(response, max_bytes, f"blob {repo}@{digest}")
+        verify_digest(data, digest, what)
+        return data
+
+    def open_blob(self, repo: str, digest: str) -> Iterator[bytes]:
+        """Stream a blob in chunks; raises DigestMismatch after the last chunk if it is wrong."""
+        what = f"get blob {repo}@{digest}"
+        hasher = new_hasher(digest)
+        response = self._request(
+            "GET", f"/v2/{repo}/blobs/{digest}", what, scopes=self._pull(repo), stream=True
+        )
+        try:
+            for chunk in response.iter_content(_READ_CHUNK):
+                hasher.update(chunk)
+                yield chunk
+        except requests.RequestException as e:
+            _raise_for(what, self.registry, exc=e)
+        finally:
+            response.close()
+        check_hasher(hasher, digest, what)
+
+    def upload_blob(self, repo: str, data: bytes | Iterable[bytes], digest: str) -> None:
+        """POST an upload, then one monolithic PUT (bytes) or PATCH chunks + PUT (iterable).
+
+        An iterable is consumed in chunks of at most UPLOAD_CHUNK bytes (bounded memory); the
+        digest is checked before the closing PUT, so wrong content is never committed.
+        """
+        what = f"upload blob {repo}@{digest}"
+        hasher = new_hasher(digest)
+        if isinstance(data, bytes):
+            verify_digest(data, digest, what)
+        scopes = self._push(repo)
+        response = self._request(
+            "POST", f"/v2/{repo}/blobs/uploads/", what, scopes=scopes, ok=(202,), data=b""
+        )
+        response.close()
+        location = self._location(response, what)
+        if isinstance(data, bytes):
+            final = data
+        else:
+            try:
+                location, final, hasher = self._patch_chunks(location, data, hasher, scopes, what)
+            except BaseException:
+                self._cancel_upload(location, scopes, what)
+                raise
+            try:
+                check_hasher(hasher, digest, what)
+            except DigestMismatch:
+                self._cancel_upload(location, scopes, what)
+                raise
+        self._request(
+            "PUT",
+            _with_query(self._url(location), digest=digest),
+            what,
+            scopes=scopes,
+            headers={"Content-Type": "application/octet-stream"},
+            data=final,
+            ok=(201, 204),
+        ).close()
+
+    def _patch_chunks(
+        self, location: str, data: Iterable[bytes], hasher: Any, scopes: list[str], what: str
+    ) -> tuple[str, bytes, Any]:
+        buf = bytearray()
+        offset = 0
+        for chunk in data:
+            hasher.update(chunk)
+            buf += chunk
+            while len(buf) >= UPLOAD_CHUNK:
+                part = bytes(buf[:UPLOAD_CHUNK])
+                del buf[:UPLOAD_CHUNK]
+                response = self._request(
+                    "PATCH",
+                    location,
+                    what,
+                    scopes=scopes,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + len(part) - 1}",
+                    },
+                    data=part,
+                    ok=(202,),
+                )
+                response.close()
+                offset += len(part)
+                location = self._location(response, what)
+        return location, bytes(buf), hasher
+
+    def _location(self, response: requests.Response, what: str) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(f"{what}: the registry gave no upload location")
+        return self._url(location)
+
+    def _cancel_upload(self, location: str, scopes: list[str], what: str) -> None:
+        try:
+            self._request(
+                "DELETE", location, f"{what} (cancel)", scopes=scopes, ok=(200, 202, 204, 404)
+            ).close()
+        except RegistryError:
+            log.debug("could not cancel upload for %s", what)
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount: True when mounted (201), False when the registry refused."""
+        what = f"mount blob {digest} from {from_repo} into {repo}"
+        scopes = [*self._push(repo), *self._pull(from_repo)]
+        response = self._request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/?{urlencode({'mount': digest, 'from': from_repo})}",
+            what,
+            scopes=scopes,
+            ok=(201, 202),
+            data=b"",
+        )
+        response.close()
+        if response.status_code == 201:
+            return True
+        if response.headers.get("Location"):
+            self._cancel_upload(self._url(response.headers["Location"]), scopes, what)
+        return False
+
+    def list_tags(self, repo: str) -> list[str]:
+        """All tags of a repository (follows pagination); empty when the repository is unknown."""
+        tags: list[str] = []
+        url: str | None = f"/v2/{repo}/tags/list?n=1000"
+        while url:
+            response = self._request(
+                "GET",
+                url,
+                f"list tags of {repo}",
+                scopes=self._pull(repo),
+                allow=(404,),
+                stream=True,
+            )
+            if response.status_code == 404:
+                response.close()
+                return tags
+            body = json.loads(_read_bounded(response, MAX_MANIFEST_BYTES, f"tag list of {repo}"))
+            tags += [t for t in body.get("tags") or [] if isinstance(t, str)]
+            url = _next_link(response)
+        return tags
+
+    def referrers_api(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> Manifest | None:
+        """The referrers index from GET /v2/<repo>/referrers/<digest>; None when unsupported."""
+        what = f"list referrers of {repo}@{digest}"
+        first = f"/v2/{repo}/referrers/{digest}"
+        if artifact_type:
+            first += "?" + urlencode({"artifactType": artifact_type})
+        url: str | None = first
+        entries: list[Any] = []
+        pages: list[bytes] = []
+        while url:
+            response = self._request(
+                "GET",
+                url,
+                what,
+                scopes=self._pull(repo),
+                headers={"Accept": OCI_INDEX},
+                allow=(404,),
+                stream=True,
+            )
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            if response.status_code == 404 or content_type != OCI_INDEX:
+                response.close()
+                return None
+            data = _read_bounded(response, MAX_MANIFEST_BYTES, f"referrers of {digest}")
+            try:
+                entries += json.loads(data).get("manifests") or []
+            except (ValueError, AttributeError) as e:
+                raise InputError(f"{what}: the referrers response is not an image index") from e
+            pages.append(data)
+            url = _next_link(response)
+        if len(pages) == 1:
+            data = pages[0]
+        else:
+            doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+            data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return Manifest(data=data, media_type=OCI_INDEX, digest=compute_digest(data))
