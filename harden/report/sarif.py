@@ -21,7 +21,9 @@ from harden.report.formats import (
 from harden.results import RuleResult, Status, VerifyReport, rfc3339
 
 SARIF_VERSION = "2.1.0"
-SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_SCHEMA = (
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+)
 _LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note"}
 # GitHub code scanning reads this rule property (a CVSS-like score) to rank security alerts.
 _SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
