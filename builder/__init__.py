@@ -1,0 +1,1 @@
+"""Applies a baseline to a target: remediation rendering, docker image and qemu VM targets."""
