@@ -1,0 +1,290 @@
+"""Checks are pure functions of facts: exercise each kind's semantics on hand-made facts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
+from harden.clock import FixedClock
+from harden.results import Status
+from harden.target import CommandResult, TargetKind
+from verifiers.facts import FactPlan, Facts, parse
+from verifiers.runner import evaluate_rules, verify
+
+HEADER = """\
+id: t
+version: 1.0.0
+title: test
+platforms: [{family: debian, versions: ["12", "13"]}]
+targets: [container, vm]
+"""
+
+
+def baseline(tmp_path: Path, rules: str, extra: str = "") -> ResolvedBaseline:
+    d = tmp_path / "bl"
+    d.mkdir(exist_ok=True)
+    (d / "t.yaml").write_text(HEADER + extra + "rules:\n" + textwrap.indent(textwrap.dedent(rules), "  "))
+    return resolve(Catalogue([d]), "t")
+
+
+def facts(**sections: str) -> Facts:
+    base = {"os-release": 'ID=debian\nVERSION_ID="12"\n', "packages": "ii \tbash\nii \topenssh-server\n"}
+    base.update({k.replace("__", ":").replace("_", "-") if k.startswith("x_") else k: v for k, v in sections.items()})
+    return Facts(base, {k: 0 for k in base})
+
+
+def run(bl: ResolvedBaseline, f: Facts, kind: TargetKind = TargetKind.CONTAINER, cfg=None, today=dt.date(2026, 6, 1)):
+    return {r.rule_id: r for r in evaluate_rules(bl, f, kind, cfg, today)}
+
+
+SSHD_RULE = """\
+- id: ssh.permit-root-login
+  title: no root login
+  controls: {iso27017: [CLD.9.5.2]}
+  config_line: {path: /etc/ssh/sshd_config, dropin_dir: /etc/ssh/sshd_config.d, key: PermitRootLogin, value: "no"}
+"""
+
+
+def test_sshd_first_match_follows_include_order(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, SSHD_RULE)
+    main = "Include /etc/ssh/sshd_config.d/*.conf\nPermitRootLogin yes\n"
+    f = Facts(
+        {
+            "os-release": "ID=debian\nVERSION_ID=12\n",
+            "file:/etc/ssh/sshd_config": main,
+            "dir:/etc/ssh/sshd_config.d": "/etc/ssh/sshd_config.d/00-harden.conf\n/etc/ssh/sshd_config.d/50-x.conf",
+            "file:/etc/ssh/sshd_config.d/00-harden.conf": "PermitRootLogin no\n",
+            "file:/etc/ssh/sshd_config.d/50-x.conf": "PermitRootLogin yes\n",
+        },
+        {},
+    )
+    r = run(bl, f)["ssh.permit-root-login"]
+    assert r.status is Status.PASSED
+    assert "00-harden.conf" in r.evidence[0]
+    # without the drop-in the main file's later line is the first match
+    f2 = Facts({**f.sections, "dir:/etc/ssh/sshd_config.d": ""}, {})
+    r2 = run(bl, f2)["ssh.permit-root-login"]
+    assert r2.status is Status.FAILED
+    assert "PermitRootLogin yes" in r2.evidence[0]
+
+
+def test_sshd_settings_after_match_block_are_ignored(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, SSHD_RULE)
+    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n",
+               "file:/etc/ssh/sshd_config": "Match User x\nPermitRootLogin no\n"}, {})
+    assert run(bl, f)["ssh.permit-root-login"].status is Status.FAILED
+
+
+def test_missing_config_file_is_not_applicable_not_passed(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, SSHD_RULE)
+    r = run(bl, Facts({"os-release": "ID=debian\nVERSION_ID=12\n"}, {}))["ssh.permit-root-login"]
+    assert r.status is Status.NOT_APPLICABLE
+    assert "does not exist" in r.reason
+
+
+def test_sshd_T_wins_on_a_vm(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, SSHD_RULE)
+    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n",
+               "file:/etc/ssh/sshd_config": "PermitRootLogin no\n",
+               "sshd-T": "port 22\npermitrootlogin yes\n"}, {"sshd-T": 0})
+    r = run(bl, f, TargetKind.VM)["ssh.permit-root-login"]
+    assert r.status is Status.FAILED and "sshd -T" in r.evidence[0]
+
+
+def test_login_defs_last_match_and_numeric_compare(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: login.pass-max-days
+      title: max days
+      controls: {iso27017: [CLD.9.5.2]}
+      config_line: {path: /etc/login.defs, key: PASS_MAX_DAYS, value: 365, compare: le, match: last}
+    """)
+    ok = Facts({"os-release": "ID=debian\nVERSION_ID=12\n",
+                "file:/etc/login.defs": "PASS_MAX_DAYS 99999\n# PASS_MAX_DAYS 1\nPASS_MAX_DAYS 90\n"}, {})
+    assert run(bl, ok)["login.pass-max-days"].status is Status.PASSED
+    bad = Facts({**ok.sections, "file:/etc/login.defs": "PASS_MAX_DAYS 99999\n"}, {})
+    assert run(bl, bad)["login.pass-max-days"].status is Status.FAILED
+
+
+def test_sysctl_order_and_live_value(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: sysctl.ip-forward
+      title: no forwarding
+      controls: {iso27017: [CLD.9.5.1]}
+      sysctl: {key: net.ipv4.ip_forward, value: 0}
+    """)
+    sections = {
+        "os-release": "ID=debian\nVERSION_ID=12\n",
+        "sysctlfile:/usr/lib/sysctl.d/99-harden.conf": "net.ipv4.ip_forward = 1\n",
+        "sysctlfile:/etc/sysctl.d/99-harden.conf": "net.ipv4.ip_forward = 0\n",
+        "sysctlfile:/etc/sysctl.d/50-x.conf": "net.ipv4.ip_forward=1\n",
+        "sysctl-live:net.ipv4.ip_forward": "0\n",
+    }
+    # /etc/sysctl.d/99-harden.conf shadows the /usr/lib file of the same name and sorts last
+    assert run(bl, Facts(sections, {}), TargetKind.VM)["sysctl.ip-forward"].status is Status.PASSED
+    sections["sysctl-live:net.ipv4.ip_forward"] = "1\n"
+    r = run(bl, Facts(sections, {}), TargetKind.VM)["sysctl.ip-forward"]
+    assert r.status is Status.FAILED and any("live" in e for e in r.evidence)
+
+
+def test_target_and_condition_applicability(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: kmod.cramfs
+      title: cramfs
+      controls: {iso27017: [CLD.9.5.2]}
+      kernel_module_disabled: {modules: [cramfs]}
+    - id: svc.ssh
+      title: ssh off
+      controls: {iso27017: [CLD.9.5.2]}
+      applies_to: {when: [{package_installed: avahi-daemon}]}
+      service_disabled: {units: [avahi-daemon.service]}
+    """)
+    res = run(bl, Facts({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": ""}, {}))
+    assert res["kmod.cramfs"].status is Status.NOT_APPLICABLE
+    assert "vm only" in res["kmod.cramfs"].reason
+    assert res["svc.ssh"].status is Status.NOT_APPLICABLE
+    assert "avahi-daemon is not installed" in res["svc.ssh"].reason
+
+
+def test_service_states(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: svc.cups
+      title: cups off
+      controls: {iso27017: [CLD.9.5.2]}
+      service_disabled: {units: [cups.service]}
+    """)
+    base = {"os-release": "ID=debian\nVERSION_ID=12\n"}
+    absent = run(bl, Facts({**base, "unit:cups.service": ""}, {}))["svc.cups"]
+    assert absent.status is Status.PASSED and "no unit file" in absent.evidence[0]
+    wanted = "file /lib/systemd/system\nwanted /etc/systemd/system/multi-user.target.wants/cups.service\n"
+    assert run(bl, Facts({**base, "unit:cups.service": wanted}, {}))["svc.cups"].status is Status.FAILED
+    masked = "link /etc/systemd/system /dev/null\nfile /lib/systemd/system\n"
+    assert run(bl, Facts({**base, "unit:cups.service": masked}, {}))["svc.cups"].status is Status.PASSED
+
+
+def test_accounts_and_suid(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: acct.uid0
+      title: uid0
+      controls: {iso27017: [CLD.9.5.2]}
+      accounts: {check: uid0_only_root}
+    - id: acct.nologin
+      title: nologin
+      controls: {iso27017: [CLD.9.5.2]}
+      accounts: {check: system_accounts_nologin}
+    - id: acct.empty
+      title: empty
+      controls: {iso27017: [CLD.9.5.2]}
+      accounts: {check: no_empty_passwords}
+    - id: fs.suid
+      title: suid
+      controls: {iso27017: [CLD.9.5.2]}
+      suid_sgid_allowlist: {allowlist: [/usr/bin/passwd]}
+    """)
+    passwd = "root:x:0:0::/root:/bin/bash\ntoor:x:0:0::/:/bin/sh\ndaemon:x:1:1::/:/bin/sh\n"
+    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n", "passwd": passwd,
+               "shadow": "root:*:1::::::\ndaemon::1::::::\n", "group": "root:x:0:\n",
+               "suid": "/usr/bin/passwd\n/usr/bin/evil\n"}, {})
+    res = run(bl, f)
+    assert res["acct.uid0"].status is Status.FAILED and "toor" in res["acct.uid0"].evidence[0]
+    assert res["acct.nologin"].status is Status.FAILED
+    assert res["acct.empty"].status is Status.FAILED
+    assert res["fs.suid"].evidence == ("setuid/setgid not on the allow-list: /usr/bin/evil",)
+
+
+def test_waiver_active_then_expired(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: pkg.telnet
+      title: no telnet
+      controls: {iso27017: [CLD.9.5.2]}
+      package_absent: {packages: [telnet]}
+    """, extra="waivers:\n  - {rule: pkg.telnet, reason: legacy, owner: ops, expires: 2026-06-30}\n")
+    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": "ii \ttelnet\n"}, {})
+    waived = run(bl, f, today=dt.date(2026, 6, 30))["pkg.telnet"]
+    assert waived.status is Status.WAIVED and waived.waiver is not None and not waived.waiver.expired
+    assert waived.evidence == ("installed: telnet",)  # never hidden
+    expired = run(bl, f, today=dt.date(2026, 7, 1))["pkg.telnet"]
+    assert expired.status is Status.FAILED and "expired" in expired.reason
+    # an expired waiver fails the rule even when the check itself passes
+    clean = Facts({**f.sections, "packages": ""}, {})
+    assert run(bl, clean, today=dt.date(2026, 7, 1))["pkg.telnet"].status is Status.FAILED
+
+
+def test_image_config_never_echoes_secret_values(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, """\
+    - id: image.no-secret-env
+      title: no secrets
+      controls: {iso27017: [CLD.9.5.2]}
+      applies_to: {targets: [container]}
+      image_config: {check: no_secret_env}
+    - id: image.user
+      title: user
+      controls: {iso27017: [CLD.9.5.2]}
+      applies_to: {targets: [container]}
+      image_config: {check: non_root_user, user: app}
+    """)
+    cfg = {"Env": ["PATH=/bin", "DB_PASSWORD=hunter2"], "User": ""}
+    res = run(bl, facts(), cfg=cfg)
+    r = res["image.no-secret-env"]
+    assert r.status is Status.FAILED and "DB_PASSWORD" in r.evidence[0]
+    assert "hunter2" not in " ".join(r.evidence)
+    assert res["image.user"].status is Status.FAILED
+
+
+def test_parse_ignores_forged_markers_and_bad_bytes() -> None:
+    out = b"\n@@F-abc os-release\nID=debian\n@@F-zzz passwd\n\xff\xfe\n@@E-abc 0\n"
+    f = parse(out, "abc")
+    assert "passwd" not in f.sections
+    assert "\ufffd" in f.sections["os-release"]
+
+
+class ScriptTarget:
+    """A fake target answering the fact script with canned sections (verify wiring only)."""
+
+    kind = TargetKind.CONTAINER
+
+    def __init__(self, sections: dict[str, str]) -> None:
+        self.sections = sections
+        self.scripts: list[str] = []
+
+    def describe(self) -> str:
+        return "fake"
+
+    def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
+        self.scripts.append(script)
+        nonce = script.split("N=", 1)[1].split("\n", 1)[0].strip("'")
+        body = "".join(f"\n@@F-{nonce} {k}\n{v}\n@@E-{nonce} 0\n" for k, v in self.sections.items())
+        return CommandResult(0, body.encode(), b"")
+
+    def image_config(self):
+        return {"User": "app", "Env": []}
+
+
+def test_verify_runs_one_command_for_the_whole_baseline(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, SSHD_RULE + """\
+- id: pkg.telnet
+  title: no telnet
+  controls: {iso27017: [CLD.9.5.2]}
+  package_absent: {packages: [telnet]}
+""")
+    t = ScriptTarget({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": "ii \tbash\n"})
+    clock = FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    report = verify(t, bl, clock, image="x", digest=None)
+    assert len(t.scripts) == 1
+    assert report.compliant
+    assert report.summary()["not_applicable"] == 1  # no sshd_config
+    assert report.to_json()["started_at"] == "2026-01-01T00:00:00Z"
+
+
+def test_plan_quotes_values_and_rejects_unsafe_globs() -> None:
+    from verifiers.facts import glob_word
+
+    with pytest.raises(ValueError):
+        glob_word("/etc/$(reboot)")
+    plan = FactPlan(TargetKind.CONTAINER, commands={"x.y": "true"}, units={"a.service"})
+    script = plan.script("n0nce")
+    assert "sec unit:a.service;" in script
+    assert "/etc/systemd/system/*.wants/a.service" in script
