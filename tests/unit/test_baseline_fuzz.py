@@ -163,7 +163,7 @@ def mutated_baselines(draw: st.DrawFn) -> str:
     return yaml.safe_dump(doc, sort_keys=draw(st.booleans()), allow_unicode=True)
 
 
-yaml_tokens = st.sampled_from(list("ab01:-[]{},&*!|>'\"#%@`$ \n\t?.~") + ["${x}", "<<: ", "\\"])
+yaml_tokens = st.sampled_from([*list("ab01:-[]{},&*!|>'\"#%@`$ \n\t?.~"), "${x}", "<<: ", "\\"])
 random_yaml_text = st.one_of(
     st.text(max_size=200),
     st.lists(yaml_tokens, max_size=120).map("".join),
