@@ -1,4 +1,4 @@
-"""DSSE envelopes: PAE, sign/verify for both key types, and every way an envelope must be rejected."""
+"""DSSE envelopes: PAE, sign/verify for both key types, every way an envelope is rejected."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_file_like_input(pair: tuple[Signer, PublicKey]) -> None:
 def _rejects(env: bytes, trusted: list[PublicKey], match: str | None = None) -> AttestationError:
     with pytest.raises(AttestationError, match=match) as e:
         verify(env, trusted)
-    assert e.value.exit_code == ExitCode.INVALID_INPUT == 3
+    assert int(e.value.exit_code) == 3
     return e.value
 
 

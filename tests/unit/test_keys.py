@@ -74,7 +74,7 @@ def test_group_or_world_readable_private_key_refused(tmp_path: Path, mode: int) 
     os.chmod(key_path, mode)
     with pytest.raises(SigningKeyError) as e:
         load_signer(str(key_path), PW)
-    assert e.value.exit_code == ExitCode.ENVIRONMENT == 4
+    assert int(e.value.exit_code) == 4
     assert e.value.hint == f"chmod 600 {key_path}"
 
 
