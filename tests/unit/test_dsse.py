@@ -15,7 +15,7 @@ from harden.attest import dsse
 from harden.attest.dsse import PAYLOAD_TYPE, pae, sign, verify
 from harden.attest.keys import KeyType, PublicKey, Signer, keygen, load_public_key, load_signer
 from harden.attest.statements import Subject, revocation, serialize
-from harden.errors import AttestationError, ExitCode
+from harden.errors import AttestationError
 
 PW = b"pw"
 DIGEST = "sha256:" + "ab" * 32
