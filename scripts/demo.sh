@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded defaults (make demo):
+# services -> the base fails the baseline -> build a hardened Debian 12 image -> it passes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HARDEN_HOME=${HARDEN_HOME:-$PWD/.demo/home}
+mkdir -p "$HARDEN_HOME"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+
+say "baselines shipped with harden"
+harden baseline list
+
+say "verify the base image debian:12 against debian-container (expected: NOT compliant)"
+set +e
+harden verify 127.0.0.1:5000/library/debian:12 --baseline debian-container --format json \
+  -o "$HARDEN_HOME/base-report.json"
+rc=$?
+set -e
+if [ "$rc" -ne 1 ]; then echo "demo: expected the base to be non-compliant (exit 1), got $rc" >&2; exit 1; fi
+python3 - "$HARDEN_HOME/base-report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+failed = [x["rule_id"] for x in r["results"] if x["status"] == "failed"]
+print(f"base: compliant={r['compliant']} failed={len(failed)}: {', '.join(failed)}", file=sys.stderr)
+PY
+
+say "build, verify and push the hardened image (images/debian12.yaml)"
+harden build images/debian12.yaml --force
+
+say "verify the pushed golden image (expected: compliant)"
+harden verify 127.0.0.1:5000/staging/debian12-hardened:latest >/dev/null
+
+say "the hardened image still works"
+docker run --rm --network none 127.0.0.1:5000/staging/debian12-hardened:latest \
+  sh -c 'echo "running as $(id -un), umask $(umask)"; ls /bin/bash >/dev/null && echo "shell ok"'
+
+say "demo finished: base NOT compliant, golden image compliant and pushed"
