@@ -18,6 +18,7 @@ from harden.errors import ExitCode, HardenError
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
+    "audit": "harden.cli.audit_cmd:audit",
     "baseline": "harden.cli.baseline_cmd:baseline",
     "keygen": "harden.cli.keys_cmd:keygen",
     "verify": "harden.cli.verify_cmd:verify",
