@@ -153,7 +153,6 @@ class AuditLog:
     def __init__(self, path: Path, clock: Clock) -> None:
         self.path = path
         self._clock = clock
-        self._initialised = False
 
     @classmethod
     def default(cls, clock: Clock) -> AuditLog:
@@ -184,9 +183,8 @@ class AuditLog:
                 hint="check the permissions of $HARDEN_HOME",
             ) from e
         try:
-            if create and not self._initialised:
+            if create:
                 conn.executescript(_SCHEMA)
-                self._initialised = True
             yield conn
         except sqlite3.DatabaseError as e:
             raise AuditLogError(
