@@ -118,10 +118,12 @@ class ResourceDescriptor(_Open):
 
 
 class Subject(ResourceDescriptor):
+    digest: dict[StrictStr, StrictStr]
+
     @field_validator("digest")
     @classmethod
-    def _needs_sha256(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is None or "sha256" not in v:
+    def _needs_sha256(cls, v: dict[str, str]) -> dict[str, str]:
+        if "sha256" not in v:
             raise ValueError("a subject needs a sha256 digest")
         return v
 
