@@ -8,9 +8,9 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import pytest
 import requests
@@ -56,6 +56,10 @@ def _response(request: requests.PreparedRequest, reply: Reply) -> requests.Respo
     return response
 
 
+def _url(request: requests.PreparedRequest) -> SplitResult:
+    return urlsplit(str(request.url))
+
+
 def _body(request: requests.PreparedRequest) -> bytes:
     body = request.body
     if body is None:
@@ -78,9 +82,17 @@ class ScriptedAdapter(BaseAdapter):
     def add(self, method: str, path: str, *replies: Reply | Handler | Exception) -> None:
         self.routes.setdefault((method, path), []).extend(replies)
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         self.requests.append(request)
-        path = urlsplit(request.url).path
+        path = _url(request).path
         queue = self.routes.get((request.method or "", path))
         if not queue:
             return _response(request, (599, {}, b"unscripted " + path.encode()))
@@ -112,12 +124,20 @@ class FakeRegistry(BaseAdapter):
     def close(self) -> None:
         pass
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         return _response(request, self._handle(request))
 
     def _handle(self, request: requests.PreparedRequest) -> Reply:
         method = request.method or ""
-        url = urlsplit(request.url)
+        url = _url(request)
         query = parse_qs(url.query)
         self.log.append(f"{method} {url.path}{'?' + url.query if url.query else ''}")
         if url.path == "/v2/":
@@ -151,7 +171,7 @@ class FakeRegistry(BaseAdapter):
                     )
             body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
             return 200, {"Content-Type": OCI_INDEX}, body.encode()
-        digest = ref if ref.startswith("sha256:") else self.tags.get(repo, {}).get(ref)
+        digest = ref if ref.startswith("sha256:") else self.tags.get(repo, {}).get(ref, "")
         if method in ("GET", "HEAD"):
             stored = self.manifests.get(repo, {}).get(digest or "")
             if stored is None:
@@ -163,7 +183,7 @@ class FakeRegistry(BaseAdapter):
         if method == "PUT":
             if self.before_put:
                 self.before_put(repo, ref)
-                digest = ref if ref.startswith("sha256:") else self.tags.get(repo, {}).get(ref)
+                digest = ref if ref.startswith("sha256:") else self.tags.get(repo, {}).get(ref, "")
             data = _body(request)
             new_digest = "sha256:" + hashlib.sha256(data).hexdigest()
             if_match = request.headers.get("If-Match")
@@ -294,12 +314,12 @@ def test_bearer_token_is_fetched_per_scope_and_cached() -> None:
     client, _ = client_for(adapter, credentials=Credentials("alice", "pw"))
     assert client.get_blob("a/b", digest, 100) == b"blob"
     assert client.get_blob("a/b", digest, 100) == b"blob"
-    token_requests = [r for r in adapter.requests if urlsplit(r.url).path == "/token"]
+    token_requests = [r for r in adapter.requests if _url(r).path == "/token"]
     assert len(token_requests) == 1  # cached for the second read
-    query = parse_qs(urlsplit(token_requests[0].url).query)
+    query = parse_qs(_url(token_requests[0]).query)
     assert query == {"service": ["reg.test"], "scope": ["repository:a/b:pull"]}
     assert token_requests[0].headers["Authorization"].startswith("Basic ")
-    blob_requests = [r for r in adapter.requests if urlsplit(r.url).path == path]
+    blob_requests = [r for r in adapter.requests if _url(r).path == path]
     assert [r.headers.get("Authorization") for r in blob_requests] == [
         None,
         "Bearer T1",
@@ -534,7 +554,7 @@ def test_tag_index_gives_up_after_bounded_attempts() -> None:
 
     def lossy(request: requests.PreparedRequest) -> Reply:
         reply = original(request)
-        if request.method == "PUT" and urlsplit(request.url).path.endswith(tag):
+        if request.method == "PUT" and _url(request).path.endswith(tag):
             fake.tags["a"].pop(tag, None)
         return reply
 
