@@ -1,0 +1,22 @@
+# ---- t.purge (package_absent)
+printf '%s %s\n' '@@harden-rule' t.purge
+(
+set -e
+if [ -n "$R" ]; then
+	harden_say "skipped in a root folder: apt-get purge"
+	exit 0
+fi
+set --
+for p in telnet rsh-client nis; do
+	if harden_pkg_installed "$p"; then set -- "$@" "$p"; fi
+done
+if [ "$#" -gt 0 ]; then
+	harden_say "purging $*"
+	apt-get -q purge -y "$@"
+fi
+)
+harden_status=$?
+if [ "$harden_status" -ne 0 ]; then
+	printf '%s %s %s\n' '@@harden-failed' t.purge "$harden_status" >&2
+	exit "$harden_status"
+fi
