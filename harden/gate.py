@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from harden.attest.dsse import VerifiedStatement
+from harden.attest.dsse import VerifiedStatement, verify
+from harden.attest.keys import PublicKey
 from harden.attest.predicates import (
     HARDEN_COMPLIANCE,
     HARDEN_REVOCATION,
@@ -45,6 +46,7 @@ __all__ = [
     "ValidUntilFuture",
     "decide",
     "default_gate",
+    "gather_evidence",
 ]
 
 SCHEMA_VERSION = 1
@@ -382,6 +384,33 @@ def decide(gate: AllOf, ev: Evidence) -> Decision:
         policies=gate.names(),
         decided_at=ev.now,
     )
+
+
+def gather_evidence(
+    envelopes: Iterable[tuple[str, bytes]],
+    trusted: Sequence[PublicKey],
+    subject_digest: str,
+    now: dt.datetime,
+) -> Evidence:
+    """Verify ``(label, envelope bytes)`` pairs into :class:`Evidence` (no I/O; pure crypto).
+
+    Envelopes that do not verify are listed in ``rejected`` as ``"<label>: <why>"``; verified
+    revocations go to ``revocations``, everything else that verified to ``statements``.
+    """
+    statements: list[VerifiedStatement] = []
+    revocations: list[VerifiedStatement] = []
+    rejected: list[str] = []
+    for label, env in envelopes:
+        try:
+            v = verify(env, trusted)
+        except AttestationError as e:
+            rejected.append(f"{label}: {e.message}")
+            continue
+        if v.statement.predicateType == HARDEN_REVOCATION:
+            revocations.append(v)
+        else:
+            statements.append(v)
+    return Evidence(subject_digest, statements, rejected, revocations, now)
 
 
 def _fmt_delta(d: dt.timedelta) -> str:
