@@ -345,7 +345,8 @@ def test_table_strips_ansi_from_evidence() -> None:
 
 
 def _report_schema() -> dict[str, Any]:
-    return json.loads((ROOT / "docs" / "report.schema.json").read_text())
+    schema: dict[str, Any] = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+    return schema
 
 
 def test_json_is_to_json() -> None:
