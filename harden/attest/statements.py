@@ -42,11 +42,14 @@ from harden.errors import AttestationError
 from harden.results import Status, VerifyReport, rfc3339
 
 __all__ = [
+    "ARTIFACT_TYPE_FOR_PREDICATE",
     "BUILD_TYPE_CONTAINER",
     "BUILD_TYPE_VM",
     "HARDEN_COMPLIANCE",
     "HARDEN_REVOCATION",
+    "LEGACY_DSSE_MEDIA_TYPE",
     "MAX_STATEMENT_BYTES",
+    "PREDICATE_TYPE_ANNOTATION",
     "SLSA_PROVENANCE",
     "STATEMENT_TYPE",
     "TEST_RESULT",
@@ -57,6 +60,7 @@ __all__ = [
     "Statement",
     "Subject",
     "TestResultV01",
+    "artifact_type",
     "compliance",
     "controls_covered",
     "loads_strict",
@@ -66,6 +70,24 @@ __all__ = [
     "serialize",
     "test_result",
 ]
+
+# OCI artifactType (and layer mediaType) of one DSSE envelope stored as a referrer, per predicate
+# (in-toto: ``application/vnd.in-toto.<predicate>+dsse``; harden's own under vnd.harden)
+ARTIFACT_TYPE_FOR_PREDICATE: dict[str, str] = {
+    SLSA_PROVENANCE: "application/vnd.in-toto.provenance+dsse",
+    TEST_RESULT: "application/vnd.in-toto.test-result+dsse",
+    HARDEN_COMPLIANCE: "application/vnd.harden.compliance+dsse",
+    HARDEN_REVOCATION: "application/vnd.harden.revocation+dsse",
+}
+# cosign's legacy label for a DSSE layer; readers accept it too
+LEGACY_DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
+PREDICATE_TYPE_ANNOTATION = "in-toto.io/predicate-type"
+
+
+def artifact_type(predicate_type: str) -> str:
+    """The OCI artifactType for an envelope of ``predicate_type`` (KeyError if unknown)."""
+    return ARTIFACT_TYPE_FOR_PREDICATE[predicate_type]
+
 
 BUILD_TYPE_CONTAINER = "https://harden.dev/buildtypes/container/v1"
 BUILD_TYPE_VM = "https://harden.dev/buildtypes/vm/v1"
