@@ -227,12 +227,17 @@ class SshTarget:
             raise TargetError(
                 f"{self.describe()}: the SSH connection dropped: {e}", hint="is the host still up?"
             ) from e
-        if not chan.exit_status_ready():
-            self._drop()
-            raise TargetError(
-                f"{self.describe()}: the SSH connection dropped before the command finished",
-                hint="is the host still up? a reboot or poweroff closes the connection",
-            )
+        if chan.exit_status == -1:  # closed without an exit-status message
+            transport = chan.get_transport()
+            if transport is not None and transport.is_alive():
+                transport.join(1.0)  # a dropped connection ends the transport thread quickly
+            if not self._alive():
+                self._drop()
+                raise TargetError(
+                    f"{self.describe()}: the SSH connection dropped before the command finished",
+                    hint="is the host still up? a reboot or poweroff closes the connection",
+                )
+            return CommandResult(255, b"".join(out), b"".join(err))  # killed by a signal
         return CommandResult(chan.recv_exit_status(), b"".join(out), b"".join(err))
 
     def put_file(self, data: bytes, remote_path: str, mode: int) -> None:
