@@ -624,3 +624,37 @@ def test_copy_across_registries_streams_and_is_resumable() -> None:
     assert not any(e.startswith("POST") for e in dst_fake.log)  # nothing re-uploaded
     assert [d.digest for d in list_referrers(dst, "prod/img", digest)] == [referrer.digest]
     assert not any(e.startswith("POST") and "mount=" in e for e in src_fake.log)
+
+
+def test_copy_of_an_index_copies_its_children_first() -> None:
+    src_fake, dst_fake = FakeRegistry(), FakeRegistry()
+    child, child_data = seed_image(src_fake, "s")
+    index = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": child,
+                    "size": len(child_data),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+            ],
+        }
+    )
+    src_fake.manifests["s"][compute_digest(index)] = (index, OCI_INDEX)
+    src, _ = client_for(src_fake)
+    session = requests.Session()
+    session.mount("https://", dst_fake)
+    dst = RegistryClient("other.test", session=session, sleep=lambda _s: None)
+    result = copy_image(src, "s", compute_digest(index), dst, "d", tag="multi")
+    assert result == Descriptor(OCI_INDEX, compute_digest(index), len(index))
+    assert dst_fake.manifests["d"][child][0] == child_data
+    assert dst_fake.manifests["d"][compute_digest(index)][0] == index
+    manifest_puts = [e for e in dst_fake.log if e.startswith("PUT /v2/d/manifests/")]
+    assert manifest_puts == [
+        f"PUT /v2/d/manifests/{child}",
+        f"PUT /v2/d/manifests/{compute_digest(index)}",
+        "PUT /v2/d/manifests/multi",
+    ]
