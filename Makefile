@@ -19,13 +19,13 @@ lint:           ## ruff (format + lint) and mypy strict
 	$(PYTHON) -m ruff check harden builder verifiers tests bench
 	$(PYTHON) -m mypy
 
-test: dev services   ## unit + integration tests against the real engine and registry
+test: dev services-vm   ## unit + integration tests against the real engine and registry
 	$(PYTHON) -m pytest -q tests
 
 test-unit: dev
 	$(PYTHON) -m pytest -q tests/unit
 
-test-integration: dev services
+test-integration: dev services-vm
 	$(PYTHON) -m pytest -q tests/integration
 
 bench: dev services  ## benchmarks, printed as ratios and written to bench/results.json

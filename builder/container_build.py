@@ -25,7 +25,9 @@ from harden.errors import EnvironmentProblem, RemediationError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
-from verifiers.runner import verify
+from verifiers.facts import FactPlan, new_nonce
+from verifiers.facts import parse as parse_facts
+from verifiers.runner import report_from_facts, verify
 
 from builder.docker_engine import Engine, ImageTarget, dockerfile_label, repo_digest, split_tag
 from builder.render import Phase, parse_failure, render_script
@@ -136,11 +138,24 @@ def build_key(base_digest: str, baseline: ResolvedBaseline, defn: ImageDefinitio
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
+# run the remediation, and only when it succeeded, the read-only fact collection on the very
+# filesystem that is then committed: one container instead of a second one for verification
+_THEN_FACTS = 'sh -c "$1" harden-remediate && exec sh -c "$2" harden-facts'
+
+
 def _run_phase(
-    engine: Engine, image: str, script: str, network: str, progress: Progress, changes: list[str]
-) -> str:
+    engine: Engine,
+    image: str,
+    script: str,
+    network: str,
+    changes: list[str],
+    facts_script: str | None = None,
+) -> tuple[str, bytes]:
     """Run one remediation script in a throwaway container and commit the result."""
-    with engine.throwaway(image, ["/bin/sh", "-c", script], network=network) as c:
+    command = ["/bin/sh", "-c", script]
+    if facts_script is not None:
+        command = ["/bin/sh", "-c", _THEN_FACTS, "sh", script, facts_script]
+    with engine.throwaway(image, command, network=network) as c:
         result = engine.run_to_end(c, REMEDIATION_TIMEOUT)
         out, err = result.stdout.decode("utf-8", "replace"), result.stderr.decode("utf-8", "replace")
         failure = parse_failure(out, err, result.exit_status)
@@ -150,7 +165,7 @@ def _run_phase(
                 f"remediation of {what} failed (exit {failure.exit_status})",
                 hint="command output:\n" + (failure.output or "(none)")[-2000:],
             )
-        return str(engine.commit(c, changes).id)
+        return str(engine.commit(c, changes).id), result.stdout
 
 
 def _base_config_changes(engine: Engine, image_id: str) -> list[str]:
@@ -199,7 +214,7 @@ def build_container(
         net_script = render_script(rules, family, TargetKind.CONTAINER, Phase.NETWORK)
         if any(r.kind.value == "package_present" for r in rules):
             progress("remediation (network phase: package installs)")
-            current = _run_phase(engine, current, net_script, "host", progress, restore)
+            current, _ = _run_phase(engine, current, net_script, "host", restore)
         off_script = render_script(rules, family, TargetKind.CONTAINER, Phase.OFFLINE)
         if user:
             off_script = user_script(user) + off_script.split("\n", 1)[1]
@@ -218,11 +233,26 @@ def build_container(
         if user:
             changes.append(f"USER {user}")
         progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
-        image_id = _run_phase(engine, current, off_script, "none", progress, changes)
-
-    progress(f"verifying {image_id[:19]} against {baseline.id}")
-    target = ImageTarget(engine, image_id)
-    report = verify(target, baseline, clock, image=reference, digest=image_id, progress=None)
+        nonce = new_nonce()
+        plan = FactPlan.for_rules(baseline.rules, TargetKind.CONTAINER)
+        image_id, stdout = _run_phase(
+            engine, current, off_script, "none", changes, plan.script(nonce)
+        )
+        progress(f"verifying {image_id[:19]} against {baseline.id}")
+        report = report_from_facts(
+            baseline,
+            parse_facts(stdout, nonce),
+            TargetKind.CONTAINER,
+            ImageTarget(engine, image_id).image_config(),
+            clock,
+            started=clock.now(),
+            image=reference,
+            digest=image_id,
+        )
+    else:
+        progress(f"verifying {image_id[:19]} against {baseline.id}")
+        target = ImageTarget(engine, image_id)
+        report = verify(target, baseline, clock, image=reference, digest=image_id, progress=None)
     engine.tag(engine.image(image_id), reference)
 
     digest: str | None = None

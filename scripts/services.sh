@@ -5,7 +5,7 @@
 #   - OCI registry (Debian docker-registry, distribution 2.8) on 127.0.0.1:5000
 #   - base images debian:12 and debian:13 built with debootstrap (no public registry here),
 #     cached as tarballs under /var/cache/harden, imported and pushed to the local registry
-# Usage: scripts/services.sh [--no-images] [--vm]
+# Usage: scripts/services.sh [--no-images] [--vm]   (--vm also builds the cached base VM template)
 set -euo pipefail
 
 STATE=${HARDEN_SERVICES_STATE:-/var/lib/harden-services}
@@ -28,8 +28,8 @@ need_root
 mkdir -p "$STATE" "$CACHE"
 
 # ---- packages --------------------------------------------------------------------------------
-PKGS=(docker.io docker-registry debootstrap skopeo apache2-utils openssl curl)
-if [ "$WANT_VM" = 1 ]; then PKGS+=(qemu-system-x86 qemu-utils mmdebstrap zstd openssh-client); fi
+PKGS=(docker.io docker-registry debootstrap skopeo apache2-utils openssl curl chromium
+      qemu-system-x86 qemu-utils mmdebstrap zstd openssh-client)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -110,5 +110,9 @@ base_image() { # base_image VERSION CODENAME
 if [ "$WANT_IMAGES" = 1 ]; then
   base_image 12 bookworm
   base_image 13 trixie
+fi
+if [ "$WANT_VM" = 1 ]; then
+  log "base VM template (scripts/vm-base.sh, cached under $CACHE/vm)"
+  "$(dirname "$0")/vm-base.sh" >&2
 fi
 log "ready: docker engine, registry $REGISTRY$([ "$WANT_IMAGES" = 1 ] && echo ', debian:12, debian:13')"

@@ -142,17 +142,42 @@ def verify(
     if progress:
         progress(f"gathering facts from {target.describe()} ({len(baseline.rules)} rules)")
     facts, seconds = gather(target, baseline.rules)
-    image_config = target.image_config()
-    results = evaluate_rules(baseline, facts, target.kind, image_config, started.date())
+    return report_from_facts(
+        baseline,
+        facts,
+        target.kind,
+        target.image_config(),
+        clock,
+        started=started,
+        image=image,
+        digest=digest,
+        facts_seconds=seconds,
+    )
+
+
+def report_from_facts(
+    baseline: ResolvedBaseline,
+    facts: Facts,
+    kind: TargetKind,
+    image_config: Mapping[str, Any] | None,
+    clock: Clock,
+    *,
+    started: Any,
+    image: str,
+    digest: str | None,
+    facts_seconds: float = 0.0,
+) -> VerifyReport:
+    """Evaluate every rule on facts already gathered (e.g. by the build, in one container run)."""
+    results = evaluate_rules(baseline, facts, kind, image_config, started.date())
     family, version = platform_of(facts)
     return VerifyReport(
         image=image,
         digest=digest,
-        target=target.kind.value,
+        target=kind.value,
         platform=f"{family} {version}".strip(),
         baseline=BaselineRef(baseline.id, baseline.version, baseline.digest),
         results=results,
         started_at=started,
         finished_at=clock.now(),
-        facts_seconds=seconds,
+        facts_seconds=facts_seconds,
     )

@@ -130,6 +130,4 @@ def lint(files: tuple[Path, ...], baseline_dirs: tuple[Path, ...]) -> None:
             continue
         progress(f"ok: {f}: {r.id} {r.version}, {len(r.rules)} rules resolved")
     if failures:
-        raise BaselineError(
-            f"{len(failures)} of {len(files)} baseline file(s) invalid"
-        ) if len(files) > 1 else failures[0]
+        raise BaselineError(f"{len(failures)} of {len(files)} baseline file(s) invalid")
