@@ -22,7 +22,9 @@ BASE = f"{REGISTRY}/library/debian:12"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def harden(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def harden(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from harden.cli import main; main()", *args],
         capture_output=True,
@@ -54,7 +56,10 @@ def definition(tmp_path: Path, name: str, **over: object) -> Path:
 
 
 def temp_containers(client: docker.DockerClient) -> list[str]:
-    return [c.name for c in client.containers.list(all=True, filters={"label": "dev.harden.temporary=true"})]
+    return [
+        c.name
+        for c in client.containers.list(all=True, filters={"label": "dev.harden.temporary=true"})
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -98,14 +103,18 @@ def test_verify_hardened_image_reports_every_rule_none_as_error(built: dict) -> 
     r = harden("verify", f"{REGISTRY}/test/itest-golden:latest", "--format", "json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    shown = json.loads(harden("baseline", "show", "debian-container", "--resolved", "--format", "json").stdout)
+    shown = json.loads(
+        harden("baseline", "show", "debian-container", "--resolved", "--format", "json").stdout
+    )
     assert {x["rule_id"] for x in report["results"]} == {x["id"] for x in shown["rules"]}
     assert report["summary"]["error"] == 0
     assert report["baseline"]["id"] == "debian-container"  # taken from the image label
 
 
 def test_hardened_image_still_runs_a_shell(built: dict, client: docker.DockerClient) -> None:
-    out = client.containers.run(built["image_id"], ["sh", "-c", "id -un; echo ok"], network_mode="none", remove=True)
+    out = client.containers.run(
+        built["image_id"], ["sh", "-c", "id -un; echo ok"], network_mode="none", remove=True
+    )
     assert out.decode().split() == ["app", "ok"]
 
 
@@ -125,8 +134,16 @@ def test_building_on_the_output_changes_nothing(built: dict, client: docker.Dock
     import datetime as dt
 
     bl = resolve(Catalogue.from_search_path(), "debian-container")
-    script = render_script(remediation_rules(bl, dt.date.today()), "debian", TargetKind.CONTAINER, Phase.OFFLINE)
-    c = client.containers.create(built["image_id"], ["/bin/sh", "-c", script], entrypoint=[], user="root", network_mode="none")
+    script = render_script(
+        remediation_rules(bl, dt.date.today()), "debian", TargetKind.CONTAINER, Phase.OFFLINE
+    )
+    c = client.containers.create(
+        built["image_id"],
+        ["/bin/sh", "-c", script],
+        entrypoint=[],
+        user="root",
+        network_mode="none",
+    )
     try:
         c.start()
         assert c.wait(timeout=120)["StatusCode"] == 0, c.logs().decode()[-2000:]
@@ -136,7 +153,13 @@ def test_building_on_the_output_changes_nothing(built: dict, client: docker.Dock
 
 
 def test_verify_running_container(built: dict, client: docker.DockerClient) -> None:
-    c = client.containers.run(built["image_id"], ["sleep", "60"], network_mode="none", detach=True, name="harden-itest-running")
+    c = client.containers.run(
+        built["image_id"],
+        ["sleep", "60"],
+        network_mode="none",
+        detach=True,
+        name="harden-itest-running",
+    )
     try:
         r = harden("verify", "docker://harden-itest-running", "--format", "json")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr
@@ -173,7 +196,8 @@ def test_registry_down_during_push_exit_4_and_no_tag(tmp_path: Path) -> None:
 def _failing_baseline(tmp_path: Path, remediation: str) -> Path:
     bdir = tmp_path / "bl"
     bdir.mkdir()
-    (bdir / "broken.yaml").write_text(textwrap.dedent(f"""\
+    (bdir / "broken.yaml").write_text(
+        textwrap.dedent(f"""\
         id: broken
         version: 1.0.0
         title: a baseline whose remediation fails
@@ -187,13 +211,21 @@ def _failing_baseline(tmp_path: Path, remediation: str) -> Path:
             command:
               check: test -e /nonexistent-marker
               remediation: {json.dumps(remediation)}
-        """))
+        """)
+    )
     return bdir
 
 
-def test_failing_remediation_names_rule_and_output(tmp_path: Path, client: docker.DockerClient) -> None:
+def test_failing_remediation_names_rule_and_output(
+    tmp_path: Path, client: docker.DockerClient
+) -> None:
     bdir = _failing_baseline(tmp_path, "echo cannot-do-this >&2; exit 3")
-    d = definition(tmp_path, "itest-broken", baseline={"id": "broken"}, destination=f"{REGISTRY}/test/broken:latest")
+    d = definition(
+        tmp_path,
+        "itest-broken",
+        baseline={"id": "broken"},
+        destination=f"{REGISTRY}/test/broken:latest",
+    )
     before = set(temp_containers(client))
     r = harden("build", str(d), "--baselines", str(bdir), "--force")
     assert r.returncode == 4, r.stderr
@@ -203,13 +235,27 @@ def test_failing_remediation_names_rule_and_output(tmp_path: Path, client: docke
     assert tags.status_code == 404 or not (tags.json().get("tags") or [])
 
 
-def test_ctrl_c_during_build_leaves_no_container(tmp_path: Path, client: docker.DockerClient) -> None:
+def test_ctrl_c_during_build_leaves_no_container(
+    tmp_path: Path, client: docker.DockerClient
+) -> None:
     bdir = _failing_baseline(tmp_path, "sleep 30")
     d = definition(tmp_path, "itest-interrupt", baseline={"id": "broken"})
     before = set(temp_containers(client))
     p = subprocess.Popen(
-        [sys.executable, "-c", "from harden.cli import main; main()", "build", str(d), "--baselines", str(bdir), "--force"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            "from harden.cli import main; main()",
+            "build",
+            str(d),
+            "--baselines",
+            str(bdir),
+            "--force",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (set(temp_containers(client)) - before):
@@ -223,7 +269,9 @@ def test_ctrl_c_during_build_leaves_no_container(tmp_path: Path, client: docker.
 
 def test_malformed_definition_exit_3_with_line(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
-    p.write_text("name: x\nbase: 127.0.0.1:5000/library/debian:12\ntarget: container\nbaseline:\n  id: debian-container\n  colour: blue\n")
+    p.write_text(
+        "name: x\nbase: 127.0.0.1:5000/library/debian:12\ntarget: container\nbaseline:\n  id: debian-container\n  colour: blue\n"
+    )
     r = harden("build", str(p))
     assert r.returncode == 3
     assert f"{p}:6" in r.stderr and "Traceback" not in r.stderr
