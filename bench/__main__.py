@@ -16,7 +16,9 @@ def main() -> int:
     only = sys.argv[1:]
     results: list[Result] = []
     here = Path(__file__).parent
-    for mod in sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_")):
+    for mod in sorted(
+        m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_")
+    ):
         if only and not any(o in mod for o in only):
             continue
         print(f"running {mod} ...", file=sys.stderr, flush=True)

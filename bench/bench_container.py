@@ -51,7 +51,10 @@ def plain_testinfra_check(host: Any, rule: Rule, image_config: dict[str, Any]) -
         f = host.file(str(spec.path))
         return f.exists and f.contains(spec.key)
     if isinstance(spec, k.ServiceDisabled):
-        return all(not host.file(f"/etc/systemd/system/multi-user.target.wants/{u}").exists for u in spec.units)
+        return all(
+            not host.file(f"/etc/systemd/system/multi-user.target.wants/{u}").exists
+            for u in spec.units
+        )
     if isinstance(spec, k.Sysctl):
         return host.file("/etc/sysctl.d/99-harden.conf").contains(spec.key)
     if isinstance(spec, k.SuidSgidAllowlist):
@@ -116,10 +119,14 @@ def _docker_build(client: docker.DockerClient, script: str, user: str | None) ->
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     buf.seek(0)
-    client.images.build(fileobj=buf, custom_context=True, network_mode="none", nocache=True, rm=True, forcerm=True)
+    client.images.build(
+        fileobj=buf, custom_context=True, network_mode="none", nocache=True, rm=True, forcerm=True
+    )
 
 
-def bench_build(engine: Engine, catalogue: Catalogue, defn_path: Path, bl: ResolvedBaseline) -> tuple[Result, Result]:
+def bench_build(
+    engine: Engine, catalogue: Catalogue, defn_path: Path, bl: ResolvedBaseline
+) -> tuple[Result, Result]:
     from builder.container_build import container_user, user_script
 
     defn = load_definition(defn_path)
@@ -145,7 +152,9 @@ def bench_build(engine: Engine, catalogue: Catalogue, defn_path: Path, bl: Resol
         target="<= 1.15x",
         met=t_ours / t_plain <= 1.15,
     )
-    t_again = median_time(lambda: build_container(defn, catalogue, engine, clock, push=False), repeat=3)
+    t_again = median_time(
+        lambda: build_container(defn, catalogue, engine, clock, push=False), repeat=3
+    )
     rebuild = Result(
         name="no-change rebuild (reuse + re-verify)",
         harden_s=t_again,
@@ -163,10 +172,19 @@ def run() -> list[Result]:
     bl = resolve(catalogue, "debian-container")
     with tempfile.TemporaryDirectory() as d:
         defn_path = Path(d) / "bench.yaml"
-        defn_path.write_text(json.dumps({
-            "name": "bench-golden", "base": BASE, "target": "container",
-            "baseline": {"id": "debian-container"}, "max_age": "30d",
-        }))
+        defn_path.write_text(
+            json.dumps(
+                {
+                    "name": "bench-golden",
+                    "base": BASE,
+                    "target": "container",
+                    "baseline": {"id": "debian-container"},
+                    "max_age": "30d",
+                }
+            )
+        )
         build, rebuild = bench_build(engine, catalogue, defn_path, bl)
-        image = build_container(load_definition(defn_path), catalogue, engine, SystemClock(), push=False).image_id
+        image = build_container(
+            load_definition(defn_path), catalogue, engine, SystemClock(), push=False
+        ).image_id
         return [bench_verify(engine, image, bl), build, rebuild]

@@ -36,7 +36,9 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], repeat: int) -> tuple[float, float]:
+def interleaved(
+    a: Callable[[], object], b: Callable[[], object], repeat: int
+) -> tuple[float, float]:
     """Median times of a and b, run alternately so both see the same machine load."""
     ta, tb = [], []
     for _ in range(repeat):
@@ -66,4 +68,6 @@ def table(results: list[Result]) -> str:
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )

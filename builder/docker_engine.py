@@ -130,7 +130,9 @@ class Engine:
         except docker.errors.DockerException as e:
             raise TargetError(f"container {container.short_id} failed: {_short(e)}") from e
         except OSError as e:  # read timeout from requests
-            raise TargetError(f"container {container.short_id} did not finish in {timeout:.0f}s") from e
+            raise TargetError(
+                f"container {container.short_id} did not finish in {timeout:.0f}s"
+            ) from e
         return CommandResult(int(status.get("StatusCode", -1)), out, err)
 
     @staticmethod

@@ -23,10 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from harden.baseline.model import BaselineIdStr, RuleIdStr, Target, Waiver
-from harden.baseline.resolve import Catalogue, Overrides, ResolvedBaseline, raise_validation, resolve
+from harden.baseline.resolve import (
+    Catalogue,
+    Overrides,
+    ResolvedBaseline,
+    raise_validation,
+    resolve,
+)
 from harden.errors import ImageDefinitionError
 from harden.yamlio import LineMap, load_file
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.baseline.kinds import (
-    Accounts,
     AccountCheck,
+    Accounts,
     Command,
     Compare,
     ConfigLine,
@@ -470,7 +470,12 @@ def _accounts(spec: Accounts, ctx: CheckContext) -> Outcome:
         return Outcome.fail(*bad) if bad else Outcome.ok("all accounts use shadowed passwords")
     if check is AccountCheck.UNIQUE_IDS:
         bad = []
-        for label, rows, col in (("UID", passwd, 2), ("GID", group, 2), ("user", passwd, 0), ("group", group, 0)):
+        for label, rows, col in (
+            ("UID", passwd, 2),
+            ("GID", group, 2),
+            ("user", passwd, 0),
+            ("group", group, 0),
+        ):
             seen: dict[str, str] = {}
             for r in rows:
                 if r[col] in seen:

@@ -33,9 +33,20 @@ from harden.target import TargetKind
 
 _GLOB_SAFE = re.compile(r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$")
 MAX_FILE_BYTES = 256 * 1024
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+)
 SYSCTL_FILES = ("/etc/sysctl.conf",)
-SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d")
+SYSCTL_DIRS = (
+    "/etc/sysctl.d",
+    "/run/sysctl.d",
+    "/usr/local/lib/sysctl.d",
+    "/usr/lib/sysctl.d",
+    "/lib/sysctl.d",
+)
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d")
 
 
@@ -76,9 +87,7 @@ class FactPlan:
                 if cond.file_exists:
                     plan.exists.add(cond.file_exists)
             spec = rule.spec
-            if isinstance(spec, FileAbsent):
-                plan.stat_globs.update(_paths(spec.paths))
-            elif isinstance(spec, FilePermissions):
+            if isinstance(spec, FileAbsent | FilePermissions):
                 plan.stat_globs.update(_paths(spec.paths))
             elif isinstance(spec, ConfigLine):
                 plan.files.add(str(spec.path))
@@ -124,7 +133,7 @@ class FactPlan:
         for pattern in sorted(self.stat_globs):
             out.append(
                 f"sec {q('stat:' + pattern)}; for f in {glob_word(pattern)}; do "
-                "if [ -e \"$f\" ] || [ -L \"$f\" ]; then "
+                'if [ -e "$f" ] || [ -L "$f" ]; then '
                 "stat -c '%a\t%U\t%G\t%F\t%n' -- \"$f\"; fi; done; end"
             )
         for path in sorted(self.files):
@@ -136,7 +145,7 @@ class FactPlan:
                 '[ -f "$f" ] && printf "%s\\n" "$f"; done; end'
             )
             out.append(
-                f"for f in {glob_word(d)}/*; do [ -f \"$f\" ] || continue; "
+                f'for f in {glob_word(d)}/*; do [ -f "$f" ] || continue; '
                 'sec "file:$f"; cat_file "$f"; end; done'
             )
         for path in sorted(self.exists):
@@ -145,7 +154,7 @@ class FactPlan:
             files = " ".join(q(f) for f in SYSCTL_FILES)
             dirs = " ".join(f"{glob_word(d)}/*.conf" for d in SYSCTL_DIRS)
             out.append(
-                f"for f in {files} {dirs}; do [ -f \"$f\" ] || continue; "
+                f'for f in {files} {dirs}; do [ -f "$f" ] || continue; '
                 'sec "sysctlfile:$f"; cat_file "$f"; end; done'
             )
             if self.target is TargetKind.VM:
@@ -174,7 +183,7 @@ class FactPlan:
         if self.modprobe:
             dirs = " ".join(f"{glob_word(d)}/*.conf" for d in MODPROBE_DIRS)
             out.append(
-                f"for f in {dirs}; do [ -f \"$f\" ] || continue; "
+                f'for f in {dirs}; do [ -f "$f" ] || continue; '
                 'sec "modprobe:$f"; cat_file "$f"; end; done'
             )
             if self.target is TargetKind.VM:

@@ -47,11 +47,17 @@ def _docker_container(ref: str, **_: object) -> Iterator[Opened]:
     engine = Engine.connect()
     target = RunningContainerTarget(engine, ref.removeprefix("docker://"))
     cfg = target.image_config() or {}
-    yield Opened(target, str(target._container.attrs.get("Image")), (cfg.get("Labels") or {}).get(BASELINE_LABEL))
+    yield Opened(
+        target,
+        str(target._container.attrs.get("Image")),
+        (cfg.get("Labels") or {}).get(BASELINE_LABEL),
+    )
 
 
 @contextlib.contextmanager
-def _ssh(ref: str, *, known_hosts: Path | None = None, identity: Path | None = None, **_: object) -> Iterator[Opened]:
+def _ssh(
+    ref: str, *, known_hosts: Path | None = None, identity: Path | None = None, **_: object
+) -> Iterator[Opened]:
     from builder.ssh_target import SshTarget, parse_ssh_url
 
     user, host, port = parse_ssh_url(ref)
@@ -66,7 +72,7 @@ def _ssh(ref: str, *, known_hosts: Path | None = None, identity: Path | None = N
 def _qcow2(ref: str, **kw: object) -> Iterator[Opened]:
     from builder.vm_verify import open_qcow2
 
-    with open_qcow2(Path(ref), **kw) as opened:  # type: ignore[arg-type]
+    with open_qcow2(Path(ref), **kw) as opened:
         yield opened
 
 
@@ -112,4 +118,6 @@ def verify_ref(
     with opener(ref, known_hosts=known_hosts, identity=identity, progress=progress) as opened:
         bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
         baseline = resolve(catalogue, bid)
-        return verify(opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress)
+        return verify(
+            opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress
+        )

@@ -12,7 +12,7 @@ from harden.errors import BaselineError, TargetError
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport, WaiverInfo
 from harden.target import Target, TargetKind
 from verifiers.checks import CheckContext, Outcome, evaluate
-from verifiers.facts import Facts, FactPlan, new_nonce, parse
+from verifiers.facts import FactPlan, Facts, new_nonce, parse
 
 CODENAMES = {"bookworm": "12", "trixie": "13", "bullseye": "11", "forky": "14"}
 
@@ -45,11 +45,15 @@ def platform_of(facts: Facts) -> tuple[str, str]:
     return family, version
 
 
-def _applicability(rule: Rule, kind: TargetKind, family: str, version: str, facts: Facts) -> str | None:
+def _applicability(
+    rule: Rule, kind: TargetKind, family: str, version: str, facts: Facts
+) -> str | None:
     if kind.value not in {t.value for t in rule.targets}:
         return f"applies to {', '.join(sorted(t.value for t in rule.targets))} only, not a {kind.value}"
     if not any(p.admits(family, version) for p in rule.platforms):
-        plats = ", ".join(f"{p.family.value} {' '.join(p.versions)}".strip() for p in rule.platforms)
+        plats = ", ".join(
+            f"{p.family.value} {' '.join(p.versions)}".strip() for p in rule.platforms
+        )
         return f"applies to {plats} only, the target is {family} {version}"
     installed = None
     for cond in rule.when:
@@ -71,7 +75,9 @@ def evaluate_rules(
 ) -> tuple[RuleResult, ...]:
     family, version = platform_of(facts)
     if not any(p.admits(family, version) for p in baseline.platforms):
-        plats = ", ".join(f"{p.family.value} {' '.join(p.versions)}".strip() for p in baseline.platforms)
+        plats = ", ".join(
+            f"{p.family.value} {' '.join(p.versions)}".strip() for p in baseline.platforms
+        )
         raise BaselineError(
             f"baseline {baseline.id} is for {plats}; the target runs {family} {version or '?'}",
             hint="pick a baseline for this platform with --baseline",

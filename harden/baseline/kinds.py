@@ -20,8 +20,12 @@ UnitName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]*$", max_length=128)
 ]
 # absolute path, optionally with shell-style glob characters (* ? [ ]), no whitespace or quoting
-AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$", max_length=512)]
-SysctlKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(\.[a-z0-9_*\-]+)+$", max_length=128)]
+AbsPath = Annotated[
+    str, StringConstraints(pattern=r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$", max_length=512)
+]
+SysctlKey = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9_]+(\.[a-z0-9_*\-]+)+$", max_length=128)
+]
 ModuleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]+$", max_length=64)]
 UserName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_\-]*\$?$", max_length=32)]
 OctalMode = Annotated[str, StringConstraints(pattern=r"^0?[0-7]{3,4}$")]
@@ -169,7 +173,7 @@ class Accounts(Spec):
 
 class ImageCheck(StrEnum):
     NON_ROOT_USER = "non_root_user"
-    NO_SECRET_ENV = "no_secret_env"
+    NO_SECRET_ENV = "no_secret_env"  # noqa: S105 (a check name, not a secret)
     HEALTHCHECK = "healthcheck"
 
 

@@ -34,15 +34,20 @@ from harden.baseline.kinds import (
     RuleKind,
     ServiceDisabled,
     Spec,
-    Sysctl,
     SuidSgidAllowlist,
+    Sysctl,
     WorldWritable,
 )
 
 BaselineIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
-RuleIdStr = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9][a-z0-9_\-]*)+$", max_length=96)]
+RuleIdStr = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9][a-z0-9_\-]*)+$", max_length=96),
+]
 ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$", max_length=64)]
-ControlId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*$", max_length=64)]
+ControlId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*$", max_length=64)
+]
 FrameworkName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$", max_length=64)]
 Text = Annotated[str, StringConstraints(max_length=4000)]
 
@@ -88,7 +93,9 @@ class Platform(Strict):
 class Condition(Strict):
     """A fact about the target that must hold for a rule to apply."""
 
-    package_installed: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.\-]*$")] | None = None
+    package_installed: (
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+.\-]*$")] | None
+    ) = None
     file_exists: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_.+@%/\-]*$")] | None = None
 
     @model_validator(mode="after")
@@ -240,7 +247,9 @@ class BaselineDoc(Strict):
     """One baseline file."""
 
     id: BaselineIdStr
-    version: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+){0,2}([\-+][0-9A-Za-z.\-]+)?$")]
+    version: Annotated[
+        str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+){0,2}([\-+][0-9A-Za-z.\-]+)?$")
+    ]
     title: Annotated[str, StringConstraints(min_length=1, max_length=300)]
     description: Text = ""
     extends: list[BaselineIdStr] = Field(default_factory=list)

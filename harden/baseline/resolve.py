@@ -80,7 +80,11 @@ def raise_validation(
             rule_id = rule_ids.get(path[1])
         elif isinstance(doc, dict):
             rules = doc.get("rules")
-            if isinstance(rules, list) and path[1] < len(rules) and isinstance(rules[path[1]], dict):
+            if (
+                isinstance(rules, list)
+                and path[1] < len(rules)
+                and isinstance(rules[path[1]], dict)
+            ):
                 rid = rules[path[1]].get("id")
                 rule_id = rid if isinstance(rid, str) else None
     more = len(e.errors()) - len(messages)
@@ -249,9 +253,7 @@ class ResolvedBaseline:
             "extends_chain": list(self.chain),
             "parameters": dict(sorted(self.parameters.items())),
             "rules": [r.to_json() for r in self.rules],
-            "waivers": [
-                {**w.model_dump(mode="json")} for _, w in sorted(self.waivers.items())
-            ],
+            "waivers": [{**w.model_dump(mode="json")} for _, w in sorted(self.waivers.items())],
         }
 
     def to_json(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,7 +27,7 @@ def baseline() -> None:
 def list_(baseline_dirs: tuple[Path, ...], fmt: str) -> None:
     """List every baseline on the search path with its resolved rule count."""
     cat = catalogue(baseline_dirs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for bid in cat.ids():
         r = resolve(cat, bid)
         loaded = cat.get(bid)
@@ -106,7 +107,9 @@ def show(
     head = f"{r.id} {r.version}: {r.title}\nextends: {' -> '.join(r.chain)}\nrules: {len(rules)}\n"
     emit(
         head
-        + plain_table(["RULE", "KIND", "SEVERITY", "TARGETS", "ISO27017", "CIS-DEB12", "WAIVER"], rows),
+        + plain_table(
+            ["RULE", "KIND", "SEVERITY", "TARGETS", "ISO27017", "CIS-DEB12", "WAIVER"], rows
+        ),
         output,
     )
 

@@ -21,7 +21,9 @@ def render_report(report: VerifyReport, fmt: str, output: Path | None) -> None:
         emit(_fallback(report, fmt), output)
         click.echo(_fallback_summary(report), err=True)
         return
-    color = fmt == "table" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    color = (
+        fmt == "table" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    )
     emit(render(report, Format(fmt), color=color), output)
     click.echo(summary_line(report), err=True)
 

@@ -22,13 +22,29 @@ from verifiers.refs import verify_ref
     "for containers and debian-vm for machines).",
 )
 @baselines_option
-@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report to FILE instead of stdout.")
-@click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="known_hosts file pinning the host key of an ssh:// target.")
-@click.option("--identity", "-i", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Private key for an ssh:// target.")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the report to FILE instead of stdout.",
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="known_hosts file pinning the host key of an ssh:// target.",
+)
+@click.option(
+    "--identity",
+    "-i",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Private key for an ssh:// target.",
+)
 def verify(
     ref: str,
     baseline_id: str | None,

@@ -127,11 +127,12 @@ def test_unchanged_inputs_reuse_the_image_and_force_rebuilds(built: dict, tmp_pa
 
 def test_building_on_the_output_changes_nothing(built: dict, client: docker.DockerClient) -> None:
     """Run the same remediation on the hardened image: the filesystem diff is empty."""
+    import datetime as dt
+
     from builder.container_build import remediation_rules
     from builder.render import Phase, render_script
     from harden.baseline.resolve import Catalogue, resolve
     from harden.target import TargetKind
-    import datetime as dt
 
     bl = resolve(Catalogue.from_search_path(), "debian-container")
     script = render_script(

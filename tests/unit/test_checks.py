@@ -27,17 +27,33 @@ targets: [container, vm]
 def baseline(tmp_path: Path, rules: str, extra: str = "") -> ResolvedBaseline:
     d = tmp_path / "bl"
     d.mkdir(exist_ok=True)
-    (d / "t.yaml").write_text(HEADER + extra + "rules:\n" + textwrap.indent(textwrap.dedent(rules), "  "))
+    (d / "t.yaml").write_text(
+        HEADER + extra + "rules:\n" + textwrap.indent(textwrap.dedent(rules), "  ")
+    )
     return resolve(Catalogue([d]), "t")
 
 
 def facts(**sections: str) -> Facts:
-    base = {"os-release": 'ID=debian\nVERSION_ID="12"\n', "packages": "ii \tbash\nii \topenssh-server\n"}
-    base.update({k.replace("__", ":").replace("_", "-") if k.startswith("x_") else k: v for k, v in sections.items()})
+    base = {
+        "os-release": 'ID=debian\nVERSION_ID="12"\n',
+        "packages": "ii \tbash\nii \topenssh-server\n",
+    }
+    base.update(
+        {
+            k.replace("__", ":").replace("_", "-") if k.startswith("x_") else k: v
+            for k, v in sections.items()
+        }
+    )
     return Facts(base, {k: 0 for k in base})
 
 
-def run(bl: ResolvedBaseline, f: Facts, kind: TargetKind = TargetKind.CONTAINER, cfg=None, today=dt.date(2026, 6, 1)):
+def run(
+    bl: ResolvedBaseline,
+    f: Facts,
+    kind: TargetKind = TargetKind.CONTAINER,
+    cfg=None,
+    today=dt.date(2026, 6, 1),
+):
     return {r.rule_id: r for r in evaluate_rules(bl, f, kind, cfg, today)}
 
 
@@ -74,8 +90,13 @@ def test_sshd_first_match_follows_include_order(tmp_path: Path) -> None:
 
 def test_sshd_settings_after_match_block_are_ignored(tmp_path: Path) -> None:
     bl = baseline(tmp_path, SSHD_RULE)
-    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n",
-               "file:/etc/ssh/sshd_config": "Match User x\nPermitRootLogin no\n"}, {})
+    f = Facts(
+        {
+            "os-release": "ID=debian\nVERSION_ID=12\n",
+            "file:/etc/ssh/sshd_config": "Match User x\nPermitRootLogin no\n",
+        },
+        {},
+    )
     assert run(bl, f)["ssh.permit-root-login"].status is Status.FAILED
 
 
@@ -88,34 +109,50 @@ def test_missing_config_file_is_not_applicable_not_passed(tmp_path: Path) -> Non
 
 def test_sshd_T_wins_on_a_vm(tmp_path: Path) -> None:
     bl = baseline(tmp_path, SSHD_RULE)
-    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n",
-               "file:/etc/ssh/sshd_config": "PermitRootLogin no\n",
-               "sshd-T": "port 22\npermitrootlogin yes\n"}, {"sshd-T": 0})
+    f = Facts(
+        {
+            "os-release": "ID=debian\nVERSION_ID=12\n",
+            "file:/etc/ssh/sshd_config": "PermitRootLogin no\n",
+            "sshd-T": "port 22\npermitrootlogin yes\n",
+        },
+        {"sshd-T": 0},
+    )
     r = run(bl, f, TargetKind.VM)["ssh.permit-root-login"]
     assert r.status is Status.FAILED and "sshd -T" in r.evidence[0]
 
 
 def test_login_defs_last_match_and_numeric_compare(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: login.pass-max-days
       title: max days
       controls: {iso27017: [CLD.9.5.2]}
       config_line: {path: /etc/login.defs, key: PASS_MAX_DAYS, value: 365, compare: le, match: last}
-    """)
-    ok = Facts({"os-release": "ID=debian\nVERSION_ID=12\n",
-                "file:/etc/login.defs": "PASS_MAX_DAYS 99999\n# PASS_MAX_DAYS 1\nPASS_MAX_DAYS 90\n"}, {})
+    """,
+    )
+    ok = Facts(
+        {
+            "os-release": "ID=debian\nVERSION_ID=12\n",
+            "file:/etc/login.defs": "PASS_MAX_DAYS 99999\n# PASS_MAX_DAYS 1\nPASS_MAX_DAYS 90\n",
+        },
+        {},
+    )
     assert run(bl, ok)["login.pass-max-days"].status is Status.PASSED
     bad = Facts({**ok.sections, "file:/etc/login.defs": "PASS_MAX_DAYS 99999\n"}, {})
     assert run(bl, bad)["login.pass-max-days"].status is Status.FAILED
 
 
 def test_sysctl_order_and_live_value(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: sysctl.ip-forward
       title: no forwarding
       controls: {iso27017: [CLD.9.5.1]}
       sysctl: {key: net.ipv4.ip_forward, value: 0}
-    """)
+    """,
+    )
     sections = {
         "os-release": "ID=debian\nVERSION_ID=12\n",
         "sysctlfile:/usr/lib/sysctl.d/99-harden.conf": "net.ipv4.ip_forward = 1\n",
@@ -131,7 +168,9 @@ def test_sysctl_order_and_live_value(tmp_path: Path) -> None:
 
 
 def test_target_and_condition_applicability(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: kmod.cramfs
       title: cramfs
       controls: {iso27017: [CLD.9.5.2]}
@@ -141,7 +180,8 @@ def test_target_and_condition_applicability(tmp_path: Path) -> None:
       controls: {iso27017: [CLD.9.5.2]}
       applies_to: {when: [{package_installed: avahi-daemon}]}
       service_disabled: {units: [avahi-daemon.service]}
-    """)
+    """,
+    )
     res = run(bl, Facts({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": ""}, {}))
     assert res["kmod.cramfs"].status is Status.NOT_APPLICABLE
     assert "vm only" in res["kmod.cramfs"].reason
@@ -150,23 +190,34 @@ def test_target_and_condition_applicability(tmp_path: Path) -> None:
 
 
 def test_service_states(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: svc.cups
       title: cups off
       controls: {iso27017: [CLD.9.5.2]}
       service_disabled: {units: [cups.service]}
-    """)
+    """,
+    )
     base = {"os-release": "ID=debian\nVERSION_ID=12\n"}
     absent = run(bl, Facts({**base, "unit:cups.service": ""}, {}))["svc.cups"]
     assert absent.status is Status.PASSED and "no unit file" in absent.evidence[0]
     wanted = "file /lib/systemd/system\nwanted /etc/systemd/system/multi-user.target.wants/cups.service\n"
-    assert run(bl, Facts({**base, "unit:cups.service": wanted}, {}))["svc.cups"].status is Status.FAILED
+    assert (
+        run(bl, Facts({**base, "unit:cups.service": wanted}, {}))["svc.cups"].status
+        is Status.FAILED
+    )
     masked = "link /etc/systemd/system /dev/null\nfile /lib/systemd/system\n"
-    assert run(bl, Facts({**base, "unit:cups.service": masked}, {}))["svc.cups"].status is Status.PASSED
+    assert (
+        run(bl, Facts({**base, "unit:cups.service": masked}, {}))["svc.cups"].status
+        is Status.PASSED
+    )
 
 
 def test_accounts_and_suid(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: acct.uid0
       title: uid0
       controls: {iso27017: [CLD.9.5.2]}
@@ -183,11 +234,19 @@ def test_accounts_and_suid(tmp_path: Path) -> None:
       title: suid
       controls: {iso27017: [CLD.9.5.2]}
       suid_sgid_allowlist: {allowlist: [/usr/bin/passwd]}
-    """)
+    """,
+    )
     passwd = "root:x:0:0::/root:/bin/bash\ntoor:x:0:0::/:/bin/sh\ndaemon:x:1:1::/:/bin/sh\n"
-    f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n", "passwd": passwd,
-               "shadow": "root:*:1::::::\ndaemon::1::::::\n", "group": "root:x:0:\n",
-               "suid": "/usr/bin/passwd\n/usr/bin/evil\n"}, {})
+    f = Facts(
+        {
+            "os-release": "ID=debian\nVERSION_ID=12\n",
+            "passwd": passwd,
+            "shadow": "root:*:1::::::\ndaemon::1::::::\n",
+            "group": "root:x:0:\n",
+            "suid": "/usr/bin/passwd\n/usr/bin/evil\n",
+        },
+        {},
+    )
     res = run(bl, f)
     assert res["acct.uid0"].status is Status.FAILED and "toor" in res["acct.uid0"].evidence[0]
     assert res["acct.nologin"].status is Status.FAILED
@@ -196,15 +255,21 @@ def test_accounts_and_suid(tmp_path: Path) -> None:
 
 
 def test_waiver_active_then_expired(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: pkg.telnet
       title: no telnet
       controls: {iso27017: [CLD.9.5.2]}
       package_absent: {packages: [telnet]}
-    """, extra="waivers:\n  - {rule: pkg.telnet, reason: legacy, owner: ops, expires: 2026-06-30}\n")
+    """,
+        extra="waivers:\n  - {rule: pkg.telnet, reason: legacy, owner: ops, expires: 2026-06-30}\n",
+    )
     f = Facts({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": "ii \ttelnet\n"}, {})
     waived = run(bl, f, today=dt.date(2026, 6, 30))["pkg.telnet"]
-    assert waived.status is Status.WAIVED and waived.waiver is not None and not waived.waiver.expired
+    assert (
+        waived.status is Status.WAIVED and waived.waiver is not None and not waived.waiver.expired
+    )
     assert waived.evidence == ("installed: telnet",)  # never hidden
     expired = run(bl, f, today=dt.date(2026, 7, 1))["pkg.telnet"]
     assert expired.status is Status.FAILED and "expired" in expired.reason
@@ -214,7 +279,9 @@ def test_waiver_active_then_expired(tmp_path: Path) -> None:
 
 
 def test_image_config_never_echoes_secret_values(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, """\
+    bl = baseline(
+        tmp_path,
+        """\
     - id: image.no-secret-env
       title: no secrets
       controls: {iso27017: [CLD.9.5.2]}
@@ -225,7 +292,8 @@ def test_image_config_never_echoes_secret_values(tmp_path: Path) -> None:
       controls: {iso27017: [CLD.9.5.2]}
       applies_to: {targets: [container]}
       image_config: {check: non_root_user, user: app}
-    """)
+    """,
+    )
     cfg = {"Env": ["PATH=/bin", "DB_PASSWORD=hunter2"], "User": ""}
     res = run(bl, facts(), cfg=cfg)
     r = res["image.no-secret-env"]
@@ -264,12 +332,16 @@ class ScriptTarget:
 
 
 def test_verify_runs_one_command_for_the_whole_baseline(tmp_path: Path) -> None:
-    bl = baseline(tmp_path, SSHD_RULE + """\
+    bl = baseline(
+        tmp_path,
+        SSHD_RULE
+        + """\
 - id: pkg.telnet
   title: no telnet
   controls: {iso27017: [CLD.9.5.2]}
   package_absent: {packages: [telnet]}
-""")
+""",
+    )
     t = ScriptTarget({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": "ii \tbash\n"})
     clock = FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     report = verify(t, bl, clock, image="x", digest=None)
