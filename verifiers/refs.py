@@ -69,10 +69,16 @@ def _ssh(
 
 
 @contextlib.contextmanager
-def _qcow2(ref: str, **kw: object) -> Iterator[Opened]:
+def _qcow2(
+    ref: str,
+    *,
+    identity: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    **_: object,
+) -> Iterator[Opened]:
     from builder.vm_verify import open_qcow2
 
-    with open_qcow2(Path(ref), **kw) as opened:
+    with open_qcow2(Path(ref), identity=identity, progress=progress) as opened:
         yield opened
 
 

@@ -1,0 +1,79 @@
+"""`harden verify FILE.qcow2`: boot a throwaway overlay of a template, verify, shut it down.
+
+A template made of a whole-disk filesystem boots with a kernel and initrd: they are found in a
+``manifest.json`` next to the file (as scripts/vm-base.sh writes it) or given as ``vmlinuz`` and
+``initrd.img`` in the same folder; otherwise the disk's own boot loader is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from harden.errors import TargetError, UsageError
+
+from builder.qemu import DEFAULT_APPEND, Vm, VmImage
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def image_for(disk: Path) -> tuple[VmImage, Path | None]:
+    """The boot description of ``disk`` and the SSH key recorded beside it (if any)."""
+    folder = disk.parent
+    manifest = folder / "manifest.json"
+    kernel = initrd = key = None
+    append = DEFAULT_APPEND
+    if manifest.is_file():
+        try:
+            data: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise TargetError(f"{manifest}: not JSON ({e})") from e
+        kernel = Path(data["kernel"]) if data.get("kernel") else None
+        initrd = Path(data["initrd"]) if data.get("initrd") else None
+        key = Path(data["build_key"]) if data.get("build_key") else None
+        append = str(data.get("append", DEFAULT_APPEND))
+    else:
+        if (folder / "vmlinuz").is_file():
+            kernel = folder / "vmlinuz"
+        if (folder / "initrd.img").is_file():
+            initrd = folder / "initrd.img"
+    return VmImage(disk=disk.absolute(), kernel=kernel, initrd=initrd, append=append), key
+
+
+@contextlib.contextmanager
+def open_qcow2(
+    path: Path,
+    *,
+    identity: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    **_: object,
+) -> Iterator[Any]:
+    from verifiers.refs import Opened
+
+    if not path.is_file():
+        raise UsageError(f"no such VM template: {path}")
+    image, recorded_key = image_for(path)
+    key = identity or recorded_key
+    if key is None:
+        raise UsageError(
+            f"no SSH key to log in to {path}",
+            hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
+        )
+    digest = sha256_file(path)
+    with tempfile.TemporaryDirectory(prefix="harden-vm-") as work, Vm(
+        image, Path(work), on_progress=progress
+    ) as vm:
+        vm.start()
+        target = vm.connect("root", key)
+        yield Opened(target, digest, None)
