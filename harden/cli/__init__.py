@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "keygen": "harden.cli.keys_cmd:keygen",
     "verify": "harden.cli.verify_cmd:verify",
     "build": "harden.cli.build_cmd:build",
+    "attest": "harden.cli.attest_cmd:attest",
+    "attestation": "harden.cli.attest_cmd:attestation",
+    "promote": "harden.cli.promote_cmd:promote",
 }
 
 

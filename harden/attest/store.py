@@ -1,0 +1,197 @@
+"""Attestations in the registry: attach DSSE envelopes as OCI 1.1 referrers, list and fetch them.
+
+Each envelope is its own referrer manifest whose ``subject`` is the image manifest (so the image
+is never rewritten and a copy by digest carries them along), ``artifactType`` = layer
+``mediaType`` = :data:`harden.attest.statements.ARTIFACT_TYPE_FOR_PREDICATE` of its predicate,
+annotated with the creation time and the (unauthenticated, informational) predicate type.
+
+Reading is bounded and checked: the referrer manifest is verified against its digest, the
+envelope blob is refused above :data:`harden.attest.dsse.MAX_ENVELOPE_BYTES` before it is
+downloaded (and a blob that lies about its size is cut at that bound), and verified against its
+digest. Bad content of one referrer never hides the others: it is reported as a problem with a
+label (its digest), for the gate to list. A registry that cannot be reached is an error (exit 4).
+
+Also here: :func:`sign_statements`, the three statements harden signs for a verified image
+(provenance, test-result, compliance), built from a report and signed with one signer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harden.attest import dsse
+from harden.attest.keys import Signer
+from harden.attest.statements import (
+    ARTIFACT_TYPE_FOR_PREDICATE,
+    LEGACY_DSSE_MEDIA_TYPE,
+    PREDICATE_TYPE_ANNOTATION,
+    BuildInfo,
+    Subject,
+    compliance,
+    controls_covered,
+    provenance,
+    serialize,
+    test_result,
+)
+from harden.baseline.model import Waiver
+from harden.errors import HardenError, InputError, RegistryError
+from harden.oci.client import RegistryClient
+from harden.oci.model import CREATED_ANNOTATION, Descriptor, list_referrers, push_referrer
+from harden.results import VerifyReport, rfc3339
+
+__all__ = [
+    "GENERIC_ARTIFACT_TYPE",
+    "FetchedEnvelopes",
+    "SignedStatement",
+    "attach",
+    "attach_all",
+    "fetch_envelopes",
+    "is_attestation",
+    "list_attestations",
+    "sign_statements",
+]
+
+# artifactType for a predicate harden has no entry for (in-toto's generic DSSE label)
+GENERIC_ARTIFACT_TYPE = "application/vnd.in-toto+dsse"
+
+
+def artifact_type_for(predicate_type: str) -> str:
+    return ARTIFACT_TYPE_FOR_PREDICATE.get(predicate_type, GENERIC_ARTIFACT_TYPE)
+
+
+def is_attestation(descriptor: Descriptor) -> bool:
+    """A referrer that carries a DSSE envelope (by its artifactType)."""
+    kind = descriptor.artifact_type or ""
+    return kind.endswith("+dsse") or kind == LEGACY_DSSE_MEDIA_TYPE
+
+
+@dataclass(frozen=True)
+class SignedStatement:
+    predicate_type: str
+    envelope: bytes
+
+
+def attach(
+    client: RegistryClient,
+    repository: str,
+    subject: Descriptor,
+    envelope: bytes,
+    predicate_type: str,
+    created: dt.datetime,
+) -> Descriptor:
+    """Push one envelope as a referrer of ``subject``; returns the referrer's descriptor."""
+    kind = artifact_type_for(predicate_type)
+    return push_referrer(
+        client,
+        repository,
+        subject,
+        artifact_type=kind,
+        blob=envelope,
+        blob_media_type=kind,
+        annotations={
+            CREATED_ANNOTATION: rfc3339(created),
+            PREDICATE_TYPE_ANNOTATION: predicate_type,
+        },
+    )
+
+
+def attach_all(
+    client: RegistryClient,
+    repository: str,
+    subject: Descriptor,
+    signed: Sequence[SignedStatement],
+    created: dt.datetime,
+) -> list[Descriptor]:
+    """Attach every envelope (in order); the first failure raises."""
+    return [
+        attach(client, repository, subject, s.envelope, s.predicate_type, created) for s in signed
+    ]
+
+
+def list_attestations(client: RegistryClient, repository: str, digest: str) -> list[Descriptor]:
+    """The referrers of ``digest`` that carry DSSE envelopes."""
+    return [d for d in list_referrers(client, repository, digest) if is_attestation(d)]
+
+
+@dataclass(frozen=True)
+class FetchedEnvelopes:
+    envelopes: list[tuple[str, bytes]]  # (label = referrer digest, envelope bytes)
+    problems: list[str]  # "<referrer digest>: why it could not be read"
+    referrers: list[Descriptor]
+
+
+def _layer(client: RegistryClient, repository: str, referrer: Descriptor) -> Descriptor:
+    manifest = client.get_manifest(repository, referrer.digest)  # verified against its digest
+    layers = manifest.layers
+    if len(layers) != 1:
+        raise InputError(f"has {len(layers)} layers, an attestation has exactly one")
+    subject = manifest.subject
+    if subject is None:
+        raise InputError("has no subject")
+    return layers[0]
+
+
+def fetch_envelopes(
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    *,
+    max_bytes: int = dsse.MAX_ENVELOPE_BYTES,
+) -> FetchedEnvelopes:
+    """Every attestation envelope referring to ``digest``, read bounded and digest-checked.
+
+    Bad content (a digest mismatch, an oversized or malformed referrer) becomes a problem
+    labelled with the referrer's digest; an unreachable registry raises RegistryError.
+    """
+    referrers = list_attestations(client, repository, digest)
+    envelopes: list[tuple[str, bytes]] = []
+    problems: list[str] = []
+    for referrer in referrers:
+        label = f"referrer {referrer.digest}"
+        try:
+            layer = _layer(client, repository, referrer)
+            if layer.size > max_bytes:
+                raise InputError(
+                    f"envelope is {layer.size} bytes, more than the limit of {max_bytes}"
+                )
+            envelopes.append((label, client.get_blob(repository, layer.digest, max_bytes)))
+        except RegistryError:
+            raise
+        except HardenError as e:  # DigestMismatch, InputError: bad content, not a broken registry
+            problems.append(f"{label}: {e.message}")
+    return FetchedEnvelopes(envelopes, problems, referrers)
+
+
+def sign_statements(
+    report: VerifyReport,
+    subject: Subject,
+    signer: Signer,
+    *,
+    verified_at: dt.datetime,
+    valid_until: dt.datetime,
+    waivers: Mapping[str, Waiver],
+    build: BuildInfo | None,
+    baseline_uri: str = "",
+) -> list[SignedStatement]:
+    """Provenance (when ``build`` is known), test-result and compliance, each signed."""
+    statements: list[dict[str, Any]] = []
+    if build is not None:
+        statements.append(provenance(subject, build))
+    statements.append(test_result(subject, report, baseline_uri))
+    statements.append(
+        compliance(
+            subject,
+            report,
+            verified_at=verified_at,
+            valid_until=valid_until,
+            waivers=waivers,
+            controls=controls_covered(report),
+        )
+    )
+    return [
+        SignedStatement(str(s["predicateType"]), dsse.sign(serialize(s), signer))
+        for s in statements
+    ]

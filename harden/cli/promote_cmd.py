@@ -1,0 +1,120 @@
+"""`harden promote SRC DST`: the registry promotion gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harden.cli.common import dump_json, emit, plain_table, progress
+from harden.clock import SystemClock
+
+
+def _max_age(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
+    if value is None:
+        return None
+    from harden.imagedef import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trusted public key (PEM, from `harden keygen`); repeatable, every key is tried.",
+)
+@click.option(
+    "--max-age",
+    default="30d",
+    show_default=True,
+    callback=_max_age,
+    help="Deny when the latest verification is older than this (12h, 30d, 4w).",
+)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    help="Allowed baseline id (or id@version); repeatable. Default: any baseline.",
+)
+@click.option("--dry-run", is_flag=True, help="Decide (and audit the decision) but copy nothing.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def promote(
+    src: str,
+    dst: str,
+    keys: tuple[Path, ...],
+    max_age: object,
+    baselines: tuple[str, ...],
+    dry_run: bool,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Promote SRC to DST by digest when its attestations pass the gate.
+
+    SRC is resolved to a digest; every attestation referring to that digest is verified with
+    the trusted keys. All must hold: signed by a trusted key, subject = SRC digest, known
+    predicate type, result PASSED (or failures only under unexpired waivers), verified within
+    --max-age and validUntil ahead, an allowed baseline, not revoked. Then the image is copied
+    by digest (identical manifest bytes, attestations along, the tag last). Every decision is
+    written to the audit log. Exit 0 promoted (or allowed with --dry-run), 1 denied (every
+    reason is listed), 2 usage, 3 malformed input, 4 registry or key problems.
+    """
+    import datetime as dt
+
+    from harden.attest.keys import load_public_key
+    from harden.audit import AuditLog
+    from harden.oci import RegistryClient, parse_reference
+    from harden.promote import promote as run_promote
+
+    assert max_age is None or isinstance(max_age, dt.timedelta)
+    trusted = [load_public_key(k) for k in keys]
+    src_ref, dst_ref = parse_reference(src), parse_reference(dst)
+    src_client = RegistryClient.for_reference(src_ref)
+    dst_client = (
+        src_client
+        if dst_ref.registry == src_ref.registry
+        else RegistryClient.for_reference(dst_ref)
+    )
+    clock = SystemClock()
+    result = run_promote(
+        src_client,
+        src_ref,
+        dst_client,
+        dst_ref,
+        trusted,
+        clock,
+        AuditLog.default(clock),
+        max_age=max_age,
+        baselines=baselines,
+        dry_run=dry_run,
+        progress=progress,
+    )
+    if fmt == "json":
+        emit(dump_json(result.to_json()), output)
+    else:
+        rows = [["src", result.src], ["dst", result.dst], ["digest", result.digest]]
+        rows.append(["attestations", f"{result.attestations} found, {result.verified} verified"])
+        rows.append(["decision", "ALLOWED" if result.allowed else "DENIED"])
+        rows += [["reason", r] for r in result.decision.reasons]
+        rows += [["ignored", r] for r in result.rejected if result.allowed]
+        emit(plain_table(["FIELD", "VALUE"], rows), output)
+    if not result.allowed:
+        progress(f"DENIED: {result.src} ({result.digest}) is not promoted to {result.dst}")
+        for reason in result.decision.reasons:
+            progress(f"  - {reason}")
+        raise click.exceptions.Exit(1)
+    if result.copied:
+        progress(f"promoted {result.src} -> {result.dst} ({result.digest})")
+    else:
+        progress(f"allowed (dry run, nothing copied): {result.src} ({result.digest})")

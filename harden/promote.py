@@ -1,0 +1,170 @@
+"""Promotion: the registry gate between staging and production.
+
+``promote`` resolves SRC to a digest, reads every attestation referring to that digest (bounded
+and digest-checked, :mod:`harden.attest.store`), verifies them against the trusted keys, lets the
+gate (:mod:`harden.gate`) decide, records the decision in the audit log, and only when allowed
+(and not a dry run) copies the image by digest to DST: blobs mounted or streamed, the identical
+manifest bytes, the referrers, the tag last (:func:`harden.oci.model.copy_image`).
+
+No printing and no clock of its own: progress goes through a callback, time comes from the
+injected clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harden.attest.keys import PublicKey
+from harden.attest.store import fetch_envelopes
+from harden.audit import AuditAction, AuditLog
+from harden.clock import Clock
+from harden.errors import HardenError, UsageError
+from harden.gate import AllOf, Decision, Evidence, decide, default_gate, gather_evidence
+from harden.oci.client import RegistryClient
+from harden.oci.model import Reference, copy_image, resolve
+
+__all__ = ["SCHEMA_VERSION", "PromoteResult", "promote"]
+
+SCHEMA_VERSION = 1
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    src: str
+    dst: str
+    digest: str
+    decision: Decision
+    attestations: int  # referrers that carry an envelope
+    verified: int  # envelopes that verified against a trusted key
+    rejected: list[str] = field(default_factory=list)  # envelopes that did not (and why)
+    copied: bool = False
+    dry_run: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+    def to_json(self) -> dict[str, Any]:
+        decision = self.decision.to_json()
+        decision.pop("schema_version", None)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "src": self.src,
+            "dst": self.dst,
+            "digest": self.digest,
+            "allowed": self.allowed,
+            "copied": self.copied,
+            "dry_run": self.dry_run,
+            "attestations": self.attestations,
+            "verified": self.verified,
+            "rejected": list(self.rejected),
+            "decision": decision,
+        }
+
+
+def _check_refs(src: Reference, dst: Reference) -> None:
+    if src.tag is None and src.digest is None:
+        raise UsageError(f"SRC {src} names neither a tag nor a digest", hint="add :TAG or @DIGEST")
+    if dst.tag is None:
+        raise UsageError(
+            f"DST {dst} needs a tag to promote to",
+            hint="e.g. 127.0.0.1:5000/prod/app:1.0 (the digest never changes)",
+        )
+    if dst.digest is not None and src.digest is not None and dst.digest != src.digest:
+        raise UsageError(f"DST pins {dst.digest} but SRC is {src.digest}")
+
+
+def promote(
+    src_client: RegistryClient,
+    src: Reference,
+    dst_client: RegistryClient,
+    dst: Reference,
+    trusted: Sequence[PublicKey],
+    clock: Clock,
+    audit: AuditLog,
+    *,
+    max_age: dt.timedelta | None = None,
+    baselines: Sequence[str] = (),
+    gate: AllOf | None = None,
+    dry_run: bool = False,
+    progress: Callable[[str], None] = _noop,
+) -> PromoteResult:
+    """Decide (always audited) and, when allowed and not ``dry_run``, copy SRC to DST by digest.
+
+    A denial is a result (``allowed`` False), not an exception; registry and key problems raise.
+    """
+    _check_refs(src, dst)
+    if not trusted:
+        raise UsageError("no trusted public key", hint="pass --key PATH.pub (repeatable)")
+    gate = gate or default_gate(max_age, baselines)
+    manifest = resolve(src_client, src)
+    digest = manifest.digest
+    if dst.digest is not None and dst.digest != digest:
+        raise UsageError(f"DST pins {dst.digest} but {src} is {digest}")
+    progress(f"{src} is {digest}")
+    fetched = fetch_envelopes(src_client, src.repository, digest)
+    progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
+    gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
+    evidence = Evidence(
+        subject_digest=gathered.subject_digest,
+        statements=gathered.statements,
+        rejected=[*fetched.problems, *gathered.rejected],
+        revocations=gathered.revocations,
+        now=gathered.now,
+    )
+    decision = decide(gate, evidence)
+    result = PromoteResult(
+        src=str(src),
+        dst=str(dst),
+        digest=digest,
+        decision=decision,
+        attestations=len(fetched.referrers),
+        verified=len(gathered.statements) + len(gathered.revocations),
+        rejected=list(evidence.rejected),
+        dry_run=dry_run,
+    )
+    details = {
+        "src": str(src),
+        "dst": str(dst),
+        "dry_run": dry_run,
+        "policies": decision.policies,
+        "reasons": decision.reasons,
+        "rejected": result.rejected,
+        "trusted_keys": sorted(k.keyid for k in trusted),
+    }
+    if not decision.allowed:
+        audit.append(AuditAction.DENY, str(src), digest, "denied", details)
+        return result
+    outcome = "allowed (dry run)" if dry_run else "allowed"
+    audit.append(AuditAction.PROMOTE, str(src), digest, outcome, details)
+    if dry_run:
+        return result
+    try:
+        copy_image(
+            src_client,
+            src.repository,
+            digest,
+            dst_client,
+            dst.repository,
+            tag=dst.tag,
+            progress=progress,
+        )
+    except HardenError as e:
+        audit.append(
+            AuditAction.PROMOTE,
+            str(src),
+            digest,
+            "copy failed",
+            {"src": str(src), "dst": str(dst), "error": e.message},
+        )
+        raise
+    audit.append(AuditAction.PROMOTE, str(dst), digest, "copied", {"src": str(src)})
+    return dataclasses.replace(result, copied=True)
