@@ -379,3 +379,46 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
     progress(f"{ok} of {len(rows)} attestation(s) of {digest} verified")
     if ok == 0:
         raise click.exceptions.Exit(1)
+
+
+def attach_build_attestations(
+    result: Any,
+    defn: Any,
+    definition: Path,
+    signer: Signer,
+    clock: Clock,
+    client: RegistryClient | None = None,
+) -> list[Descriptor]:
+    """After ``harden build --key``: sign provenance, test-result and compliance of the pushed
+    image (validUntil = verified time + the definition's max_age) and attach them."""
+    from harden.attest.statements import BUILD_TYPE_CONTAINER
+    from harden.oci import RegistryClient, parse_reference
+
+    reference = parse_reference(result.reference)
+    client = client or RegistryClient.for_reference(reference)
+    subject = client.head_manifest(reference.repository, result.digest)
+    if subject is None:
+        from harden.errors import RegistryError
+
+        raise RegistryError(f"{result.reference}@{result.digest} is not in the registry")
+    report = result.report
+    build = build_info(
+        build_type=BUILD_TYPE_CONTAINER,
+        definition={"name": defn.name, "path": str(definition), "sha256": defn.sha256},
+        base_name=result.base_name,
+        base_digest=result.base_digest,
+        baseline=result.baseline,
+        started=report.started_at,
+        finished=report.finished_at,
+    )
+    signed = sign_for_report(
+        report,
+        f"{reference.registry}/{reference.repository}",
+        result.digest,
+        signer,
+        verified_at=report.finished_at,
+        validity=defn.max_age,
+        waivers=result.baseline.waivers,
+        build=build,
+    )
+    return attach_signed(client, reference.repository, subject, signed, clock)

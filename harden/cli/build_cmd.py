@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,12 +17,21 @@ from harden.imagedef import load_definition
 @click.argument("definition", type=click.Path(dir_okay=False, path_type=Path))
 @baselines_option
 @click.option("--force", is_flag=True, help="Rebuild even when base and baseline are unchanged.")
-@click.option("--allow-noncompliant", is_flag=True,
-              help="Push even when verification fails (says so loudly).")
+@click.option(
+    "--allow-noncompliant", is_flag=True, help="Push even when verification fails (says so loudly)."
+)
 @click.option("--no-push", is_flag=True, help="Build and verify only.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--key",
+    "key_uri",
+    default=None,
+    help="Sign provenance, test-result and compliance with this key (file:PATH) and "
+    "attach them to the pushed image as referrers.",
+)
 def build(
     definition: Path,
     baseline_dirs: tuple[Path, ...],
@@ -30,6 +40,7 @@ def build(
     no_push: bool,
     fmt: str,
     output: Path | None,
+    key_uri: str | None,
 ) -> None:
     """Build the golden image described by DEFINITION (images/*.yaml).
 
@@ -42,6 +53,11 @@ def build(
     from builder.docker_engine import Engine
 
     defn = load_definition(definition)
+    signer = None
+    if key_uri is not None:
+        from harden.cli.attest_cmd import load_signer_from_uri
+
+        signer = load_signer_from_uri(key_uri)  # a bad key fails before the build
     cat = catalogue(baseline_dirs)
     engine = Engine.connect()
     result = build_container(
@@ -60,7 +76,30 @@ def build(
         render_report(result.report, "table", output)
     state = "compliant" if result.compliant else "NOT compliant"
     where = f"{result.reference}@{result.digest}" if result.digest else result.reference
-    progress(f"{'reused' if result.reused else 'built'} {where}: {state}"
-             + ("" if result.pushed or no_push else " (not pushed)"))
+    progress(
+        f"{'reused' if result.reused else 'built'} {where}: {state}"
+        + ("" if result.pushed or no_push else " (not pushed)")
+    )
+    if signer is not None and result.digest is not None:
+        _attest_build(result, defn, definition, signer)
+    elif signer is not None:
+        progress("nothing attested: the image was not pushed")
     if not result.compliant:
         raise click.exceptions.Exit(1)
+
+
+def _attest_build(result: Any, defn: Any, definition: Path, signer: Any) -> None:
+    """Sign and attach the three statements; a failure says the image is NOT promotable."""
+    from harden.cli.attest_cmd import attach_build_attestations
+    from harden.errors import HardenError
+
+    try:
+        attached = attach_build_attestations(result, defn, definition, signer, SystemClock())
+    except HardenError as e:
+        progress(e.diagnostics())
+        progress(
+            f"error: {result.reference}@{result.digest} is pushed but has no attestations: "
+            "it is NOT promotable; run `harden attest` or the build again"
+        )
+        raise click.exceptions.Exit(4) from e
+    progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")

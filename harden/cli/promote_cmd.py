@@ -111,8 +111,9 @@ def promote(
         emit(plain_table(["FIELD", "VALUE"], rows), output)
     if not result.allowed:
         progress(f"DENIED: {result.src} ({result.digest}) is not promoted to {result.dst}")
-        for reason in result.decision.reasons:
-            progress(f"  - {reason}")
+        if fmt == "json":
+            for reason in result.decision.reasons:
+                progress(f"  - {reason}")
         raise click.exceptions.Exit(1)
     if result.copied:
         progress(f"promoted {result.src} -> {result.dst} ({result.digest})")
