@@ -8,6 +8,7 @@ import click
 
 from harden.cli.common import baselines_option, catalogue, progress
 from harden.cli.output import FORMAT_CHOICES, render_report
+from harden.audit import AuditAction, AuditLog
 from harden.clock import SystemClock
 from verifiers.refs import verify_ref
 
@@ -68,15 +69,23 @@ def verify(
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
     """
     cat = catalogue(baseline_dirs)
+    clock = SystemClock()
     report = verify_ref(
         ref,
         cat,
-        SystemClock(),
+        clock,
         baseline_id=baseline_id,
         known_hosts=known_hosts,
         identity=identity,
         progress=progress,
     )
     render_report(report, fmt, output)
+    AuditLog.default(clock).append(
+        AuditAction.VERIFY,
+        report.image,
+        report.digest,
+        "compliant" if report.compliant else "non-compliant",
+        {"baseline": report.baseline.to_json(), "summary": report.summary()},
+    )
     if not report.compliant:
         raise click.exceptions.Exit(1)
