@@ -59,6 +59,9 @@ def build(
 
         signer = load_signer_from_uri(key_uri)  # a bad key fails before the build
     cat = catalogue(baseline_dirs)
+    if defn.doc.target.value == "vm":
+        _build_vm_template(defn, cat, force, allow_noncompliant, fmt, output)
+        return
     engine = Engine.connect()
     result = build_container(
         defn,
@@ -103,3 +106,24 @@ def _attest_build(result: Any, defn: Any, definition: Path, signer: Any) -> None
         )
         raise click.exceptions.Exit(4) from e
     progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
+
+
+def _build_vm_template(
+    defn: Any, cat: Any, force: bool, allow_noncompliant: bool, fmt: str, output: Path | None
+) -> None:
+    """A vm definition: build and seal a qcow2 template (builder/vm_build.py); no push."""
+    from builder.vm_build import build_vm
+
+    result = build_vm(
+        defn, cat, SystemClock(), force=force, allow_noncompliant=allow_noncompliant,
+        progress=progress,
+    )
+    if fmt == "json":
+        emit(dump_json(result.to_json()), output)
+    else:
+        render_report(result.report, "table", output)
+    state = "compliant" if result.compliant else "NOT compliant"
+    what = "reused" if result.reused else "built" if result.written else "not written"
+    progress(f"{what} {result.path} ({result.sha256}): {state}")
+    if not result.compliant:
+        raise click.exceptions.Exit(1)

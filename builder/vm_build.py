@@ -1,0 +1,476 @@
+"""Build one VM golden template: base -> overlay -> remediation -> reboot -> seal -> clone verify.
+
+The pipeline, one VM at a time (qemu under TCG is slow):
+
+1. Boot a qcow2 overlay of the base template (the base is never written), log in with the build
+   key, host keys pinned from the serial console.
+2. Upload the rendered OFFLINE remediation for target ``vm`` (rules not for vm, and actively
+   waived rules, are skipped) and run it. A failure names the rule and no template is written.
+   ``package_present`` rules are not run: the VM has no network, so those packages must already
+   be in the base (scripts/vm-base.sh); verification then reports whether they are.
+3. Reboot once, always (sysctl, kernel modules and mount options take effect at boot), and verify
+   over SSH: that report only goes to the progress output.
+4. Seal: run :func:`builder.qemu.hygiene_script` (no host keys, empty machine-id, no caches),
+   stop ``systemd-random-seed`` and remove the seed it saved (otherwise shutdown writes it back
+   into the template), power off, flatten the overlay into a standalone zstd qcow2.
+5. Boot a clone of the sealed template (new host keys pinned from the console, new machine-id)
+   and verify it. The clone's report is the one returned (and attested).
+
+Template hygiene (the decision): a ``template.*`` rule is about the template's *disk*, and the
+first boot of any clone undoes several of them on purpose (it makes host keys, a machine-id and a
+random seed). Checked on the running clone they would fail on every correct template; checked on
+the build VM before power-off they would miss what shutdown writes (the random seed). So every
+``template.*`` rule is evaluated on the sealed file itself: the clone boots with the sealed qcow2
+attached a second time as a read-only disk, which is mounted read-only (``ro,noload``) and the
+facts for those rules are gathered with ``chroot`` into it. Their results replace the clone's own
+results for the same rules and say so in their evidence. Every other rule is judged on the
+running clone, the way an instance will run.
+
+The sealed template is written as ``<out_dir>/<name>.qcow2`` with a ``manifest.json`` beside it
+(kernel and initrd copied next to it, the build key referenced by path, never copied; sha256), so
+``harden verify <out_dir>/<name>.qcow2`` works. It is written under a temporary name first and
+renamed into place only when the clone is compliant (or the caller allows a non-compliant one).
+A build whose inputs (base sha256, baseline digest, labels, harden version) did not change reuses
+the existing template and only verifies a clone of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
+from builder.render import Phase, parse_failure, render_script
+from builder.ssh_target import SshTarget
+from builder.vm_verify import sha256_file
+from harden import __version__
+from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
+from harden.clock import Clock
+from harden.errors import RemediationError, TargetError
+from harden.imagedef import ImageDefinition
+from harden.results import RuleResult, VerifyReport, rfc3339
+from harden.target import CommandResult, TargetKind
+from verifiers.runner import verify
+
+DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
+TEMPLATES_ENV = "HARDEN_TEMPLATES"
+REMEDIATION_TIMEOUT = 1800.0
+SEALED_RULE_PREFIX = "template."
+REMOTE_SCRIPT = "/run/harden-remediation.sh"
+REMOTE_FACTS = "/run/harden-sealed-facts.sh"
+SEALED_MOUNT = "/run/harden-sealed"
+SEALED_DEVICE = "/dev/vdb"
+
+Progress = Callable[[str], None]
+
+# after hygiene_script(): systemd-random-seed saves a seed when it stops (at the latest during
+# power-off); stop it now and drop what it saved so the template carries no seed
+_SEAL_EXTRA = """set -u
+systemctl stop systemd-random-seed.service >/dev/null 2>&1 || true
+rm -f /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
+sync
+"""
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def templates_dir() -> Path:
+    return Path(os.environ.get(TEMPLATES_ENV) or DEFAULT_TEMPLATES_DIR)
+
+
+@dataclass(frozen=True)
+class VmBuildResult:
+    definition: str
+    path: Path  # the sealed template (<out_dir>/<name>.qcow2); written only when kept
+    sha256: str  # "sha256:<hex>" of the sealed file
+    written: bool  # False when not compliant and not allowed: no template was written
+    reused: bool
+    base_disk: str
+    base_sha256: str
+    build_key: str
+    baseline: ResolvedBaseline
+    report: VerifyReport  # the clone's report, template.* rules judged on the sealed disk
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def compliant(self) -> bool:
+        return self.report.compliant
+
+    @property
+    def reference(self) -> str:
+        return str(self.path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": 1,
+            "template": str(self.path),
+            "digest": self.sha256,
+            "compliant": self.compliant,
+            "written": self.written,
+            "reused": self.reused,
+            "base": {"disk": self.base_disk, "sha256": self.base_sha256},
+            "baseline": self.report.baseline.to_json(),
+            "summary": self.report.summary(),
+            "timings": {k: round(v, 1) for k, v in self.timings.items()},
+        }
+
+
+def remediation_rules(baseline: ResolvedBaseline, today: Any) -> list[Rule]:
+    """Rules the build applies: for vm, not actively waived."""
+    rules = []
+    for r in baseline.rules:
+        if TargetKind.VM.value not in {t.value for t in r.targets}:
+            continue
+        w = baseline.waivers.get(r.id)
+        if w is not None and w.active_on(today):
+            continue
+        rules.append(r)
+    return rules
+
+
+def build_key(base_sha256: str, baseline: ResolvedBaseline, defn: ImageDefinition) -> str:
+    material = {
+        "base": base_sha256,
+        "baseline": baseline.digest,
+        "labels": defn.doc.labels,
+        "append": defn.doc.vm.append if defn.doc.vm else DEFAULT_APPEND,
+        "harden": __version__,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+# -- the sealed disk as a read-only second drive -----------------------------------------------------
+class _VmWithSealedDisk(Vm):
+    """A clone VM that also sees the sealed template as a read-only second disk (``/dev/vdb``)."""
+
+    def __init__(self, image: VmImage, workdir: Path, sealed: Path, **kw: Any) -> None:
+        super().__init__(image, workdir, **kw)
+        self.sealed = sealed.absolute()
+
+    def command(self, port: int) -> list[str]:
+        cmd = super().command(port)
+        drive = ["-drive", f"file={self.sealed},if=virtio,format=qcow2,readonly=on"]
+        at = cmd.index("-netdev")
+        return cmd[:at] + drive + cmd[at:]
+
+
+class SealedDiskTarget:
+    """Runs the facts script chrooted into the sealed disk, mounted read-only in the clone."""
+
+    kind = TargetKind.VM
+
+    def __init__(self, ssh: SshTarget, label: str) -> None:
+        self.ssh = ssh
+        self.label = label
+
+    def describe(self) -> str:
+        return f"{self.label} (sealed disk, read-only)"
+
+    def image_config(self) -> dict[str, Any] | None:
+        return None
+
+    def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
+        self.ssh.put_file(script.encode(), REMOTE_FACTS, 0o600)
+        wrapper = f"""set -u
+mkdir -p {SEALED_MOUNT}
+mountpoint -q {SEALED_MOUNT} || mount -o ro,noload {SEALED_DEVICE} {SEALED_MOUNT} || exit 97
+chroot {SEALED_MOUNT} /bin/sh -s <{REMOTE_FACTS}
+rc=$?
+umount {SEALED_MOUNT}
+rm -f {REMOTE_FACTS}
+exit $rc
+"""
+        return self.ssh.run(wrapper, timeout=timeout)
+
+
+def _sealed_rules(baseline: ResolvedBaseline) -> tuple[Rule, ...]:
+    return tuple(r for r in baseline.rules if r.id.startswith(SEALED_RULE_PREFIX))
+
+
+def merge_sealed(report: VerifyReport, sealed: VerifyReport) -> VerifyReport:
+    """The clone's report with each ``template.*`` result replaced by the sealed disk's."""
+    by_id: dict[str, RuleResult] = {
+        r.rule_id: dataclasses.replace(r, evidence=("judged on the sealed template", *r.evidence))
+        for r in sealed.results
+    }
+    results = tuple(by_id.get(r.rule_id, r) for r in report.results)
+    meta = {**report.meta, "sealed_rules": sorted(by_id)}
+    return dataclasses.replace(report, results=results, meta=meta)
+
+
+# -- steps ----------------------------------------------------------------------------------------
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - t0
+
+
+def _remediate(target: SshTarget, script: str) -> None:
+    target.put_file(script.encode(), REMOTE_SCRIPT, 0o700)
+    result = target.run(
+        f"sh {REMOTE_SCRIPT}; rc=$?; rm -f {REMOTE_SCRIPT}; exit $rc", timeout=REMEDIATION_TIMEOUT
+    )
+    out = result.stdout.decode("utf-8", "replace")
+    err = result.stderr.decode("utf-8", "replace")
+    failure = parse_failure(out, err, result.exit_status)
+    if failure is not None:
+        what = f"rule {failure.rule_id}" if failure.rule_id else "the remediation script"
+        raise RemediationError(
+            f"remediation of {what} failed (exit {failure.exit_status}); no template written",
+            hint="command output:\n" + (failure.output or "(none)")[-2000:],
+        )
+
+
+def _run_checked(target: SshTarget, script: str, what: str) -> None:
+    result = target.run(script, timeout=300)
+    if not result.ok:
+        err = result.stderr.decode("utf-8", "replace").strip()[-1000:]
+        raise TargetError(f"{what} failed in the build VM (exit {result.exit_status})", hint=err)
+
+
+def _verify_clone(
+    sealed: Path,
+    boot: VmImage,
+    user: str,
+    key: Path | None,
+    baseline: ResolvedBaseline,
+    clock: Clock,
+    *,
+    name: str,
+    digest: str,
+    progress: Progress,
+    timings: dict[str, float],
+) -> VerifyReport:
+    clone_image = dataclasses.replace(boot, disk=sealed.absolute())
+    with (
+        tempfile.TemporaryDirectory(prefix="harden-vm-clone-") as work,
+        _VmWithSealedDisk(clone_image, Path(work), sealed, on_progress=progress) as vm,
+    ):
+        with _timed(timings, "clone_boot"):
+            target = vm.connect(user, key)
+        with _timed(timings, "verify"):
+            progress(f"verifying a clone of {sealed.name} against {baseline.id}")
+            report = verify(target, baseline, clock, image=name, digest=digest)
+            rules = _sealed_rules(baseline)
+            if rules:
+                progress(f"checking {len(rules)} template.* rules on the sealed disk")
+                sealed_report = verify(
+                    SealedDiskTarget(target, str(sealed)),
+                    dataclasses.replace(baseline, rules=rules),
+                    clock,
+                    image=name,
+                    digest=digest,
+                )
+                report = merge_sealed(report, sealed_report)
+        vm.shutdown()
+    return report
+
+
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.chmod(0o644)
+    os.replace(tmp, dst)
+
+
+def _write_manifest(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_vm(
+    defn: ImageDefinition,
+    catalogue: Catalogue,
+    clock: Clock,
+    *,
+    out_dir: Path | None = None,
+    force: bool = False,
+    allow_noncompliant: bool = False,
+    progress: Progress = _noop,
+) -> VmBuildResult:
+    doc = defn.doc
+    if doc.vm is None:
+        raise TargetError(f"{defn.path}: not a vm image definition", hint="add 'vm: {disk: ...}'")
+    src = doc.vm
+    out_dir = (out_dir or templates_dir()).absolute()
+    out = out_dir / f"{doc.name}.qcow2"
+    manifest_path = out_dir / "manifest.json"
+    base = VmImage(
+        disk=Path(src.disk).absolute(),
+        kernel=Path(src.kernel) if src.kernel else None,
+        initrd=Path(src.initrd) if src.initrd else None,
+        append=src.append,
+    )
+    ssh_key = Path(src.ssh_key) if src.ssh_key else None
+    if not base.disk.is_file():
+        raise TargetError(
+            f"the base VM disk {base.disk} does not exist",
+            hint="build it with scripts/vm-base.sh (as root)",
+        )
+    baseline = defn.resolve_baseline(catalogue)
+    timings: dict[str, float] = {}
+    started = clock.now()
+
+    progress(f"hashing the base {base.disk}")
+    base_sha = sha256_file(base.disk)
+    key = build_key(base_sha, baseline, defn)
+    previous = _read_manifest(manifest_path)
+    if (
+        not force
+        and out.is_file()
+        and previous.get("inputs_key") == key
+        and previous.get("name") == doc.name
+    ):
+        progress(
+            f"inputs unchanged (base {base_sha[:19]}, baseline {baseline.digest[:19]}): "
+            f"reusing {out}"
+        )
+        digest = sha256_file(out)
+        boot = VmImage(
+            disk=out,
+            kernel=Path(previous["kernel"]) if previous.get("kernel") else base.kernel,
+            initrd=Path(previous["initrd"]) if previous.get("initrd") else base.initrd,
+            append=str(previous.get("append", base.append)),
+        )
+        report = _verify_clone(
+            out,
+            boot,
+            src.ssh_user,
+            ssh_key,
+            baseline,
+            clock,
+            name=doc.name,
+            digest=digest,
+            progress=progress,
+            timings=timings,
+        )
+        return VmBuildResult(
+            doc.name,
+            out,
+            digest,
+            True,
+            True,
+            str(base.disk),
+            base_sha,
+            key,
+            baseline,
+            report,
+            timings,
+        )
+
+    rules = remediation_rules(baseline, started.date())
+    family = baseline.platforms[0].family.value
+    script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".{doc.name}.building.qcow2"
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="harden-vm-build-") as work,
+            Vm(base, Path(work), on_progress=progress) as vm,
+        ):
+            with _timed(timings, "boot"):
+                target = vm.connect(src.ssh_user, ssh_key)
+            with _timed(timings, "remediation"):
+                progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
+                _remediate(target, script)
+            with _timed(timings, "reboot"):
+                vm.reboot()
+                target = vm.connect(src.ssh_user, ssh_key)
+            with _timed(timings, "verify"):
+                pre = verify(target, baseline, clock, image=doc.name, digest=None)
+                progress(f"before sealing: {pre.summary()}")
+            with _timed(timings, "seal"):
+                progress("sealing: hygiene, power-off, flatten")
+                _run_checked(target, hygiene_script(), "the hygiene script")
+                _run_checked(target, _SEAL_EXTRA, "removing the random seed")
+                vm.shutdown()
+                digest = "sha256:" + seal(vm.overlay, staging)
+        report = _verify_clone(
+            staging,
+            base,
+            src.ssh_user,
+            ssh_key,
+            baseline,
+            clock,
+            name=doc.name,
+            digest=digest,
+            progress=progress,
+            timings=timings,
+        )
+        report = dataclasses.replace(report, started_at=started)
+        written = report.compliant or allow_noncompliant
+        if not written:
+            progress(f"not writing {out}: the clone is not compliant")
+            staging.unlink(missing_ok=True)
+            return VmBuildResult(
+                doc.name,
+                out,
+                digest,
+                False,
+                False,
+                str(base.disk),
+                base_sha,
+                key,
+                baseline,
+                report,
+                timings,
+            )
+        if not report.compliant:
+            progress(f"WARNING: writing NON-COMPLIANT template {out} (--allow-noncompliant)")
+        kernel = initrd = None
+        if base.kernel is not None:
+            kernel = out_dir / f"{doc.name}.vmlinuz"
+            _copy(base.kernel, kernel)
+        if base.initrd is not None:
+            initrd = out_dir / f"{doc.name}.initrd.img"
+            _copy(base.initrd, initrd)
+        os.replace(staging, out)
+        _write_manifest(
+            manifest_path,
+            {
+                "schema_version": 1,
+                "name": doc.name,
+                "base": str(out),
+                "template_sha256": digest,
+                "kernel": str(kernel) if kernel else None,
+                "initrd": str(initrd) if initrd else None,
+                "append": base.append,
+                "build_key": str(ssh_key) if ssh_key else None,
+                "ssh_user": src.ssh_user,
+                "source": {"disk": str(base.disk), "sha256": base_sha},
+                "baseline": report.baseline.to_json(),
+                "compliant": report.compliant,
+                "inputs_key": key,
+                "created": rfc3339(started),
+            },
+        )
+    finally:
+        staging.unlink(missing_ok=True)
+    progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    return VmBuildResult(
+        doc.name, out, digest, True, False, str(base.disk), base_sha, key, baseline, report, timings
+    )
