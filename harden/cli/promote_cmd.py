@@ -107,7 +107,8 @@ def promote(
         rows.append(["attestations", f"{result.attestations} found, {result.verified} verified"])
         rows.append(["decision", "ALLOWED" if result.allowed else "DENIED"])
         rows += [["reason", r] for r in result.decision.reasons]
-        rows += [["ignored", r] for r in result.rejected if result.allowed]
+        listed = "\n".join(result.decision.reasons)
+        rows += [["rejected", r] for r in result.rejected if r not in listed]
         emit(plain_table(["FIELD", "VALUE"], rows), output)
     if not result.allowed:
         progress(f"DENIED: {result.src} ({result.digest}) is not promoted to {result.dst}")

@@ -1,0 +1,483 @@
+"""Signed attestations in the registry and the promotion gate, end to end on real registries.
+
+One golden image is built per session with `harden build --key` (keys from `harden keygen`).
+Every security case pushes its bad attestation onto a fresh copy of that image *without* its
+referrers (same digest, mounted: cheap), so the only evidence the gate sees is the bad one.
+The local registry (distribution 2.8) has no referrers API: the sha256-<hex> tag schema is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harden.attest import dsse
+from harden.attest.keys import load_public_key, load_signer
+from harden.attest.predicates import HARDEN_COMPLIANCE, HARDEN_REVOCATION, TEST_RESULT
+from harden.attest.statements import Subject, revocation, serialize
+from harden.attest.store import attach, fetch_envelopes
+from harden.audit import AuditLog
+from harden.clock import SystemClock
+from harden.errors import ExitCode, RegistryError
+from harden.oci import (
+    Descriptor,
+    RegistryClient,
+    RegistryNotFound,
+    copy_image,
+    list_referrers,
+    parse_reference,
+)
+from harden.results import rfc3339
+
+pytestmark = pytest.mark.integration
+
+REGISTRY = "127.0.0.1:5000"
+BASE = f"{REGISTRY}/library/debian:12"
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "it-password"  # noqa: S105 - a throwaway test key password
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Session:
+    home: Path
+    key: Path  # trusted private key
+    pub: Path  # trusted public key
+    other_pub: Path  # a key nobody trusts
+    run: str  # unique repo prefix
+
+    def env(self) -> dict[str, str]:
+        return {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
+
+    def harden(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from harden.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env()},
+            cwd=ROOT,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from harden.cli import main; main()", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **self.env()},
+            cwd=ROOT,
+        )
+
+    def repo(self, name: str) -> str:
+        return f"harden-test/{self.run}/{name}"
+
+
+@pytest.fixture(scope="session")
+def sess(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    d = tmp_path_factory.mktemp("attest")
+    s = Session(
+        d / "home", d / "trusted.key", d / "trusted.pub", d / "other.pub", uuid.uuid4().hex[:8]
+    )
+    for prefix in ("trusted", "other"):
+        r = s.harden("keygen", "--out", str(d / prefix))
+        assert r.returncode == 0, r.stderr
+    return s
+
+
+@dataclass(frozen=True)
+class Golden:
+    ref: str
+    repo: str
+    digest: str
+    statements: dict[str, dict[str, Any]]  # predicateType -> the signed statement (as built)
+    envelopes: dict[str, bytes]  # predicateType -> the envelope bytes in the registry
+
+
+@pytest.fixture(scope="session")
+def golden(sess: Session, tmp_path_factory: pytest.TempPathFactory) -> Golden:
+    repo = sess.repo("staging/golden")
+    d = tmp_path_factory.mktemp("def")
+    definition = d / "golden.yaml"
+    definition.write_text(
+        json.dumps(
+            {
+                "name": "itest-attest-golden",
+                "base": BASE,
+                "target": "container",
+                "baseline": {"id": "debian-container"},
+                "destination": f"{REGISTRY}/{repo}:latest",
+                "max_age": "30d",
+            }
+        )
+    )
+    r = sess.harden("build", str(definition), "--key", f"file:{sess.key}", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert "attached 3 signed attestation(s)" in r.stderr
+    digest = json.loads(r.stdout)["digest"]
+    client = RegistryClient(REGISTRY)
+    fetched = fetch_envelopes(client, repo, digest)
+    assert not fetched.problems and len(fetched.envelopes) == 3
+    trusted = [load_public_key(sess.pub)]
+    statements, envelopes = {}, {}
+    for _, env in fetched.envelopes:
+        v = dsse.verify(env, trusted)
+        statements[v.statement.predicateType] = json.loads(v.payload)
+        envelopes[v.statement.predicateType] = env
+    return Golden(f"{REGISTRY}/{repo}:latest", repo, digest, statements, envelopes)
+
+
+@pytest.fixture
+def fresh(sess: Session, golden: Golden) -> Callable[[str], tuple[str, str, Descriptor]]:
+    """fresh(name) -> (ref, repo, subject): the golden digest in a new repo, no referrers."""
+    client = RegistryClient(REGISTRY)
+
+    def make(name: str) -> tuple[str, str, Descriptor]:
+        repo = sess.repo(f"{name}-{uuid.uuid4().hex[:6]}")
+        subject = copy_image(
+            client, golden.repo, golden.digest, client, repo, tag="cand", with_referrers=False
+        )
+        assert list_referrers(client, repo, golden.digest) == []
+        return f"{REGISTRY}/{repo}:cand", repo, subject
+
+    return make
+
+
+def sign(sess: Session, statement: dict[str, Any]) -> bytes:
+    return dsse.sign(serialize(statement), load_signer(f"file:{sess.key}", PASSWORD.encode()))
+
+
+def push(repo: str, subject: Descriptor, envelope: bytes, predicate_type: str) -> None:
+    attach(
+        RegistryClient(REGISTRY), repo, subject, envelope, predicate_type, dt.datetime.now(dt.UTC)
+    )
+
+
+def denied(sess: Session, ref: str, *expected: str, key: Path | None = None) -> str:
+    dst = f"{REGISTRY}/{sess.repo('prod/denied')}:latest"
+    r = sess.harden("promote", ref, dst, "--key", str(key or sess.pub))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "DENIED" in r.stdout
+    for text in expected:
+        assert text in r.stdout, r.stdout
+    with pytest.raises(RegistryNotFound):
+        RegistryClient(REGISTRY).get_manifest(sess.repo("prod/denied"), "latest")
+    return r.stdout
+
+
+# ---- the good path --------------------------------------------------------------------------
+def test_promote_copies_by_digest_and_pulls_with_docker_and_skopeo(
+    sess: Session, golden: Golden
+) -> None:
+    r = sess.harden("attestation", "verify", golden.ref, "--key", str(sess.pub))
+    assert r.returncode == 0, r.stderr
+    for text in ("slsa.dev/provenance/v1", "PASSED", "compliant, verified"):
+        assert text in r.stdout
+    dst_repo = sess.repo("prod/golden")
+    dst = f"{REGISTRY}/{dst_repo}:latest"
+    r = sess.harden("promote", golden.ref, dst, "--key", str(sess.pub), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["allowed"] is True and out["copied"] is True and out["digest"] == golden.digest
+    assert out["verified"] == 3
+    # identical digest, attestations carried along (verifiable at the destination)
+    client = RegistryClient(REGISTRY)
+    assert client.get_manifest(dst_repo, "latest").digest == golden.digest
+    assert len(list_referrers(client, dst_repo, golden.digest)) == 3
+    r = sess.harden("attestation", "verify", dst, "--key", str(sess.pub))
+    assert r.returncode == 0, r.stderr
+    # docker pull by tag gives the staging digest
+    pulled = subprocess.run(["docker", "pull", dst], capture_output=True, text=True, timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    repo_digests = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", dst],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{REGISTRY}/{dst_repo}@{golden.digest}" in json.loads(repo_digests)
+    info = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{dst}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+    )
+    assert info["Digest"] == golden.digest
+    # both decisions are in the audit log
+    entries = AuditLog(sess.home / "audit.db", SystemClock()).entries()
+    assert any(
+        e.action == "promote" and e.outcome == "allowed" and e.digest == golden.digest
+        for e in entries
+    )
+
+
+def test_dry_run_decides_and_copies_nothing(sess: Session, golden: Golden) -> None:
+    dst_repo = sess.repo("prod/dry")
+    r = sess.harden(
+        "promote", golden.ref, f"{REGISTRY}/{dst_repo}:latest", "--key", str(sess.pub), "--dry-run"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ALLOWED" in r.stdout and "dry run" in r.stderr
+    with pytest.raises(RegistryNotFound):
+        RegistryClient(REGISTRY).get_manifest(dst_repo, "latest")
+
+
+# ---- security: each must be denied, with the reason named ------------------------------------
+def test_untrusted_key_is_denied(sess: Session, golden: Golden) -> None:
+    denied(sess, golden.ref, "no signature by a trusted key", key=sess.other_pub)
+    r = sess.harden("attestation", "verify", golden.ref, "--key", str(sess.other_pub))
+    assert r.returncode == 1 and "NOT VERIFIED" in r.stdout
+
+
+def test_payload_changed_after_signing_is_denied(sess: Session, golden: Golden, fresh: Any) -> None:
+    ref, repo, subject = fresh("tampered")
+    env = json.loads(golden.envelopes[HARDEN_COMPLIANCE])
+    stmt = json.loads(base64.b64decode(env["payload"]))
+    stmt["predicate"]["validUntil"] = "2099-01-01T00:00:00Z"
+    env["payload"] = base64.b64encode(serialize(stmt)).decode()
+    push(repo, subject, json.dumps(env).encode(), HARDEN_COMPLIANCE)
+    denied(sess, ref, "SignatureValid", "no signature by a trusted key")
+
+
+def test_attestation_of_another_image_is_denied(sess: Session, golden: Golden, fresh: Any) -> None:
+    ref, repo, subject = fresh("other-image")
+    other = "sha256:" + "ab" * 32
+    for kind in (HARDEN_COMPLIANCE, TEST_RESULT):
+        stmt = json.loads(json.dumps(golden.statements[kind]))
+        stmt["subject"] = [Subject("elsewhere/image-b", other).descriptor()]
+        push(repo, subject, sign(sess, stmt), kind)
+    denied(sess, ref, "SubjectMatches", f"attestations found for: {other}")
+
+
+def test_expired_attestation_is_denied(sess: Session, golden: Golden, fresh: Any) -> None:
+    ref, repo, subject = fresh("expired")
+    now = dt.datetime.now(dt.UTC)
+    stmt = json.loads(json.dumps(golden.statements[HARDEN_COMPLIANCE]))
+    stmt["predicate"]["verifiedAt"] = rfc3339(now - dt.timedelta(days=40))
+    stmt["predicate"]["validUntil"] = rfc3339(now - dt.timedelta(days=10))
+    push(repo, subject, sign(sess, stmt), HARDEN_COMPLIANCE)
+    denied(sess, ref, "NotOlderThan", "older than the maximum age 30d", "ValidUntilFuture")
+
+
+def test_failed_result_is_denied(sess: Session) -> None:
+    client = RegistryClient(REGISTRY)
+    base = parse_reference(BASE)
+    base_digest = client.get_manifest(base.repository, "12").digest
+    repo = sess.repo("base-copy")
+    copy_image(client, base.repository, base_digest, client, repo, tag="12", with_referrers=False)
+    ref = f"{REGISTRY}/{repo}:12"
+    r = sess.harden("attest", ref, "--key", f"file:{sess.key}")
+    assert r.returncode == 0, r.stderr
+    assert "NOT compliant" in r.stdout
+    denied(sess, ref, "ResultPassed", "was not compliant")
+
+
+def test_revoked_image_is_denied(sess: Session, golden: Golden, fresh: Any) -> None:
+    ref, repo, subject = fresh("revoked")
+    for kind, env in golden.envelopes.items():  # the good attestations ...
+        push(repo, subject, env, kind)
+    stmt = revocation(
+        Subject(ref, golden.digest),
+        reason="CVE-2026-0001 in the base",
+        revoked_at=dt.datetime.now(dt.UTC),
+        revoked_by="secops@example.com",
+    )
+    push(repo, subject, sign(sess, stmt), HARDEN_REVOCATION)  # ... and a revocation
+    denied(sess, ref, "NotRevoked", "CVE-2026-0001 in the base")
+
+
+def test_only_unknown_predicate_types_are_denied(sess: Session, golden: Golden, fresh: Any) -> None:
+    ref, repo, subject = fresh("unknown")
+    stmt = json.loads(json.dumps(golden.statements[HARDEN_COMPLIANCE]))
+    stmt["predicateType"] = "https://example.com/unknown/v9"
+    push(repo, subject, sign(sess, stmt), "https://example.com/unknown/v9")
+    denied(sess, ref, "KnownPredicate", "found: https://example.com/unknown/v9")
+
+
+BAD_ENVELOPES: dict[str, tuple[bytes | None, str]] = {
+    "garbage": (b"\x00\xffnot an envelope at all", "not UTF-8"),
+    "truncated": (None, "not valid JSON"),
+    "malformed-json": (
+        b'{"payload": "e30=", "payloadType": "x", "payload": "e30="}',
+        "duplicate JSON key",
+    ),
+    "oversized": (b"{" + b" " * (dsse.MAX_ENVELOPE_BYTES + 10) + b"}", "more than the limit"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ENVELOPES))
+def test_bad_envelopes_are_denied(sess: Session, golden: Golden, fresh: Any, name: str) -> None:
+    blob, reason = BAD_ENVELOPES[name]
+    ref, repo, subject = fresh(name)
+    if blob is None:
+        good = golden.envelopes[HARDEN_COMPLIANCE]
+        blob = good[: len(good) // 2]
+    push(repo, subject, blob, HARDEN_COMPLIANCE)
+    denied(sess, ref, "SignatureValid", reason)
+
+
+# ---- registries we run ourselves (tamper with storage, kill during a copy) --------------------
+@dataclass
+class OwnRegistry:
+    host: str
+    data: Path
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        self.proc = subprocess.Popen(
+            [binary, "serve", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                RegistryClient(self.host, max_retries=0).ping()
+                return
+            except RegistryError:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "no registry"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def blob_path(self, digest: str) -> Path:
+        hexpart = digest.partition(":")[2]
+        return self.data / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Iterator[OwnRegistry]:
+    if not shutil.which("docker-registry") and not Path("/usr/bin/docker-registry").exists():
+        pytest.skip("docker-registry missing; run scripts/services.sh")
+    host = f"127.0.0.1:{_free_port()}"
+    data = tmp_path / "data"
+    config = tmp_path / "config.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "log": {"level": "error"},
+                "storage": {"filesystem": {"rootdirectory": str(data)}},
+                "http": {"addr": host, "secret": secrets.token_hex(16)},
+            }
+        )
+    )
+    reg = OwnRegistry(host, data, config)
+    reg.start()
+    try:
+        yield reg
+    finally:
+        reg.kill()
+
+
+def test_referrer_whose_content_does_not_match_its_digest_is_denied(
+    sess: Session, golden: Golden, own_registry: OwnRegistry
+) -> None:
+    src = RegistryClient(REGISTRY)
+    mine = RegistryClient(own_registry.host, max_retries=0)
+    copy_image(src, golden.repo, golden.digest, mine, "staging/golden", tag="cand")
+    referrers = list_referrers(mine, "staging/golden", golden.digest)
+    [compliance_ref] = [d for d in referrers if d.artifact_type and "compliance" in d.artifact_type]
+    # keep only the compliance referrer's manifest bytes wrong on disk (same length)
+    path = own_registry.blob_path(compliance_ref.digest)
+    data = path.read_bytes()
+    created = json.loads(data)["annotations"]["org.opencontainers.image.created"]
+    tampered = data.replace(created.encode(), b"2099-01-01T00:00:00Z")
+    assert tampered != data and len(tampered) == len(data)
+    path.write_bytes(tampered)
+    ref = f"{own_registry.host}/staging/golden:cand"
+    r = sess.harden("promote", ref, f"{own_registry.host}/prod/golden:1", "--key", str(sess.pub))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"referrer {compliance_ref.digest}" in r.stdout
+    assert "content has digest" in r.stdout
+    assert "no valid compliance attestation" in r.stdout
+
+
+# ---- faults ---------------------------------------------------------------------------------
+def test_registry_killed_during_promotion_leaves_no_tag_and_rerun_completes(
+    sess: Session, golden: Golden, own_registry: OwnRegistry
+) -> None:
+    dst = f"{own_registry.host}/prod/golden:latest"
+    uploads = own_registry.data / "docker/registry/v2/repositories/prod/golden/_uploads"
+    proc = sess.popen("promote", golden.ref, dst, "--key", str(sess.pub))
+    deadline = time.monotonic() + 120
+    while not (uploads.is_dir() and any(uploads.iterdir())):  # the first blob upload started
+        assert proc.poll() is None, "promote finished before any blob upload was seen"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    own_registry.kill()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == ExitCode.ENVIRONMENT, err
+    assert "hint:" in err
+    own_registry.start()  # the same storage
+    client = RegistryClient(own_registry.host, max_retries=0)
+    with pytest.raises(RegistryNotFound):
+        client.get_manifest("prod/golden", "latest")
+    r = sess.harden("promote", golden.ref, dst, "--key", str(sess.pub), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert client.get_manifest("prod/golden", "latest").digest == golden.digest
+
+
+def test_failed_attestation_push_leaves_the_image_unpromotable(
+    sess: Session, golden: Golden, fresh: Any
+) -> None:
+    ref, _repo, subject = fresh("no-attest")
+    dead = RegistryClient(f"127.0.0.1:{_free_port()}", max_retries=0)
+    with pytest.raises(RegistryError) as info:
+        attach(
+            dead,
+            "x/y",
+            subject,
+            golden.envelopes[HARDEN_COMPLIANCE],
+            HARDEN_COMPLIANCE,
+            dt.datetime.now(dt.UTC),
+        )
+    assert info.value.exit_code == ExitCode.ENVIRONMENT
+    denied(sess, ref, "no attestation verified against a trusted key")
+
+
+# ---- environment and input errors -----------------------------------------------------------
+def test_bad_key_and_dead_registry_exit_4_malformed_ref_exit_3(
+    sess: Session, golden: Golden, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key")
+    r = sess.harden("promote", golden.ref, f"{REGISTRY}/x/y:1", "--key", str(bad))
+    assert r.returncode == 4 and "hint:" in r.stderr, r.stderr
+    dead = f"127.0.0.1:{_free_port()}"
+    r = sess.harden("promote", f"{dead}/a/b:1", f"{dead}/a/c:1", "--key", str(sess.pub))
+    assert r.returncode == 4 and "hint:" in r.stderr, r.stderr
+    r = sess.harden("promote", "no registry here", f"{REGISTRY}/x/y:1", "--key", str(sess.pub))
+    assert r.returncode == 3, r.stderr
+    r = sess.harden("build", "images/debian12.yaml", "--key", f"file:{tmp_path}/missing.key")
+    assert r.returncode == 4 and "hint:" in r.stderr, r.stderr
