@@ -50,7 +50,7 @@ pytestmark = pytest.mark.integration
 REGISTRY = "127.0.0.1:5000"
 BASE = f"{REGISTRY}/library/debian:12"
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "it-password"  # noqa: S105 - a throwaway test key password
+PASSWORD = "it-password"
 
 
 def _free_port() -> int:
