@@ -25,7 +25,10 @@ print(f"base: compliant={r['compliant']} failed={len(failed)}: {', '.join(failed
 PY
 
 say "build, verify and push the hardened image (images/debian12.yaml)"
-harden build images/debian12.yaml --force
+export HARDEN_KEY_PASSWORD=${HARDEN_KEY_PASSWORD:-demo}
+KEY="$HARDEN_HOME/demo-signing"
+if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; fi
+harden build images/debian12.yaml --force --key "file:$KEY.key"
 
 say "verify the pushed golden image (expected: compliant)"
 harden verify 127.0.0.1:5000/staging/debian12-hardened:latest >/dev/null
@@ -34,4 +37,19 @@ say "the hardened image still works"
 docker run --rm --network none 127.0.0.1:5000/staging/debian12-hardened:latest \
   sh -c 'echo "running as $(id -un), umask $(umask)"; ls /bin/bash >/dev/null && echo "shell ok"'
 
-say "demo finished: base NOT compliant, golden image compliant and pushed"
+say "its signed attestations (provenance, test-result, compliance) verify with the public key"
+harden attestation verify 127.0.0.1:5000/staging/debian12-hardened:latest --key "$KEY.pub"
+
+say "promote staging -> prod through the gate (expected: allowed, same digest)"
+harden promote 127.0.0.1:5000/staging/debian12-hardened:latest \
+  127.0.0.1:5000/prod/debian12-hardened:latest --key "$KEY.pub"
+
+say "attest the NON-compliant base image, then try to promote it (expected: DENIED, exit 1)"
+harden attest 127.0.0.1:5000/library/debian:12 --key "file:$KEY.key" >/dev/null
+set +e
+harden promote 127.0.0.1:5000/library/debian:12 127.0.0.1:5000/prod/debian:12 --key "$KEY.pub"
+rc=$?
+set -e
+if [ "$rc" -ne 1 ]; then echo "demo: expected the gate to deny the base (exit 1), got $rc" >&2; exit 1; fi
+
+say "demo finished: base NOT compliant and refused by the gate; golden image compliant, signed, promoted"
