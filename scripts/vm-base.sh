@@ -20,9 +20,9 @@ set -euo pipefail
 
 SUITE=bookworm
 MIRROR=${HARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# libpam-pwquality, auditd, audispd-plugins and apparmor are required by baselines/debian-vm.yaml
-# (package_present rules); a VM has no network at build time, so they must be in the base.
-PACKAGES=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,iproute2,procps,kmod,libpam-pwquality,auditd,audispd-plugins,apparmor
+# libpam-pwquality, auditd, audispd-plugins, apparmor and systemd-timesyncd are required by
+# baselines/debian-vm.yaml; a VM has no network at build time, so they must be in the base.
+PACKAGES=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,iproute2,procps,kmod,libpam-pwquality,auditd,audispd-plugins,apparmor,systemd-timesyncd
 APPEND="root=/dev/vda rw console=ttyS0"
 DISK_SIZE=2G
 OUT=${HARDEN_CACHE:-/var/cache/harden}/vm
