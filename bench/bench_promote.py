@@ -34,7 +34,9 @@ def _golden(home: Path) -> tuple[str, Path]:
 
     key, pub = keygen(KeyType.ECDSA_P256, home / "bench", b"bench")
     definition = home / "golden.yaml"
-    src = f"{REGISTRY}/bench/promote-src:latest"
+    # a fresh source repository per run: attestations of earlier runs would pile up on the
+    # same digest (a reused build) and make every later run copy more referrers
+    src = f"{REGISTRY}/bench/promote-src-{uuid.uuid4().hex[:8]}:latest"
     definition.write_text(
         json.dumps(
             {

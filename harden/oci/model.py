@@ -403,7 +403,7 @@ def add_to_referrers_index(
         except PreconditionFailed:
             client.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
             continue
-        client.sleep(random.uniform(0.05, 0.25))  # let a racing writer land
+        client.sleep(random.uniform(0.005, 0.03))  # let a racing writer land, then re-read
     raise RegistryError(
         f"could not record referrers of {subject_digest} in {repository}:{tag} after "
         f"{attempts} attempts",
@@ -497,6 +497,16 @@ def copy_image(
     return manifest.descriptor()
 
 
+def _parallel(fn: Callable[[Descriptor], None], items: Sequence[Descriptor]) -> None:
+    """Run ``fn`` over ``items`` one after the other.
+
+    Deliberately sequential: distribution 2.8 answers MANIFEST_BLOB_UNKNOWN for a manifest
+    whose blobs were mounted concurrently into a new repository (seen here).
+    """
+    for item in items:
+        fn(item)
+
+
 class _Copier:
     def __init__(
         self,
@@ -525,18 +535,18 @@ class _Copier:
                 self.manifest(self.src.get_manifest(self.src_repo, child.digest))
         else:
             config = manifest.config
-            for blob in [*([config] if config else []), *manifest.layers]:
-                self.blob(blob)
+            _parallel(self.blob, [*([config] if config else []), *manifest.layers])
         self.dst.put_manifest(self.dst_repo, manifest.digest, manifest.data, manifest.media_type)
         self.note(f"manifest {manifest.digest} copied")
 
     def blob(self, blob: Descriptor) -> None:
         short = blob.digest[:19]
-        if self.dst.blob_exists(self.dst_repo, blob.digest):
-            self.note(f"blob {short} already present")
-            return
+        # within one registry a mount is one request whether or not the blob is there already
         if self.same_registry and self.dst.mount_blob(self.dst_repo, blob.digest, self.src_repo):
             self.note(f"blob {short} mounted from {self.src_repo}")
+            return
+        if self.dst.blob_exists(self.dst_repo, blob.digest):
+            self.note(f"blob {short} already present")
             return
         self.dst.upload_blob(
             self.dst_repo, self.src.open_blob(self.src_repo, blob.digest), blob.digest
@@ -547,14 +557,12 @@ class _Copier:
         found = list_referrers(self.src, self.src_repo, subject_digest)
         if not found:
             return
-        for referrer in found:
-            self.manifest(self.src.get_manifest(self.src_repo, referrer.digest))
+        _parallel(lambda r: self.manifest(self.src.get_manifest(self.src_repo, r.digest)), found)
         if not self.dst_has_referrers_api(subject_digest):
             add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
         self.note(f"{len(found)} referrer(s) of {subject_digest[:19]} copied")
         if depth < _MAX_REFERRER_DEPTH:
-            for referrer in found:
-                self.referrers(referrer.digest, depth + 1)
+            _parallel(lambda r: self.referrers(r.digest, depth + 1), found)
 
     def dst_has_referrers_api(self, subject_digest: str) -> bool:
         if self._dst_has_referrers_api is None:
