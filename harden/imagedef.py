@@ -85,6 +85,8 @@ class ImageDefinitionDoc(Strict):
     target: Target
     baseline: BaselineSelection
     destination: ImageRef | None = None
+    # optional: where `harden promote` puts it; `harden status` shows the digest there too
+    promote_to: ImageRef | None = None
     max_age: str = "30d"
     labels: dict[str, str] = Field(default_factory=dict)
 
