@@ -345,14 +345,17 @@ def run_plan(
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     outcomes: dict[str, BuildOutcome] = {}
+    blocked: set[str] = set()  # failed, or skipped because a parent failed
     lock = threading.Lock()
     if dry_run:
         return [BuildOutcome(b.name, Outcome.PLANNED, b.reason) for b in plan.builds]
 
     def one(b: PlannedBuild) -> BuildOutcome:
         with lock:
-            failed_parents = [p for p in b.parents if outcomes[p].outcome is Outcome.FAILED]
+            failed_parents = [p for p in b.parents if p in blocked]
         if failed_parents:
+            with lock:
+                blocked.add(b.name)
             out = BuildOutcome(
                 b.name, Outcome.SKIPPED, b.reason, detail=f"parent {failed_parents[0]} failed"
             )
@@ -391,6 +394,8 @@ def run_plan(
                 b.name, Outcome.FAILED, b.reason, detail=e.message, seconds=time.monotonic() - t0
             )
             progress(f"[{b.name}] FAILED: {e.message}")
+            with lock:
+                blocked.add(b.name)
             audit.append(AuditAction.REBUILD, b.destination, None, "failed", _details(b, out))
             return out
         out = BuildOutcome(
