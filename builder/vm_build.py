@@ -123,6 +123,7 @@ class VmBuildResult:
             "base": {"disk": self.base_disk, "sha256": self.base_sha256},
             "baseline": self.report.baseline.to_json(),
             "summary": self.report.summary(),
+            "sealed_rules": list(self.report.meta.get("sealed_rules", [])),
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
         }
 
