@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "attest": "harden.cli.attest_cmd:attest",
     "attestation": "harden.cli.attest_cmd:attestation",
     "promote": "harden.cli.promote_cmd:promote",
+    "evidence": "harden.cli.evidence_cmd:evidence",
     "status": "harden.cli.status_cmd:status",
     "rebuild": "harden.cli.rebuild_cmd:rebuild",
     "plan": "harden.cli.rebuild_cmd:plan",
