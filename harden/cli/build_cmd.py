@@ -22,7 +22,12 @@ from harden.imagedef import load_definition
 )
 @click.option("--no-push", is_flag=True, help="Build and verify only.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "junit", "sarif", "html"]),
+    default="table",
+    show_default=True,
+    help="json: the build result; the others: the verification report of the built image.",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
@@ -76,7 +81,19 @@ def build(
     if fmt == "json":
         emit(dump_json(result.to_json()), output)
     else:
-        render_report(result.report, "table", output)
+        render_report(result.report, fmt, output)
+    _audit_build(
+        result.reference,
+        result.digest,
+        result.compliant,
+        {
+            "definition": str(definition),
+            "base": {"name": result.base_name, "digest": result.base_digest},
+            "baseline": result.report.baseline.to_json(),
+            "reused": result.reused,
+            "pushed": result.pushed,
+        },
+    )
     state = "compliant" if result.compliant else "NOT compliant"
     where = f"{result.reference}@{result.digest}" if result.digest else result.reference
     progress(
@@ -89,6 +106,14 @@ def build(
         progress("nothing attested: the image was not pushed")
     if not result.compliant:
         raise click.exceptions.Exit(1)
+
+
+def _audit_build(image: str, digest: str | None, compliant: bool, details: dict[str, Any]) -> None:
+    """The build decision in the audit log (the history `harden evidence` shows)."""
+    from harden.audit import AuditAction, AuditLog
+
+    outcome = "compliant" if compliant else "non-compliant"
+    AuditLog.default(SystemClock()).append(AuditAction.BUILD, image, digest, outcome, details)
 
 
 def _attest_build(result: Any, defn: Any, definition: Path, signer: Any) -> None:
@@ -121,7 +146,20 @@ def _build_vm_template(
     if fmt == "json":
         emit(dump_json(result.to_json()), output)
     else:
-        render_report(result.report, "table", output)
+        render_report(result.report, fmt, output)
+    _audit_build(
+        str(result.path),
+        result.sha256,
+        result.compliant,
+        {
+            "definition": str(defn.path),
+            "base": {"name": result.base_disk, "digest": result.base_sha256},
+            "baseline": result.report.baseline.to_json(),
+            "reused": result.reused,
+            "pushed": False,
+            "written": result.written,
+        },
+    )
     state = "compliant" if result.compliant else "NOT compliant"
     what = "reused" if result.reused else "built" if result.written else "not written"
     progress(f"{what} {result.path} ({result.sha256}): {state}")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from harden.cli.common import dump_json, emit, plain_table, progress
 from harden.clock import SystemClock
+
+if TYPE_CHECKING:
+    from harden.promote import PromoteResult
 
 
 def _max_age(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
@@ -47,7 +51,12 @@ def _max_age(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 )
 @click.option("--dry-run", is_flag=True, help="Decide (and audit the decision) but copy nothing.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "junit"]),
+    default="table",
+    show_default=True,
+    help="junit: one testcase per gate policy (a denial fails the policies that denied).",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def promote(
@@ -102,6 +111,8 @@ def promote(
     )
     if fmt == "json":
         emit(dump_json(result.to_json()), output)
+    elif fmt == "junit":
+        emit(junit_xml(result), output)
     else:
         rows = [["src", result.src], ["dst", result.dst], ["digest", result.digest]]
         rows.append(["attestations", f"{result.attestations} found, {result.verified} verified"])
@@ -112,7 +123,7 @@ def promote(
         emit(plain_table(["FIELD", "VALUE"], rows), output)
     if not result.allowed:
         progress(f"DENIED: {result.src} ({result.digest}) is not promoted to {result.dst}")
-        if fmt == "json":
+        if fmt != "table":
             for reason in result.decision.reasons:
                 progress(f"  - {reason}")
         raise click.exceptions.Exit(1)
@@ -120,3 +131,55 @@ def promote(
         progress(f"promoted {result.src} -> {result.dst} ({result.digest})")
     else:
         progress(f"allowed (dry run, nothing copied): {result.src} ({result.digest})")
+
+
+def junit_xml(result: PromoteResult) -> str:
+    """The gate decision as JUnit XML: one testcase per policy, its reasons as the failure."""
+    import xml.etree.ElementTree as ET
+
+    from harden.report.formats import clean_xml, truncate
+
+    policies = list(result.decision.policies)
+    failed: dict[str, list[str]] = {p: [] for p in policies}
+    for reason in result.decision.reasons:
+        name, sep, text = reason.partition(": ")
+        if sep and name in failed:
+            failed[name].append(text)
+        else:  # a reason no policy claims: its own testcase, never silently dropped
+            failed.setdefault("gate", []).append(reason)
+            if "gate" not in policies:
+                policies.append("gate")
+    if not policies:
+        policies = ["gate"]
+        failed["gate"] = [] if result.allowed else ["denied"]
+    n_failed = sum(1 for p in policies if failed[p])
+    counts = {"tests": str(len(policies)), "failures": str(n_failed), "errors": "0"}
+    root = ET.Element("testsuites", {"name": "harden promote", **counts})
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        {"name": clean_xml(f"harden.promote {result.src} -> {result.dst}"), **counts},
+    )
+    props = ET.SubElement(suite, "properties")
+    for key, value in (
+        ("digest", result.digest),
+        ("allowed", str(result.allowed).lower()),
+        ("attestations", str(result.attestations)),
+        ("verified", str(result.verified)),
+    ):
+        ET.SubElement(props, "property", {"name": key, "value": clean_xml(value)})
+    for policy in policies:
+        case = ET.SubElement(
+            suite, "testcase", {"classname": "harden.promote.gate", "name": clean_xml(policy)}
+        )
+        if failed[policy]:
+            text = "\n".join(clean_xml(r) for r in failed[policy])
+            failure = ET.SubElement(
+                case, "failure", {"message": truncate(text.split("\n")[0], 500), "type": "denied"}
+            )
+            failure.text = text
+    if result.rejected:
+        out = ET.SubElement(suite, "system-out")
+        out.text = "\n".join("rejected: " + clean_xml(r) for r in result.rejected)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")
