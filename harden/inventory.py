@@ -320,7 +320,11 @@ class Inventory:
         )
         unreachable: list[str] = []
         base_now = current_bases.get(doc.base) if doc.base else None
-        if isinstance(base_now, HardenError):
+        notes: tuple[str, ...] = ()
+        if isinstance(base_now, RegistryNotFound):  # a fact, not an outage
+            notes = (f"{base_now.message}: cannot compare, and a rebuild would fail",)
+            base_now = None
+        elif isinstance(base_now, HardenError):
             unreachable.append(base_now.message)
             base_now = None
         dest = refs[doc.destination].ref
@@ -342,7 +346,9 @@ class Inventory:
                     facts = _replace(facts, production_digest=found.digest if found else None)
         except RegistryError as e:
             unreachable.append(e.message)
-        return _replace(facts, current_base_digest=base_now, unreachable=tuple(unreachable))
+        return _replace(
+            facts, current_base_digest=base_now, unreachable=tuple(unreachable), notes=notes
+        )
 
     def _image(self, facts: ImageFacts, dest: Reference) -> ImageFacts:
         client = self.client(dest.registry)

@@ -105,6 +105,7 @@ class ImageFacts:
     current_base_digest: str | None = None  # what the base reference names now
     current_baseline_digest: str | None = None  # the definition's baseline resolved now
     unreachable: tuple[str, ...] = ()  # registry errors: the state cannot be known
+    notes: tuple[str, ...] = ()  # worth saying, but no state (e.g. the base tag is gone)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class ImageStatus:
                 "recorded": self.recorded_baseline,
                 "current": f.current_baseline_digest,
             },
+            "notes": list(f.notes),
             "revoked": bool(f.revocations),
             "revocations": [
                 {
@@ -289,7 +291,7 @@ def assess(facts: ImageFacts, clock: Clock, warn_within: dt.timedelta) -> ImageS
 
     present = frozenset(s for s, reasons in found.items() if reasons)
     state = next((s for s in _ORDER if s in present), State.FRESH)
-    reasons = tuple(r for s in _ORDER for r in found[s])
+    reasons = tuple(r for s in _ORDER for r in found[s]) + facts.notes
     return ImageStatus(
         facts=facts,
         state=state,
