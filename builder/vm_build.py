@@ -423,6 +423,7 @@ def build_vm(
             timings=timings,
         )
         report = dataclasses.replace(report, started_at=started)
+        progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
         written = report.compliant or allow_noncompliant
         if not written:
             progress(f"not writing {out}: the clone is not compliant")
@@ -471,7 +472,6 @@ def build_vm(
         )
     finally:
         staging.unlink(missing_ok=True)
-    progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     return VmBuildResult(
         doc.name, out, digest, True, False, str(base.disk), base_sha, key, baseline, report, timings
     )
