@@ -226,6 +226,16 @@ def effective_config(spec: ConfigLine, facts: Facts) -> tuple[str | None, str]:
         return found
 
     values = walk(path, 0)
+    main_includes = any(
+        (kv := _split(raw, spec.separator)) is not None and kv[0].lower() == "include"
+        for raw in (facts.file(path) or "").splitlines()
+    )
+    if spec.dropin_dir and spec.match == "last" and not main_includes:
+        # systemd-style *.conf.d (journald, pwquality): drop-ins are read after the main
+        # file in lexical order of their names, and the last assignment wins
+        for inc in sorted(dropins, key=posixpath.basename):
+            if inc.endswith(".conf"):
+                values.extend(walk(inc, 1))
     if not values:
         return None, path
     value, source = values[0] if spec.match == "first" else values[-1]
@@ -254,7 +264,13 @@ _WORDS = {"eq": "=", "le": "<=", "ge": ">=", "one_of": "one of", "subset": "subs
 
 def _config_line(spec: ConfigLine, ctx: CheckContext) -> Outcome:
     path = str(spec.path)
-    if ctx.facts.file(path) is None and not ctx.facts.exists(path):
+    # the plan always asks whether the file exists; an empty "file:" section is not a file
+    present = (
+        ctx.facts.exists(path)
+        if ctx.facts.has("exists:" + path)
+        else ctx.facts.file(path) is not None
+    )
+    if not present:
         if spec.requires_file:
             return Outcome.na(f"{path} does not exist")
         return Outcome.fail(f"{path} does not exist")

@@ -105,6 +105,47 @@ def test_missing_config_file_is_not_applicable_not_passed(tmp_path: Path) -> Non
     r = run(bl, Facts({"os-release": "ID=debian\nVERSION_ID=12\n"}, {}))["ssh.permit-root-login"]
     assert r.status is Status.NOT_APPLICABLE
     assert "does not exist" in r.reason
+    # the fact script always prints a (here empty) file section: the exists probe decides
+    empty = Facts(
+        {
+            "os-release": "ID=debian\nVERSION_ID=12\n",
+            "file:/etc/ssh/sshd_config": "",
+            "exists:/etc/ssh/sshd_config": "",
+        },
+        {},
+    )
+    assert run(bl, empty)["ssh.permit-root-login"].status is Status.NOT_APPLICABLE
+
+
+def test_systemd_style_dropins_are_read_after_the_main_file(tmp_path: Path) -> None:
+    bl = baseline(
+        tmp_path,
+        """\
+    - id: journald.storage
+      title: persistent journal
+      controls: {iso27017: [CLD.9.5.2]}
+      config_line:
+        path: /etc/systemd/journald.conf
+        dropin_dir: /etc/systemd/journald.conf.d
+        key: Storage
+        value: persistent
+        separator: equals
+        match: last
+    """,
+    )
+    sections = {
+        "os-release": "ID=debian\nVERSION_ID=12\n",
+        "file:/etc/systemd/journald.conf": "[Journal]\nStorage=auto\n",
+        "exists:/etc/systemd/journald.conf": "yes",
+        "dir:/etc/systemd/journald.conf.d": "/etc/systemd/journald.conf.d/99-harden.conf\n"
+        "/etc/systemd/journald.conf.d/10-x.conf",
+        "file:/etc/systemd/journald.conf.d/10-x.conf": "Storage=volatile\n",
+        "file:/etc/systemd/journald.conf.d/99-harden.conf": "Storage=persistent\n",
+    }
+    r = run(bl, Facts(sections, {}))["journald.storage"]
+    assert r.status is Status.PASSED and "99-harden.conf" in r.evidence[0]
+    sections["file:/etc/systemd/journald.conf.d/99-harden.conf"] = ""
+    assert run(bl, Facts(sections, {}))["journald.storage"].status is Status.FAILED
 
 
 def test_sshd_T_wins_on_a_vm(tmp_path: Path) -> None:
