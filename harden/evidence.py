@@ -304,6 +304,8 @@ class HistoryEvent:
     digest: str | None
     outcome: str
     reason: str  # the rebuild reason, the denial reasons, ... ("" when none)
+    # a build that produced and pushed a new image (not reused, not --no-push, compliant)
+    new_image: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -314,6 +316,7 @@ class HistoryEvent:
             "digest": self.digest,
             "outcome": self.outcome,
             "reason": self.reason,
+            "new_image": self.new_image,
         }
 
 
@@ -351,7 +354,8 @@ class ImageEvidence:
     result: SignedResult | None
     revoked: str | None  # the reason of a verified revocation
     history: tuple[HistoryEvent, ...]
-    last_rebuild: dt.datetime | None
+    last_rebuild: dt.datetime | None  # the last build that made a new image
+    last_build: dt.datetime | None  # the last successful build, reused (inputs unchanged) too
     control_rules: Mapping[str, tuple[str, ...]]  # control key -> the image's rules for it
 
     @property
@@ -378,6 +382,7 @@ class ImageEvidence:
             "last_verification": self.result.to_json() if self.result else None,
             "revoked": self.revoked,
             "last_rebuild": rfc3339(self.last_rebuild) if self.last_rebuild else None,
+            "last_build": rfc3339(self.last_build) if self.last_build else None,
             "history": [h.to_json() for h in self.history],
         }
 
@@ -444,6 +449,7 @@ class Bundle:
                         "signature": _signature_word(i),
                         "control_rules_passed": list(passed) if passed else None,
                         "last_rebuild": rfc3339(i.last_rebuild) if i.last_rebuild else None,
+                        "last_build": rfc3339(i.last_build) if i.last_build else None,
                     }
                 )
             out.append({"control": key, "rules": len(c.rules) if c else 0, "images": rows})
@@ -621,8 +627,21 @@ def _event(e: AuditEntry) -> HistoryEvent:
         reason = f"from {d['src']}" + (f" to {d['dst']}" if isinstance(d.get("dst"), str) else "")
     elif isinstance(d.get("error"), str):
         reason = d["error"]
+    new_image = (
+        e.action in _REBUILD_ACTIONS
+        and e.outcome in _GOOD_BUILD_OUTCOMES
+        and not d.get("reused", False)
+        and d.get("pushed", True) is not False
+    )
     return HistoryEvent(
-        e.seq, e.at, e.action, clean_line(e.image), e.digest, clean_line(e.outcome), clean(reason)
+        e.seq,
+        e.at,
+        e.action,
+        clean_line(e.image),
+        e.digest,
+        clean_line(e.outcome),
+        clean(reason),
+        new_image,
     )
 
 
@@ -725,7 +744,8 @@ def collect(
             for h in history
             if _repository(h.image) == repo or (h.digest is not None and h.digest in digests)
         ]
-        rebuilds = [
+        rebuilds = [h for h in mine if h.new_image]
+        builds = [
             h for h in mine if h.action in _REBUILD_ACTIONS and h.outcome in _GOOD_BUILD_OUTCOMES
         ]
         rb = resolved_for[d.name]
@@ -742,6 +762,7 @@ def collect(
                 revoked=_revoked(verified),
                 history=tuple(mine),
                 last_rebuild=max((h.at for h in rebuilds), default=None),
+                last_build=max((h.at for h in builds), default=None),
                 control_rules=image_controls[d.name],
             )
         )

@@ -83,9 +83,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, local_registry: object) -> W
         )
     )
     r = w.harden(
-        "build", str(w.images / "golden.yaml"), "--key", f"file:{d / 'trusted.key'}",
-        "--format", "json",
-    )  # fmt: skip
+        "build",
+        str(w.images / "golden.yaml"),
+        "--key",
+        f"file:{d / 'trusted.key'}",
+        "--format",
+        "json",
+        "--force",
+    )  # fmt: skip  (--force: a new image, not one reused from an earlier run's cache)
     assert r.returncode == 0, r.stderr
     assert "attached 3 signed attestation(s)" in r.stderr
     w.digest = json.loads(r.stdout)["digest"]

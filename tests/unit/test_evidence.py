@@ -179,6 +179,9 @@ def _audit(tmp_path: Path) -> tuple[AuditLog, FixedClock]:
         "denied",
         {"reasons": ["SignatureValid: no attestation verifies with a trusted key"]},
     )
+    clock.advance(dt.timedelta(hours=1))
+    # inputs unchanged: the build reused the image; that is no rebuild
+    log.append(AuditAction.BUILD, DEST, DIGEST, "compliant", {"reused": True, "pushed": True})
     return log, clock
 
 
@@ -235,7 +238,10 @@ def test_bundle_cites_verified_result_and_history(
         ("rebuild", "rebuilt"),
         ("promote", "allowed"),
         ("promote", "copied"),
+        ("build", "compliant"),
     ]
+    assert [h.new_image for h in img.history] == [True, False, True, False, False, False]
+    assert img.last_build == T0 - dt.timedelta(days=2) + dt.timedelta(hours=2)
     [summary] = b.summary()
     assert summary["control"] == "iso27017:CLD.9.5.2"
     [row] = summary["images"]
@@ -270,7 +276,7 @@ def test_bundle_cites_verified_result_and_history(
             "in_signed_result": False,
         }
     ]
-    assert doc["audit_log"]["intact"] is True and doc["audit_log"]["head"]["seq"] == 6
+    assert doc["audit_log"]["intact"] is True and doc["audit_log"]["head"]["seq"] == 7
     json.dumps(doc)  # plain JSON
 
 
@@ -333,7 +339,8 @@ def test_since_filters_history(
     since = parse_since("2026-02-01")
     b = _bundle(tmp_path, keys, catalogue, since=since)
     assert b.history and all(h.at >= since for h in b.history)
-    assert "build" not in {h.action for h in b.history}
+    assert 1 not in {h.seq for h in b.history}  # the first build, 40 days ago
+    assert len(b.history) == 6
     assert b.to_json()["since"] == "2026-02-01T00:00:00Z"
     with pytest.raises(InputError):
         parse_since("last tuesday")
