@@ -90,14 +90,22 @@ class ContentCache:
         assert self.path is not None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=10)
-            conn.execute("CREATE TABLE IF NOT EXISTS content (digest TEXT PRIMARY KEY, data BLOB)")
+            conn = self._connect()
             conn.execute("SELECT count(*) FROM content").fetchone()
             self._conn = conn
         except sqlite3.DatabaseError:
             self._recreate()
         except OSError:
             self._conn = None  # no cache this time; the registry answers everything
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=10)
+        # a cache: no fsync per write (a torn file is detected and rebuilt), readers see writers
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS content (digest TEXT PRIMARY KEY, data BLOB)")
+        return conn
 
     def _recreate(self) -> None:
         assert self.path is not None
@@ -109,9 +117,7 @@ class ContentCache:
             Path(str(self.path) + suffix).unlink(missing_ok=True)
         self.rebuilt = True
         try:
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=10)
-            conn.execute("CREATE TABLE IF NOT EXISTS content (digest TEXT PRIMARY KEY, data BLOB)")
-            self._conn = conn
+            self._conn = self._connect()
         except (sqlite3.Error, OSError):
             self._conn = None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,26 @@ def test_cascade_is_transitive_and_stops_on_cycles() -> None:
     found = cascade(d["1"], [grandchild, unrelated, child, parent, loop])
     assert [(f.name, via) for f, via in found] == [("c", d["1"]), ("g", d["2"])]
     assert cascade(d["5"], [parent, child]) == []
+
+
+# ---- the content cache the facts come through (harden.inventory) ----------------------------------
+def test_content_cache_survives_corruption_and_checks_digests(tmp_path: Path) -> None:
+    import hashlib
+
+    from harden.inventory import ContentCache
+
+    data = b"config bytes"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = tmp_path / "inventory.db"
+    cache = ContentCache(path)
+    cache.put(digest, data)
+    cache.put("sha256:" + "0" * 64, b"lies about its digest")
+    assert cache.get(digest) == data
+    assert cache.get("sha256:" + "0" * 64) is None  # checked on read, dropped
+    cache.close()
+    assert ContentCache(path).get(digest) == data  # persisted
+    path.write_bytes(b"garbage" * 1000)
+    rebuilt = ContentCache(path)
+    assert rebuilt.rebuilt and rebuilt.get(digest) is None
+    rebuilt.put(digest, data)
+    assert rebuilt.get(digest) == data
