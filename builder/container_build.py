@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from builder.docker_engine import Engine, ImageTarget, dockerfile_label, repo_digest
+from builder.render import Phase, parse_failure, render_script
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
@@ -28,9 +30,6 @@ from harden.target import TargetKind
 from verifiers.facts import FactPlan, new_nonce
 from verifiers.facts import parse as parse_facts
 from verifiers.runner import report_from_facts, verify
-
-from builder.docker_engine import Engine, ImageTarget, dockerfile_label, repo_digest, split_tag
-from builder.render import Phase, parse_failure, render_script
 
 LABEL_BUILD_KEY = "dev.harden.build-key"
 LABEL_DEFINITION = "dev.harden.definition"
@@ -157,7 +156,10 @@ def _run_phase(
         command = ["/bin/sh", "-c", _THEN_FACTS, "sh", script, facts_script]
     with engine.throwaway(image, command, network=network) as c:
         result = engine.run_to_end(c, REMEDIATION_TIMEOUT)
-        out, err = result.stdout.decode("utf-8", "replace"), result.stderr.decode("utf-8", "replace")
+        out, err = (
+            result.stdout.decode("utf-8", "replace"),
+            result.stderr.decode("utf-8", "replace"),
+        )
         failure = parse_failure(out, err, result.exit_status)
         if failure is not None:
             what = f"rule {failure.rule_id}" if failure.rule_id else "the remediation script"
@@ -203,8 +205,10 @@ def build_container(
         if previous:
             image_id = str(previous[0].id)
             reused = True
-            progress(f"inputs unchanged (base {base_digest[:19]}, baseline {baseline.digest[:19]}): "
-                     f"reusing {image_id[:19]}")
+            progress(
+                f"inputs unchanged (base {base_digest[:19]}, baseline {baseline.digest[:19]}): "
+                f"reusing {image_id[:19]}"
+            )
     if image_id is None:
         family = baseline.platforms[0].family.value
         rules = remediation_rules(baseline, started.date())

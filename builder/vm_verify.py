@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harden.errors import TargetError, UsageError
-
 from builder.qemu import DEFAULT_APPEND, Vm, VmImage
+from harden.errors import TargetError, UsageError
 
 
 def sha256_file(path: Path) -> str:
@@ -71,9 +70,10 @@ def open_qcow2(
             hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
         )
     digest = sha256_file(path)
-    with tempfile.TemporaryDirectory(prefix="harden-vm-") as work, Vm(
-        image, Path(work), on_progress=progress
-    ) as vm:
+    with (
+        tempfile.TemporaryDirectory(prefix="harden-vm-") as work,
+        Vm(image, Path(work), on_progress=progress) as vm,
+    ):
         vm.start()
         target = vm.connect("root", key)
         yield Opened(target, digest, None)

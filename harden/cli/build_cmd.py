@@ -140,7 +140,11 @@ def _build_vm_template(
     from builder.vm_build import build_vm
 
     result = build_vm(
-        defn, cat, SystemClock(), force=force, allow_noncompliant=allow_noncompliant,
+        defn,
+        cat,
+        SystemClock(),
+        force=force,
+        allow_noncompliant=allow_noncompliant,
         progress=progress,
     )
     if fmt == "json":

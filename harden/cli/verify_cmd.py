@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
+from harden.audit import AuditAction, AuditLog
 from harden.cli.common import baselines_option, catalogue, progress
 from harden.cli.output import FORMAT_CHOICES, render_report
-from harden.audit import AuditAction, AuditLog
 from harden.clock import SystemClock
 from verifiers.refs import verify_ref
 
