@@ -52,4 +52,21 @@ rc=$?
 set -e
 if [ "$rc" -ne 1 ]; then echo "demo: expected the gate to deny the base (exit 1), got $rc" >&2; exit 1; fi
 
-say "demo finished: base NOT compliant and refused by the gate; golden image compliant, signed, promoted"
+say "a tampered copy: the golden image with its compliance attestation edited after signing (expected: DENIED)"
+python3 scripts/demo_tamper.py 127.0.0.1:5000/staging/debian12-hardened:latest \
+  127.0.0.1:5000/demo/tampered:latest
+set +e
+harden promote 127.0.0.1:5000/demo/tampered:latest 127.0.0.1:5000/prod/tampered:latest --key "$KEY.pub"
+rc=$?
+set -e
+if [ "$rc" -ne 1 ]; then echo "demo: expected the gate to deny the tampered copy (exit 1), got $rc" >&2; exit 1; fi
+
+say "freshness of every golden image (images/)"
+harden status images --key "$KEY.pub" || true
+
+say "the auditor's evidence bundle for ISO 27017 CLD.9.5.2"
+harden evidence images --key "$KEY.pub" -o "$HARDEN_HOME/evidence" >/dev/null
+echo "evidence bundle: $HARDEN_HOME/evidence/index.html" >&2
+harden audit verify
+
+say "demo finished: base NOT compliant and refused; tampered copy refused; golden image compliant, signed, promoted"
