@@ -34,6 +34,9 @@ bench: dev services  ## benchmarks, printed as ratios and written to bench/resul
 demo: dev services   ## the main job end to end on the embedded defaults
 	scripts/demo.sh
 
+demo-vm: dev services-vm   ## build, verify and seal the hardened Debian 12 VM template (~3 min, TCG)
+	scripts/demo-vm.sh
+
 golden:         ## regenerate golden files (formatter output, canonical attestation JSON)
 	HARDEN_REGEN_GOLDEN=1 $(PYTHON) -m pytest -q tests/unit -k golden
 

@@ -244,7 +244,7 @@ def _run_checked(target: SshTarget, script: str, what: str) -> None:
         raise TargetError(f"{what} failed in the build VM (exit {result.exit_status})", hint=err)
 
 
-def _verify_clone(
+def verify_clone(
     sealed: Path,
     boot: VmImage,
     user: str,
@@ -357,7 +357,7 @@ def build_vm(
             initrd=Path(previous["initrd"]) if previous.get("initrd") else base.initrd,
             append=str(previous.get("append", base.append)),
         )
-        report = _verify_clone(
+        report = verify_clone(
             out,
             boot,
             src.ssh_user,
@@ -410,7 +410,7 @@ def build_vm(
                 _run_checked(target, _SEAL_EXTRA, "removing the random seed")
                 vm.shutdown()
                 digest = "sha256:" + seal(vm.overlay, staging)
-        report = _verify_clone(
+        report = verify_clone(
             staging,
             base,
             src.ssh_user,

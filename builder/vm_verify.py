@@ -50,6 +50,45 @@ def image_for(disk: Path) -> tuple[VmImage, Path | None]:
     return VmImage(disk=disk.absolute(), kernel=kernel, initrd=initrd, append=append), key
 
 
+def verify_template(
+    path: Path,
+    baseline: Any,
+    clock: Any,
+    *,
+    identity: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Boot a throwaway clone of the template ``path`` and verify it.
+
+    The clone sees the template itself as a read-only second disk, so the ``template.*`` hygiene
+    rules (no host keys, empty machine-id: things every first boot recreates) are judged on the
+    sealed file, the rest on the running clone — as ``harden build`` does for a VM template.
+    """
+    from builder.vm_build import verify_clone
+
+    if not path.is_file():
+        raise UsageError(f"no such VM template: {path}")
+    image, recorded_key = image_for(path)
+    key = identity or recorded_key
+    if key is None:
+        raise UsageError(
+            f"no SSH key to log in to {path}",
+            hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
+        )
+    return verify_clone(
+        path,
+        image,
+        "root",
+        key,
+        baseline,
+        clock,
+        name=str(path),
+        digest=sha256_file(path),
+        progress=progress or (lambda _m: None),
+        timings={},
+    )
+
+
 @contextlib.contextmanager
 def open_qcow2(
     path: Path,

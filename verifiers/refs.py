@@ -120,7 +120,16 @@ def verify_ref(
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
-    opener = OPENERS[scheme_of(ref)]
+    scheme = scheme_of(ref)
+    if scheme == "qcow2":
+        from builder.vm_verify import verify_template
+
+        baseline = resolve(catalogue, baseline_id or DEFAULT_BASELINE[TargetKind.VM])
+        report: VerifyReport = verify_template(
+            Path(ref), baseline, clock, identity=identity, progress=progress
+        )
+        return report
+    opener = OPENERS[scheme]
     with opener(ref, known_hosts=known_hosts, identity=identity, progress=progress) as opened:
         bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
         baseline = resolve(catalogue, bid)

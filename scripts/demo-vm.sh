@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The VM half of the mission (make demo-vm, about 3 minutes under TCG emulation):
+# the base template fails debian-vm; harden builds, verifies and seals a hardened template;
+# a throwaway clone of the sealed file verifies compliant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HARDEN_HOME=${HARDEN_HOME:-$PWD/.demo/home}
+TEMPLATES=${HARDEN_TEMPLATES:-/var/cache/harden/templates}
+mkdir -p "$HARDEN_HOME"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+
+say "verify the base VM template against debian-vm (expected: NOT compliant)"
+set +e
+harden verify /var/cache/harden/vm/current/base.qcow2 --format json -o "$HARDEN_HOME/vm-base-report.json"
+rc=$?
+set -e
+if [ "$rc" -ne 1 ]; then echo "demo-vm: expected the base template to be non-compliant, got $rc" >&2; exit 1; fi
+
+say "build the hardened template (boot, remediate over SSH, reboot, verify, seal, verify a clone)"
+harden build images/debian12-vm.yaml --force
+
+say "verify the sealed template from scratch (expected: compliant)"
+harden verify "$TEMPLATES/debian12-vm.qcow2" >/dev/null
+say "demo-vm finished: base template NOT compliant, sealed template compliant"
