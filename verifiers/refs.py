@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harden.baseline.resolve import Catalogue, resolve
+from harden.baseline.resolve import Catalogue, Overrides, resolve
 from harden.clock import Clock
 from harden.errors import UsageError
 from harden.results import VerifyReport
@@ -116,6 +116,7 @@ def verify_ref(
     clock: Clock,
     *,
     baseline_id: str | None = None,
+    overrides: Overrides | None = None,
     known_hosts: Path | None = None,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
@@ -124,7 +125,7 @@ def verify_ref(
     if scheme == "qcow2":
         from builder.vm_verify import verify_template
 
-        baseline = resolve(catalogue, baseline_id or DEFAULT_BASELINE[TargetKind.VM])
+        baseline = resolve(catalogue, baseline_id or DEFAULT_BASELINE[TargetKind.VM], overrides)
         report: VerifyReport = verify_template(
             Path(ref), baseline, clock, identity=identity, progress=progress
         )
@@ -132,7 +133,7 @@ def verify_ref(
     opener = OPENERS[scheme]
     with opener(ref, known_hosts=known_hosts, identity=identity, progress=progress) as opened:
         bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
-        baseline = resolve(catalogue, bid)
+        baseline = resolve(catalogue, bid, overrides)
         return verify(
             opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress
         )

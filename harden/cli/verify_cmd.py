@@ -10,6 +10,8 @@ from harden.audit import AuditAction, AuditLog
 from harden.cli.common import baselines_option, catalogue, progress
 from harden.cli.output import FORMAT_CHOICES, render_report
 from harden.clock import SystemClock
+from harden.errors import UsageError
+from harden.imagedef import load_definition
 from verifiers.refs import verify_ref
 
 
@@ -21,6 +23,13 @@ from verifiers.refs import verify_ref
     default=None,
     help="Baseline id (default: the one recorded in the image's labels, else debian-container "
     "for containers and debian-vm for machines).",
+)
+@click.option(
+    "--definition",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Image definition (images/*.yaml) whose baseline, parameters and waivers to verify "
+    "against, as the build did.",
 )
 @baselines_option
 @click.option(
@@ -49,6 +58,7 @@ from verifiers.refs import verify_ref
 def verify(
     ref: str,
     baseline_id: str | None,
+    definition: Path | None,
     baseline_dirs: tuple[Path, ...],
     fmt: str,
     output: Path | None,
@@ -65,16 +75,29 @@ def verify(
       ssh://USER@HOST:PORT               a running machine (host key must be pinned)
       template.qcow2                     a VM template (booted in a throwaway overlay)
 
+    With --definition the image definition's baseline, parameter overrides and waivers are
+    used, exactly as `harden build` verified the image.
+
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
     """
     cat = catalogue(baseline_dirs)
     clock = SystemClock()
+    overrides = None
+    if definition is not None:
+        defn = load_definition(definition)
+        if baseline_id is not None and baseline_id != defn.doc.baseline.id:
+            raise UsageError(
+                f"--baseline {baseline_id} contradicts {definition} "
+                f"(baseline {defn.doc.baseline.id})"
+            )
+        baseline_id, overrides = defn.doc.baseline.id, defn.overrides()
     report = verify_ref(
         ref,
         cat,
         clock,
         baseline_id=baseline_id,
+        overrides=overrides,
         known_hosts=known_hosts,
         identity=identity,
         progress=progress,

@@ -276,3 +276,17 @@ def test_malformed_definition_exit_3_with_line(tmp_path: Path) -> None:
     r = harden("build", str(p))
     assert r.returncode == 3
     assert f"{p}:6" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_with_the_definition_uses_its_waivers(built: dict, tmp_path: Path) -> None:
+    waiver = {"rule": "pkg.telnet-absent", "reason": "r", "owner": "qa", "expires": "2099-01-01"}
+    d = definition(
+        tmp_path, "itest-waived", baseline={"id": "debian-container", "waivers": [waiver]}
+    )
+    r = harden("verify", built["image_id"], "--definition", str(d), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    by_id = {x["rule_id"]: x for x in json.loads(r.stdout)["results"]}
+    assert by_id["pkg.telnet-absent"]["status"] == "waived"
+    assert by_id["pkg.telnet-absent"]["waiver"]["owner"] == "qa"
+    plain = json.loads(harden("verify", built["image_id"], "--format", "json").stdout)
+    assert {x["rule_id"]: x for x in plain["results"]}["pkg.telnet-absent"]["status"] == "passed"
