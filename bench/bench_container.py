@@ -56,7 +56,9 @@ def plain_testinfra_check(host: Any, rule: Rule, image_config: dict[str, Any]) -
             for u in spec.units
         )
     if isinstance(spec, k.Sysctl):
-        return host.file("/etc/sysctl.d/99-harden.conf").contains(spec.key)
+        persisted = host.file("/etc/sysctl.d/99-harden.conf")
+        live = host.run("cat %s", "/proc/sys/" + spec.key.replace(".", "/"))
+        return persisted.exists and persisted.contains(spec.key) and live.rc == 0
     if isinstance(spec, k.SuidSgidAllowlist):
         return host.run("find / -xdev -type f -perm /6000").rc == 0
     if isinstance(spec, k.WorldWritable):

@@ -401,3 +401,62 @@ def test_plan_quotes_values_and_rejects_unsafe_globs() -> None:
     script = plan.script("n0nce")
     assert "sec unit:a.service;" in script
     assert "/etc/systemd/system/*.wants/a.service" in script
+
+
+def test_one_stat_for_every_pattern_and_one_walk_for_suid_and_world_writable(
+    tmp_path: Path,
+) -> None:
+    """Run the real fact script with /bin/sh on a folder tree: patterns map back to their files."""
+    import subprocess
+
+    bl = baseline(
+        tmp_path,
+        f"""\
+    - id: fs.a
+      title: a
+      controls: {{iso27017: [CLD.9.5.2]}}
+      file_permissions: {{paths: [{tmp_path}/t/a*], max_mode: "0644"}}
+    - id: fs.b
+      title: b
+      controls: {{iso27017: [CLD.9.5.2]}}
+      file_absent: {{paths: [{tmp_path}/t/b]}}
+    """,
+    )
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "a1").write_text("x")
+    (tree / "a2").write_text("x")
+    (tree / "a2").chmod(0o666)
+    (tree / "b").write_text("x")
+    plan = FactPlan.for_rules(bl.rules, TargetKind.CONTAINER)
+    script = plan.script("n0")
+    assert script.count("stat -c") == 1
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, check=True).stdout
+    f = parse(out, "n0")
+    assert [e.path for e in f.stats(f"{tmp_path}/t/a*")] == [f"{tree}/a1", f"{tree}/a2"]
+    res = run(bl, Facts({**f.sections, "os-release": "ID=debian\nVERSION_ID=12\n"}, f.status))
+    assert res["fs.a"].status is Status.FAILED and "a2: mode 0666" in res["fs.a"].evidence[0]
+    assert res["fs.b"].status is Status.FAILED
+    walk = parse("\n@@F-n walk\nsuid /usr/bin/su\nww file /tmp/x\nww dir /srv/d\n@@E-n 0\n", "n")
+    assert walk.lines("suid") == ["/usr/bin/su"]
+    assert walk.lines("world-writable") == ["file /tmp/x", "dir /srv/d"]
+
+
+def test_command_checks_run_concurrently_and_leave_nothing_behind(tmp_path: Path) -> None:
+    """c.a waits for a file only c.b creates: one after the other (a first), c.a would fail."""
+    import subprocess
+
+    flag = tmp_path / "b-ran"
+    checks = {
+        "c.a": f"i=0; while [ ! -e {flag} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+        f"test -e {flag}",
+        "c.b": f"touch {flag}",
+        "c.fails": "echo nope; exit 3",
+    }
+    plan = FactPlan(TargetKind.CONTAINER, commands=checks)
+    before = set(Path("/dev/shm").iterdir())
+    out = subprocess.run(["/bin/sh", "-c", plan.script("n1")], capture_output=True, check=True)
+    f = parse(out.stdout, "n1")
+    assert f.status["command:c.a"] == 0
+    assert f.status["command:c.fails"] == 3 and f.get("command:c.fails") == "nope\n"
+    assert set(Path("/dev/shm").iterdir()) == before
