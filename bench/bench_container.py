@@ -14,9 +14,9 @@ import docker
 import testinfra
 
 from bench.common import Result, interleaved, median_time
-from builder.container_build import build_container, remediation_rules
+from builder.container_build import build_container
 from builder.docker_engine import Engine, RunningContainerTarget
-from builder.render import Phase, render_script
+from builder.render import Phase, remediation_rules, render_script
 from harden.baseline import kinds as k
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule, resolve
 from harden.clock import SystemClock
@@ -132,7 +132,7 @@ def bench_build(
     from builder.container_build import container_user, user_script
 
     defn = load_definition(defn_path)
-    rules = remediation_rules(bl, dt.date.today())
+    rules = remediation_rules(bl, TargetKind.CONTAINER, dt.date.today())
     user = container_user(rules)
     script = render_script(rules, "debian", TargetKind.CONTAINER, Phase.OFFLINE)
     if user:

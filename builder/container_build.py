@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.docker_engine import Engine, ImageTarget, dockerfile_label, repo_digest
-from builder.render import Phase, parse_failure, render_script
+from builder.render import Phase, parse_failure, remediation_rules, render_script
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
@@ -95,19 +95,6 @@ def resolve_base(engine: Engine, ref: str, progress: Progress) -> tuple[str, str
             ) from e
     digest = repo_digest(image, ref) or str(image.id)
     return str(image.id), digest
-
-
-def remediation_rules(baseline: ResolvedBaseline, today: Any) -> list[Rule]:
-    """Rules the build applies: for containers, not actively waived, not image config."""
-    rules = []
-    for r in baseline.rules:
-        if TargetKind.CONTAINER.value not in {t.value for t in r.targets}:
-            continue
-        w = baseline.waivers.get(r.id)
-        if w is not None and w.active_on(today):
-            continue
-        rules.append(r)
-    return rules
 
 
 def container_user(rules: Sequence[Rule]) -> str | None:
@@ -211,7 +198,7 @@ def build_container(
             )
     if image_id is None:
         family = baseline.platforms[0].family.value
-        rules = remediation_rules(baseline, started.date())
+        rules = remediation_rules(baseline, TargetKind.CONTAINER, started.date())
         user = container_user(rules)
         restore = _base_config_changes(engine, base_id)
         current = base_id

@@ -15,6 +15,7 @@ shell by definition.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from harden.baseline.kinds import (
     Sysctl,
     WorldWritable,
 )
-from harden.baseline.resolve import Rule
+from harden.baseline.resolve import ResolvedBaseline, Rule
 from harden.errors import BaselineError
 from harden.paths import templates_dir
 from harden.target import TargetKind
@@ -389,6 +390,19 @@ _CONTEXT: Mapping[RuleKind, Callable[[Spec, TargetKind], dict[str, Any]]] = {
 
 
 # ---------------------------------------------------------------- rendering
+
+
+def remediation_rules(baseline: ResolvedBaseline, target: TargetKind, today: dt.date) -> list[Rule]:
+    """The rules a build applies on ``target``: those for that target, not actively waived."""
+    rules = []
+    for r in baseline.rules:
+        if target.value not in {t.value for t in r.targets}:
+            continue
+        w = baseline.waivers.get(r.id)
+        if w is not None and w.active_on(today):
+            continue
+        rules.append(r)
+    return rules
 
 
 def rule_phase(rule: Rule) -> Phase:

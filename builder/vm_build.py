@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
-from builder.render import Phase, parse_failure, render_script
+from builder.render import Phase, parse_failure, remediation_rules, render_script
 from builder.ssh_target import SshTarget
 from builder.vm_verify import sha256_file
 from harden import __version__
@@ -126,19 +126,6 @@ class VmBuildResult:
             "sealed_rules": list(self.report.meta.get("sealed_rules", [])),
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
         }
-
-
-def remediation_rules(baseline: ResolvedBaseline, today: Any) -> list[Rule]:
-    """Rules the build applies: for vm, not actively waived."""
-    rules = []
-    for r in baseline.rules:
-        if TargetKind.VM.value not in {t.value for t in r.targets}:
-            continue
-        w = baseline.waivers.get(r.id)
-        if w is not None and w.active_on(today):
-            continue
-        rules.append(r)
-    return rules
 
 
 def build_key(base_sha256: str, baseline: ResolvedBaseline, defn: ImageDefinition) -> str:
@@ -383,7 +370,7 @@ def build_vm(
             timings,
         )
 
-    rules = remediation_rules(baseline, started.date())
+    rules = remediation_rules(baseline, TargetKind.VM, started.date())
     family = baseline.platforms[0].family.value
     script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,13 @@ A template made of a whole-disk filesystem boots with a kernel and initrd: they 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from builder.qemu import DEFAULT_APPEND, Vm, VmImage
+from builder.qemu import DEFAULT_APPEND, VmImage
 from harden.errors import TargetError, UsageError
 
 
@@ -87,32 +85,3 @@ def verify_template(
         progress=progress or (lambda _m: None),
         timings={},
     )
-
-
-@contextlib.contextmanager
-def open_qcow2(
-    path: Path,
-    *,
-    identity: Path | None = None,
-    progress: Callable[[str], None] | None = None,
-    **_: object,
-) -> Iterator[Any]:
-    from verifiers.refs import Opened
-
-    if not path.is_file():
-        raise UsageError(f"no such VM template: {path}")
-    image, recorded_key = image_for(path)
-    key = identity or recorded_key
-    if key is None:
-        raise UsageError(
-            f"no SSH key to log in to {path}",
-            hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
-        )
-    digest = sha256_file(path)
-    with (
-        tempfile.TemporaryDirectory(prefix="harden-vm-") as work,
-        Vm(image, Path(work), on_progress=progress) as vm,
-    ):
-        vm.start()
-        target = vm.connect("root", key)
-        yield Opened(target, digest, None)

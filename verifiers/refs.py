@@ -68,25 +68,10 @@ def _ssh(
         target.close()
 
 
-@contextlib.contextmanager
-def _qcow2(
-    ref: str,
-    *,
-    identity: Path | None = None,
-    progress: Callable[[str], None] | None = None,
-    **_: object,
-) -> Iterator[Opened]:
-    from builder.vm_verify import open_qcow2
-
-    with open_qcow2(Path(ref), identity=identity, progress=progress) as opened:
-        yield opened
-
-
 OPENERS: dict[str, Callable[..., contextlib.AbstractContextManager[Opened]]] = {
     "docker-image": _docker_image,
     "docker": _docker_container,
     "ssh": _ssh,
-    "qcow2": _qcow2,
 }
 
 

@@ -129,14 +129,16 @@ def test_building_on_the_output_changes_nothing(built: dict, client: docker.Dock
     """Run the same remediation on the hardened image: the filesystem diff is empty."""
     import datetime as dt
 
-    from builder.container_build import remediation_rules
-    from builder.render import Phase, render_script
+    from builder.render import Phase, remediation_rules, render_script
     from harden.baseline.resolve import Catalogue, resolve
     from harden.target import TargetKind
 
     bl = resolve(Catalogue.from_search_path(), "debian-container")
     script = render_script(
-        remediation_rules(bl, dt.date.today()), "debian", TargetKind.CONTAINER, Phase.OFFLINE
+        remediation_rules(bl, TargetKind.CONTAINER, dt.date.today()),
+        "debian",
+        TargetKind.CONTAINER,
+        Phase.OFFLINE,
     )
     c = client.containers.create(
         built["image_id"],
