@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vm_fixtures import sshd_server, vm_running, vm_template  # noqa: F401  (shared fixtures)
 
 from harden.errors import RegistryError
 from harden.oci import Credentials, Manifest, RegistryClient

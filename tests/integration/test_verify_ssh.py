@@ -1,0 +1,63 @@
+"""`harden verify ssh://...` from the command line against a real sshd (in a container)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from vm_fixtures import SshdServer
+
+from builder.ssh_target import known_hosts_name
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def harden(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from harden.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
+
+
+def test_verify_over_ssh_with_a_pinned_host_key(sshd_server: SshdServer, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        f"{known_hosts_name(sshd_server.host, sshd_server.port)} {sshd_server.host_key_line}\n"
+    )
+    url = f"ssh://{sshd_server.user}@{sshd_server.host}:{sshd_server.port}"
+    r = harden(
+        "verify",
+        url,
+        "--known-hosts",
+        str(known),
+        "-i",
+        str(sshd_server.key_path),
+        "--baseline",
+        "debian-common",
+        "--format",
+        "json",
+    )
+    assert r.returncode in (0, 1), r.stderr
+    report = json.loads(r.stdout)
+    assert report["target"] == "vm" and report["platform"] == "debian 12"
+    assert report["summary"]["error"] == 0 and report["summary"]["total"] > 60
+
+
+def test_verify_over_ssh_refuses_an_unknown_host_key(
+    sshd_server: SshdServer, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    url = f"ssh://{sshd_server.user}@{sshd_server.host}:{sshd_server.port}"
+    r = harden("verify", url, "--known-hosts", str(empty), "-i", str(sshd_server.key_path))
+    assert r.returncode == 4, r.stderr
+    assert "SHA256:" in r.stderr and "Traceback" not in r.stderr
