@@ -233,6 +233,7 @@ class RegistryClient:
         self._verify: bool | str = ca_bundle or os.environ.get("HARDEN_REGISTRY_CA") or True
         self._session = session or requests.Session()
         self._lock = threading.Lock()
+        self._no_referrers_api = False  # learned from a 404 without an error body
         self._auth_kind: str | None = None  # "basic" or "bearer" once a challenge was seen
         self._tokens: dict[str, str] = {}
 
@@ -697,6 +698,8 @@ class RegistryClient:
         self, repo: str, digest: str, artifact_type: str | None = None
     ) -> Manifest | None:
         """The referrers index from GET /v2/<repo>/referrers/<digest>; None when unsupported."""
+        if self._no_referrers_api:
+            return None
         what = f"list referrers of {repo}@{digest}"
         first = f"/v2/{repo}/referrers/{digest}"
         if artifact_type:
@@ -716,6 +719,10 @@ class RegistryClient:
             )
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             if response.status_code == 404 or content_type != OCI_INDEX:
+                if response.status_code == 404 and content_type != "application/json":
+                    # no route at all (e.g. distribution 2.8), not a registry error about this
+                    # repository: remember it, so a copy does not ask again for every referrer
+                    self._no_referrers_api = True
                 response.close()
                 return None
             data = _read_bounded(response, MAX_MANIFEST_BYTES, f"referrers of {digest}")

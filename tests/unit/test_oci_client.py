@@ -658,3 +658,19 @@ def test_copy_of_an_index_copies_its_children_first() -> None:
         f"PUT /v2/d/manifests/{compute_digest(index)}",
         "PUT /v2/d/manifests/multi",
     ]
+
+
+def test_a_registry_without_the_referrers_route_is_asked_once_per_client() -> None:
+    fake = FakeRegistry(referrers_api=False)
+    digest, _ = seed_image(fake, "a")
+    client, _ = client_for(fake)
+    for _ in range(3):
+        assert list_referrers(client, "a", digest) == []
+    assert len([e for e in fake.log if "/referrers/" in e]) == 1
+    # a registry with the API keeps being asked (its 404s carry an error body)
+    api = FakeRegistry(referrers_api=True)
+    digest, _ = seed_image(api, "a")
+    client, _ = client_for(api)
+    for _ in range(2):
+        list_referrers(client, "a", digest)
+    assert len([e for e in api.log if "/referrers/" in e]) == 2
