@@ -285,6 +285,8 @@ class Inventory:
         down = self._ping(r.ref.registry for r in refs.values() if r.ref is not None)
         bases = sorted({d.doc.base for d in defs if d.doc.base})
         current = dict(self._map(lambda b: (b, self._current_base(refs[b], down)), bases))
+        disks = sorted({d.doc.vm.disk for d in defs if d.doc.vm and not d.doc.base})
+        current.update(self._map(lambda p: (p, _disk_digest(Path(p))), disks))
         return list(self._map(lambda d: self._one(d, refs, down, current, baselines[d.path]), defs))
 
     def _current_base(self, base: _Ref, down: Mapping[str, str | None]) -> str | HardenError | None:
@@ -320,12 +322,13 @@ class Inventory:
             definition=str(defn.path),
             destination=doc.destination,
             max_age=defn.max_age,
-            base=doc.base,
+            base=_base_of(defn),
             production=doc.promote_to,
             current_baseline_digest=baseline_digest,
         )
         unreachable: list[str] = []
-        base_now = current_bases.get(doc.base) if doc.base else None
+        base = _base_of(defn)
+        base_now = current_bases.get(base) if base else None
         notes: tuple[str, ...] = ()
         if isinstance(base_now, RegistryNotFound):  # a fact, not an outage
             notes = (f"{base_now.message}: cannot compare, and a rebuild would fail",)
@@ -468,6 +471,27 @@ class Inventory:
         if found is None:
             raise RegistryNotFound(f"{ref_text}: no such image", hint="check the reference")
         return ref, found.digest
+
+
+def _base_of(defn: ImageDefinition) -> str | None:
+    """A container's base reference; a VM template's base disk (the file it was built from)."""
+    if defn.doc.base:
+        return defn.doc.base
+    return defn.doc.vm.disk if defn.doc.vm else None
+
+
+def _disk_digest(path: Path) -> str | HardenError:
+    """sha256 of a VM base disk now (the VM counterpart of asking a registry for a base tag)."""
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        return RegistryNotFound(f"base disk {path} does not exist")
+    except OSError as e:
+        return InputError(f"base disk {path}: {e.strerror or e}")
+    return "sha256:" + h.hexdigest()
 
 
 def _replace(facts: ImageFacts, **changes: Any) -> ImageFacts:

@@ -167,7 +167,7 @@ def fetch_envelopes(
 
 def sign_statements(
     report: VerifyReport,
-    subject: Subject,
+    subject: Subject | Sequence[Subject],
     signer: Signer,
     *,
     verified_at: dt.datetime,
@@ -176,7 +176,9 @@ def sign_statements(
     build: BuildInfo | None,
     baseline_uri: str = "",
 ) -> list[SignedStatement]:
-    """Provenance (when ``build`` is known), test-result and compliance, each signed."""
+    """Provenance (when ``build`` is known), test-result and compliance, each signed.
+
+    ``subject`` may be several (a VM template: the qcow2 file and its OCI artifact manifest)."""
     statements: list[dict[str, Any]] = []
     if build is not None:
         statements.append(provenance(subject, build))

@@ -15,10 +15,11 @@ from harden.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
     from harden.attest.keys import Signer
-    from harden.attest.statements import BuildInfo
+    from harden.attest.statements import BuildInfo, Subject
     from harden.attest.store import SignedStatement
     from harden.baseline.model import Waiver
     from harden.baseline.resolve import ResolvedBaseline
+    from harden.imagedef import ImageDefinition
     from harden.oci import Descriptor, RegistryClient
     from harden.results import VerifyReport
 
@@ -54,17 +55,73 @@ def sign_for_report(
     build: BuildInfo | None,
 ) -> list[SignedStatement]:
     from harden.attest.statements import Subject
+
+    return sign_subjects(
+        report,
+        [Subject(repository_name, digest)],
+        signer,
+        verified_at=verified_at,
+        validity=validity,
+        waivers=waivers,
+        build=build,
+    )
+
+
+def sign_subjects(
+    report: VerifyReport,
+    subjects: Sequence[Subject],
+    signer: Signer,
+    *,
+    verified_at: dt.datetime,
+    validity: dt.timedelta,
+    waivers: Mapping[str, Waiver],
+    build: BuildInfo | None,
+) -> list[SignedStatement]:
+    """The three statements (provenance only with ``build``) for ``subjects``, signed."""
     from harden.attest.store import sign_statements
 
     return sign_statements(
         report,
-        Subject(repository_name, digest),
+        subjects,
         signer,
         verified_at=verified_at,
         valid_until=verified_at + validity,
         waivers=waivers,
         build=build,
         baseline_uri=f"harden:baseline/{report.baseline.id}",
+    )
+
+
+def sign_build(
+    report: VerifyReport,
+    subjects: Sequence[Subject],
+    signer: Signer,
+    *,
+    build_type: str,
+    defn: ImageDefinition,
+    base_name: str,
+    base_digest: str,
+    baseline: ResolvedBaseline,
+) -> list[SignedStatement]:
+    """After ``harden build --key``: provenance, test-result and compliance of what was built
+    (validUntil = verified time + the definition's max_age)."""
+    build = build_info(
+        build_type=build_type,
+        definition={"name": defn.name, "path": str(defn.path), "sha256": defn.sha256},
+        base_name=base_name,
+        base_digest=base_digest,
+        baseline=baseline,
+        started=report.started_at,
+        finished=report.finished_at,
+    )
+    return sign_subjects(
+        report,
+        subjects,
+        signer,
+        verified_at=report.finished_at,
+        validity=defn.max_age,
+        waivers=baseline.waivers,
+        build=build,
     )
 
 
@@ -391,9 +448,10 @@ def attach_build_attestations(
 ) -> list[Descriptor]:
     """After ``harden build --key``: sign provenance, test-result and compliance of the pushed
     image (validUntil = verified time + the definition's max_age) and attach them."""
-    from harden.attest.statements import BUILD_TYPE_CONTAINER
+    from harden.attest.statements import BUILD_TYPE_CONTAINER, Subject
     from harden.oci import RegistryClient, parse_reference
 
+    del definition  # the definition's path is defn.path
     reference = parse_reference(result.reference)
     client = client or RegistryClient.for_reference(reference)
     subject = client.head_manifest(reference.repository, result.digest)
@@ -401,24 +459,14 @@ def attach_build_attestations(
         from harden.errors import RegistryError
 
         raise RegistryError(f"{result.reference}@{result.digest} is not in the registry")
-    report = result.report
-    build = build_info(
+    signed = sign_build(
+        result.report,
+        [Subject(f"{reference.registry}/{reference.repository}", result.digest)],
+        signer,
         build_type=BUILD_TYPE_CONTAINER,
-        definition={"name": defn.name, "path": str(definition), "sha256": defn.sha256},
+        defn=defn,
         base_name=result.base_name,
         base_digest=result.base_digest,
         baseline=result.baseline,
-        started=report.started_at,
-        finished=report.finished_at,
-    )
-    signed = sign_for_report(
-        report,
-        f"{reference.registry}/{reference.repository}",
-        result.digest,
-        signer,
-        verified_at=report.finished_at,
-        validity=defn.max_age,
-        waivers=result.baseline.waivers,
-        build=build,
     )
     return attach_signed(client, reference.repository, subject, signed, clock)

@@ -71,11 +71,11 @@ def load_definitions(directory: Path) -> list[ImageDefinition]:
 
 
 def tracked(defs: Sequence[ImageDefinition]) -> list[ImageDefinition]:
-    """The definitions status tracks: container images with a destination."""
+    """The definitions status tracks: images (container or VM template) with a destination."""
     out = []
     for d in defs:
-        if d.doc.target.value != "container" or not d.doc.destination:
-            progress(f"skipping {d.path}: only container images with a destination are tracked")
+        if not d.doc.destination:
+            progress(f"skipping {d.path}: only images with a destination are tracked")
             continue
         out.append(d)
     return out

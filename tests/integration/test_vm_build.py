@@ -1,7 +1,9 @@
-"""`harden build` of a VM template: the real base template, qemu (TCG here) and SSH.
+"""`harden build --key` of a VM template: the real base template, qemu (TCG here), SSH, registry.
 
-Three VM starts in all: the build VM (rebooted once), the clone of the sealed template, and
-`harden verify` of the unhardened base.
+ONE template build per module (about 2.5 minutes under TCG): the build VM (rebooted once) and the
+clone of the sealed template; then `harden verify` of the unhardened base boots a third VM. The
+build signs the template (envelopes beside the file) and pushes it as an OCI artifact to a
+per-run repository; attestation verify, promote and status run against that artifact.
 """
 
 from __future__ import annotations
@@ -10,15 +12,42 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vm_fixtures import VmTemplate, vm_template  # noqa: F401
+
+from harden.attest import dsse
+from harden.attest.keys import load_public_key
+from harden.attest.predicates import HARDEN_COMPLIANCE, SLSA_PROVENANCE, TEST_RESULT
+from harden.attest.statements import BUILD_TYPE_VM
+from harden.oci import RegistryClient, parse_reference
+from harden.vm_artifact import ARTIFACT_TYPE, QCOW2_MEDIA_TYPE
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "images" / "debian12-vm.yaml"
+REGISTRY = "127.0.0.1:5000"
+PASSWORD = "vm-test-password"
+
+
+@dataclass(frozen=True)
+class Built:
+    env: dict[str, str]
+    out_dir: Path
+    defs: Path  # a directory holding only the (per-run) definition
+    ref: str  # the staging tag
+    result: dict[str, Any]
+    pub: Path
+    seconds: float
+
+    def harden(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+        return harden(*args, env=self.env, timeout=timeout)
 
 
 def harden(
@@ -34,16 +63,52 @@ def harden(
     )
 
 
-def test_build_seals_a_compliant_standalone_template(
+@pytest.fixture(scope="module")
+def built(
     vm_template: VmTemplate,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    out_dir = tmp_path / "templates"
-    env = {"HARDEN_TEMPLATES": str(out_dir)}
-    report = tmp_path / "build.json"
-    proc = harden("build", str(DEFINITION), "--format", "json", "-o", str(report), env=env)
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Built:
+    d = tmp_path_factory.mktemp("vm-build")
+    env = {
+        "HARDEN_TEMPLATES": str(d / "templates"),
+        "HARDEN_HOME": str(d / "home"),
+        "HARDEN_KEY_PASSWORD": PASSWORD,
+    }
+    r = harden("keygen", "--out", str(d / "signer"), env=env)
+    assert r.returncode == 0, r.stderr
+    run = uuid.uuid4().hex[:8]
+    ref = f"{REGISTRY}/harden-test/{run}/staging/debian12-vm:latest"
+    defs = d / "defs"
+    defs.mkdir()
+    text = DEFINITION.read_text()
+    assert "destination: 127.0.0.1:5000/staging/debian12-vm:latest" in text
+    (defs / "debian12-vm.yaml").write_text(
+        text.replace(
+            "destination: 127.0.0.1:5000/staging/debian12-vm:latest", f"destination: {ref}"
+        )
+    )
+    report = d / "build.json"
+    t0 = time.monotonic()
+    proc = harden(
+        "build",
+        str(defs / "debian12-vm.yaml"),
+        "--key",
+        f"file:{d / 'signer.key'}",
+        "--format",
+        "json",
+        "-o",
+        str(report),
+        env=env,
+    )
+    seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(report.read_text())
+    return Built(
+        env, d / "templates", defs, ref, json.loads(report.read_text()), d / "signer.pub", seconds
+    )
+
+
+def test_build_seals_a_compliant_standalone_template(built: Built, vm_template: VmTemplate) -> None:  # noqa: F811
+    result = built.result
     assert result["compliant"] is True
     assert result["written"] is True
     assert result["summary"]["failed"] == 0 and result["summary"]["error"] == 0
@@ -51,9 +116,9 @@ def test_build_seals_a_compliant_standalone_template(
     assert {"template.ssh-host-keys-removed", "template.machine-id-empty"} <= set(
         result["sealed_rules"]
     )
-    sys.stderr.write(f"\nVM build timings: {result['timings']}\n")
+    sys.stderr.write(f"\nVM build {built.seconds:.0f} s, timings: {result['timings']}\n")
 
-    sealed = out_dir / "debian12-vm.qcow2"
+    sealed = built.out_dir / "debian12-vm.qcow2"
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output", "json", str(sealed)],
@@ -64,14 +129,77 @@ def test_build_seals_a_compliant_standalone_template(
     )
     assert info["format"] == "qcow2"
     assert "backing-filename" not in info and "full-backing-filename" not in info
-    manifest = json.loads((out_dir / "manifest.json").read_text())
+    manifest = json.loads((built.out_dir / "manifest.json").read_text())
     assert manifest["base"] == str(sealed)
     assert manifest["template_sha256"] == result["digest"]
     assert Path(manifest["kernel"]).is_file() and Path(manifest["initrd"]).is_file()
-    assert not list(out_dir.glob(".*"))  # no staging or temp files left behind
+    assert not list(built.out_dir.glob(".*"))  # no staging or temp files left behind
 
     # the unhardened base is not compliant against the same baseline
     base = vm_template.image.disk
-    proc = harden("verify", str(base), "--baseline", "debian-vm", "--format", "json", env=env)
+    proc = built.harden("verify", str(base), "--baseline", "debian-vm", "--format", "json")
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert json.loads(proc.stdout)["compliant"] is False
+
+
+def _staging_manifest(built: Built) -> tuple[str, dict[str, Any]]:
+    ref = parse_reference(built.ref)
+    client = RegistryClient.for_reference(ref)
+    m = client.get_manifest(ref.repository, ref.tag or "latest")
+    return m.digest, m.json()
+
+
+def test_attestations_beside_the_template_verify_and_name_file_and_artifact(built: Built) -> None:
+    sealed = built.out_dir / "debian12-vm.qcow2"
+    path = built.out_dir / "debian12-vm.qcow2.attestations.json"
+    envelopes = json.loads(path.read_text())
+    trusted = [load_public_key(built.pub)]
+    artifact_digest, _ = _staging_manifest(built)
+    by_type = {}
+    for env in envelopes:
+        v = dsse.verify(json.dumps(env).encode(), trusted)
+        assert v.statement.matches(built.result["digest"])  # the qcow2 file's sha256
+        assert v.statement.matches(artifact_digest)  # and the pushed artifact manifest
+        by_type[v.statement.predicateType] = v.statement
+    assert set(by_type) == {SLSA_PROVENANCE, TEST_RESULT, HARDEN_COMPLIANCE}
+    assert sealed.name in {s.name for s in by_type[TEST_RESULT].subject}
+    prov = by_type[SLSA_PROVENANCE].provenance()
+    assert prov.buildDefinition.buildType == BUILD_TYPE_VM
+    base = prov.dependency("base-image")
+    assert base is not None and (base.uri or "").endswith("base.qcow2")
+    recorded = json.loads((built.out_dir / "manifest.json").read_text())
+    assert base.digest == {"sha256": recorded["source"]["sha256"].removeprefix("sha256:")}
+    c = by_type[HARDEN_COMPLIANCE].compliance()
+    assert c.compliant is True
+    assert (c.validUntil - c.verifiedAt).days == 30  # max_age of the definition
+
+
+def test_template_is_an_oci_artifact_that_verifies_promotes_and_is_fresh(built: Built) -> None:
+    digest, doc = _staging_manifest(built)
+    assert doc["artifactType"] == ARTIFACT_TYPE
+    layer = doc["layers"][0]
+    assert layer["mediaType"] == QCOW2_MEDIA_TYPE
+    assert layer["digest"] == built.result["digest"]
+    assert doc["annotations"]["org.opencontainers.image.base.digest"].startswith("sha256:")
+    assert doc["annotations"]["dev.harden.baseline.digest"] == built.result["baseline"]["digest"]
+
+    r = built.harden("attestation", "verify", built.ref, "--key", str(built.pub))
+    assert r.returncode == 0, r.stderr
+    assert "3 of 3 attestation(s)" in r.stderr
+
+    prod = built.ref.replace("/staging/", "/prod/")
+    t0 = time.monotonic()
+    r = built.harden("promote", built.ref, prod, "--key", str(built.pub))
+    promote_s = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    prod_ref = parse_reference(prod)
+    found = RegistryClient.for_reference(prod_ref).head_manifest(prod_ref.repository, "latest")
+    assert found is not None and found.digest == digest
+    sys.stderr.write(f"\npromote of the VM artifact: {promote_s:.1f} s\n")
+
+    r = built.harden("status", str(built.defs), "--key", str(built.pub), "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    images = {i["name"]: i for i in json.loads(r.stdout)["images"]}
+    vm = images["debian12-vm"]
+    assert vm["state"] == "fresh", vm
+    assert vm["base"]["recorded"] == vm["base"]["current"]
