@@ -36,7 +36,8 @@ from harden.imagedef import load_definition
     "key_uri",
     default=None,
     help="Sign provenance, test-result and compliance with this key (file:PATH) and "
-    "attach them to the pushed image as referrers.",
+    "attach them to the pushed image as referrers (a VM template: also written beside the "
+    "qcow2 as NAME.qcow2.attestations.json).",
 )
 def build(
     definition: Path,
@@ -52,7 +53,8 @@ def build(
 
     Resolves the base to a digest, applies the baseline's remediation in throwaway containers,
     commits one image labelled with its base and baseline, verifies it, and pushes it to the
-    definition's destination only when compliant. Exit 0 compliant, 1 not compliant,
+    definition's destination only when compliant. A vm definition seals a qcow2 template
+    instead and pushes it as an OCI artifact (docs/vm-templates.md). Exit 0 compliant, 1 not compliant,
     3 bad definition or baseline, 4 engine or registry problems.
     """
     from builder.container_build import build_container
