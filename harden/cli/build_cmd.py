@@ -54,8 +54,8 @@ def build(
     Resolves the base to a digest, applies the baseline's remediation in throwaway containers,
     commits one image labelled with its base and baseline, verifies it, and pushes it to the
     definition's destination only when compliant. A vm definition seals a qcow2 template
-    instead and pushes it as an OCI artifact (docs/vm-templates.md). Exit 0 compliant, 1 not compliant,
-    3 bad definition or baseline, 4 engine or registry problems.
+    instead and pushes it as an OCI artifact (docs/vm-templates.md). Exit 0 compliant,
+    1 not compliant, 3 bad definition or baseline, 4 engine or registry problems.
     """
     from builder.container_build import build_container
     from builder.docker_engine import Engine
