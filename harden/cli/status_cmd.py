@@ -70,12 +70,18 @@ def load_definitions(directory: Path) -> list[ImageDefinition]:
     return defs
 
 
-def tracked(defs: Sequence[ImageDefinition]) -> list[ImageDefinition]:
-    """The definitions status tracks: images (container or VM template) with a destination."""
+def tracked(defs: Sequence[ImageDefinition], *, vms: bool = False) -> list[ImageDefinition]:
+    """The definitions with a destination: container images, and VM templates with ``vms``.
+
+    ``status`` passes ``vms=True`` (a pushed VM template artifact has the same facts as a
+    container image); ``rebuild``/``plan``/``revoke --cascade`` track containers only, because
+    the in-process rebuild builds containers."""
     out = []
     for d in defs:
-        if not d.doc.destination:
-            progress(f"skipping {d.path}: only images with a destination are tracked")
+        is_vm = d.doc.target.value == "vm"
+        if not d.doc.destination or (is_vm and not vms):
+            what = "images" if vms else "container images"
+            progress(f"skipping {d.path}: only {what} with a destination are tracked")
             continue
         out.append(d)
     return out
@@ -221,7 +227,7 @@ def status(
     from harden.results import rfc3339
 
     clock = cli_clock()
-    defs = tracked(load_definitions(directory))
+    defs = tracked(load_definitions(directory), vms=True)
     inventory = make_inventory(baseline_dirs, load_trusted(keys), clock, jobs)
     statuses = gather(defs, inventory, warn_within)
     code = exit_code(statuses)
