@@ -114,8 +114,9 @@ def plan_rebuild(
     *,
     everything: bool = False,
 ) -> Plan:
-    """The builds, in waves. ``everything``: every container definition with a destination."""
-    defs = {d.name: d for d in definitions if d.doc.destination and d.doc.base}
+    """The builds, in waves. ``everything``: every definition with a destination (container
+    images and VM templates)."""
+    defs = {d.name: d for d in definitions if d.doc.destination and (d.doc.base or d.doc.vm)}
     by_name = {s.name: s for s in statuses}
     parents = dependency_parents(list(defs.values()))
     reasons: dict[str, str] = {}

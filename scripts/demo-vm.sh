@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export HARDEN_HOME=${HARDEN_HOME:-$PWD/.demo/home}
 TEMPLATES=${HARDEN_TEMPLATES:-/var/cache/harden/templates}
 mkdir -p "$HARDEN_HOME"
+export HARDEN_KEY_PASSWORD=${HARDEN_KEY_PASSWORD:-demo}
+KEY="$HARDEN_HOME/demo-signing"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
 say "verify the base VM template against debian-vm (expected: NOT compliant)"
@@ -16,9 +18,15 @@ rc=$?
 set -e
 if [ "$rc" -ne 1 ]; then echo "demo-vm: expected the base template to be non-compliant, got $rc" >&2; exit 1; fi
 
-say "build the hardened template (boot, remediate over SSH, reboot, verify, seal, verify a clone)"
-harden build images/debian12-vm.yaml --force
+say "build the hardened template (boot, remediate over SSH, reboot, verify, seal, verify a clone),"
+say "sign it and push it as an OCI artifact to 127.0.0.1:5000/staging/debian12-vm"
+if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; fi
+harden build images/debian12-vm.yaml --force --key "file:$KEY.key"
 
 say "verify the sealed template from scratch, with the definition's waivers (expected: compliant)"
 harden verify "$TEMPLATES/debian12-vm.qcow2" --definition images/debian12-vm.yaml >/dev/null
-say "demo-vm finished: base template NOT compliant, sealed template compliant"
+say "its attestations verify; the gate promotes it like a container image"
+harden attestation verify 127.0.0.1:5000/staging/debian12-vm:latest --key "$KEY.pub"
+harden promote 127.0.0.1:5000/staging/debian12-vm:latest 127.0.0.1:5000/prod/debian12-vm:latest \
+  --key "$KEY.pub"
+say "demo-vm finished: base template NOT compliant; sealed template compliant, signed, promoted"

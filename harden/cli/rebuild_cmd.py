@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -121,7 +121,7 @@ def rebuild(
         trusted.append(signer_public_key(signer))
     elif not dry_run:
         progress("warning: no --key: the rebuilt images carry no attestations (status: stale)")
-    defs = tracked(load_definitions(directory))
+    defs = tracked(load_definitions(directory), vms=True)
     by_name = {d.name: d for d in defs}
     plan, inv = _plan(defs, baseline_dirs, trusted, clock, everything, jobs=8)
     for name in plan.unknown:
@@ -134,6 +134,8 @@ def rebuild(
         from harden.errors import HardenError
 
         defn = by_name[b.name]
+        if defn.doc.target.value == "vm":
+            return _rebuild_vm(defn, b.name)
         result = build_container(
             defn,
             cat,
@@ -153,6 +155,22 @@ def rebuild(
             attached = attach_build_attestations(result, defn, defn.path, signer, clock)
             progress(f"[{b.name}] attached {len(attached)} signed attestation(s)")
         return result.digest
+
+    def _rebuild_vm(defn: Any, name: str) -> str | None:
+        """A VM template: build and seal it again, sign, push the artifact (as `harden build`)."""
+        from builder.vm_build import build_vm
+        from harden.cli.build_cmd import _publish_vm
+        from harden.errors import HardenError
+
+        result = build_vm(
+            defn, cat, clock, force=True, progress=lambda m: progress(f"[{name}] {m}")
+        )
+        if not result.compliant or not result.written:
+            raise HardenError(
+                f"{name}: the rebuilt template is not compliant: not written, not pushed",
+                hint=f"run `harden build {defn.path}` to see the failing rules",
+            )
+        return _publish_vm(result, defn, signer, defn.doc.destination)
 
     def recheck(b: PlannedBuild) -> str | None:
         facts = inv.facts([by_name[b.name]])
@@ -238,7 +256,7 @@ def plan(
     from harden.rebuild import PlanFormat, render_plan
 
     clock = cli_clock()
-    defs = tracked(load_definitions(directory))
+    defs = tracked(load_definitions(directory), vms=True)
     the_plan, _ = _plan(defs, baseline_dirs, load_trusted(keys), clock, everything, jobs=8)
     emit(render_plan(the_plan, PlanFormat(fmt), build_args), output)
     progress(

@@ -73,9 +73,9 @@ def load_definitions(directory: Path) -> list[ImageDefinition]:
 def tracked(defs: Sequence[ImageDefinition], *, vms: bool = False) -> list[ImageDefinition]:
     """The definitions with a destination: container images, and VM templates with ``vms``.
 
-    ``status`` passes ``vms=True`` (a pushed VM template artifact has the same facts as a
-    container image); ``rebuild``/``plan``/``revoke --cascade`` track containers only, because
-    the in-process rebuild builds containers."""
+    ``status``, ``rebuild`` and ``plan`` pass ``vms=True`` (a pushed VM template artifact has the
+    same facts as a container image, and rebuild builds either); ``revoke --cascade`` follows
+    registry base digests, which a VM template (based on a disk file) does not have."""
     out = []
     for d in defs:
         is_vm = d.doc.target.value == "vm"

@@ -229,3 +229,27 @@ def test_runner_recheck_skips_what_another_run_did(
         dry_run=True,
     )
     assert [o.outcome for o in dry] == [Outcome.PLANNED]
+
+
+def test_vm_templates_with_a_destination_are_planned_too(tmp_path: Path) -> None:
+    p = tmp_path / "vm.yaml"
+    p.write_text(
+        json.dumps(
+            {
+                "name": "tmpl",
+                "target": "vm",
+                "vm": {"disk": "/var/cache/harden/vm/current/base.qcow2"},
+                "baseline": {"id": "debian-vm"},
+                "destination": f"{REG}/staging/tmpl:latest",
+            }
+        )
+    )
+    vm = load_definition(p)
+    no_dest = tmp_path / "local.yaml"
+    no_dest.write_text(
+        p.read_text()
+        .replace(f'"destination": "{REG}/staging/tmpl:latest"', '"max_age": "30d"')
+        .replace('"tmpl"', '"local"')
+    )
+    plan = plan_rebuild([vm, load_definition(no_dest)], [status("tmpl", State.MISSING)])
+    assert [b.name for wave in plan.waves for b in wave] == ["tmpl"]
