@@ -292,3 +292,31 @@ def test_verify_with_the_definition_uses_its_waivers(built: dict, tmp_path: Path
     assert by_id["pkg.telnet-absent"]["waiver"]["owner"] == "qa"
     plain = json.loads(harden("verify", built["image_id"], "--format", "json").stdout)
     assert {x["rule_id"]: x for x in plain["results"]}["pkg.telnet-absent"]["status"] == "passed"
+
+
+@pytest.mark.parametrize("fmt", ["junit", "sarif", "html", "json"])
+def test_report_formats_of_a_real_verify_are_valid(built: dict, tmp_path: Path, fmt: str) -> None:
+    """The base image (failures, evidence from a real target) in every format, validated."""
+    import jsonschema
+    import xmlschema
+
+    fixtures = ROOT / "tests" / "unit" / "fixtures"
+    out = tmp_path / f"report.{fmt}"
+    r = harden("verify", BASE, "--baseline", "debian-container", "--format", fmt, "-o", str(out))
+    assert r.returncode == 1, r.stderr  # the base is not compliant
+    text = out.read_text(encoding="utf-8")
+    if fmt == "junit":
+        xmlschema.XMLSchema(str(fixtures / "junit.xsd")).validate(str(out))
+        assert "image.non-root-user" in text and "<failure" in text
+    elif fmt == "sarif":
+        schema = json.loads((fixtures / "sarif-schema-2.1.0.json").read_text())
+        doc = json.loads(text)
+        cls = jsonschema.validators.validator_for(schema)
+        cls(schema, format_checker=cls.FORMAT_CHECKER).validate(doc)
+        rule_ids = {res["ruleId"] for res in doc["runs"][0]["results"]}
+        assert "image.non-root-user" in rule_ids
+    elif fmt == "json":
+        schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
+        jsonschema.validate(json.loads(text), schema)
+    else:
+        assert text.lstrip().lower().startswith("<!doctype html") and "NOT compliant" in text
