@@ -1,0 +1,93 @@
+"""VM build faults: SSH dropped in the middle of the remediation.
+
+The build must fail (exit 4), write no template, and leave no qemu process and no overlay.
+One VM boot (no reboot, no seal): about 30 s under TCG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from vm_fixtures import VmTemplate
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def qemu_pids() -> set[str]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_path: Path) -> None:
+    bdir = tmp_path / "baselines"
+    bdir.mkdir()
+    (bdir / "drop.yaml").write_text(
+        textwrap.dedent(
+            """\
+            id: drop-ssh
+            version: 1.0.0
+            title: a remediation that kills the SSH connection it runs over
+            platforms: [{family: debian}]
+            targets: [vm]
+            rules:
+              - id: custom.kill-sshd
+                title: kills every sshd process
+                controls: {iso27017: [CLD.9.5.2]}
+                command:
+                  check: test -e /nonexistent-marker
+                  remediation: pkill -9 sshd; sleep 10
+            """
+        )
+    )
+    image = vm_template.image
+    definition = tmp_path / "vm.yaml"
+    definition.write_text(
+        json.dumps(
+            {
+                "name": "drop-test",
+                "target": "vm",
+                "vm": {
+                    "disk": str(image.disk),
+                    "kernel": str(image.kernel),
+                    "initrd": str(image.initrd),
+                    "ssh_key": str(vm_template.build_key),
+                },
+                "baseline": {"id": "drop-ssh"},
+            }
+        )
+    )
+    out_dir = tmp_path / "templates"
+    before = qemu_pids()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from harden.cli import main; main()",
+            "build",
+            str(definition),
+            "--baselines",
+            str(bdir),
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "HARDEN_TEMPLATES": str(out_dir), "HARDEN_HOME": str(tmp_path / "home")},
+    )
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert "SSH connection dropped" in r.stderr
+    assert not out_dir.exists() or not list(out_dir.glob("*.qcow2"))
+    assert qemu_pids() <= before, "the build left its qemu process running"
+    leftovers = [
+        p for p in Path("/tmp").glob("harden-vm-*") if p.is_dir() and any(p.glob("**/*.qcow2"))
+    ]
+    assert not leftovers, leftovers
