@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import unavailable
 from vm_fixtures import sshd_server, vm_running, vm_template  # noqa: F401  (shared fixtures)
 
 from harden.errors import RegistryError
@@ -56,7 +57,7 @@ def local_registry() -> RegistryClient:
     try:
         client.ping()
     except RegistryError as e:
-        pytest.skip(f"no registry at {LOCAL_REGISTRY} ({e.message}); run scripts/services.sh")
+        unavailable(f"no registry at {LOCAL_REGISTRY} ({e.message}); run scripts/services.sh")
     return client
 
 
@@ -185,7 +186,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRegist
     """Debian's docker-registry on a free loopback port with htpasswd auth and TLS."""
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(binary).exists() or not shutil.which("htpasswd"):
-        pytest.skip("docker-registry or htpasswd missing; run scripts/services.sh")
+        unavailable("docker-registry or htpasswd missing; run scripts/services.sh")
     root = tmp_path_factory.mktemp("tls-registry")
     ca, cert, key = _make_ca_and_server_cert(root)
     username, password = "harden", secrets.token_urlsafe(16)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import unavailable
 
 from harden.attest import dsse
 from harden.attest.keys import load_public_key, load_signer
@@ -378,7 +379,7 @@ class OwnRegistry:
 @pytest.fixture
 def own_registry(tmp_path: Path) -> Iterator[OwnRegistry]:
     if not shutil.which("docker-registry") and not Path("/usr/bin/docker-registry").exists():
-        pytest.skip("docker-registry missing; run scripts/services.sh")
+        unavailable("docker-registry missing; run scripts/services.sh")
     host = f"127.0.0.1:{_free_port()}"
     data = tmp_path / "data"
     config = tmp_path / "config.yml"

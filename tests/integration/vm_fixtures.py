@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import unavailable
 
 from builder.qemu import Vm, VmImage, free_port
 from builder.ssh_target import SshTarget, wait_ready
@@ -76,7 +77,7 @@ class SshdServer:
 def _need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
+        unavailable(f"not installed: {', '.join(missing)}")
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -89,7 +90,7 @@ def _keygen(path: Path, comment: str) -> str:
 @pytest.fixture(scope="session")
 def vm_template() -> VmTemplate:
     if os.geteuid() != 0:
-        pytest.skip("building the VM template needs root (mmdebstrap --mode=root)")
+        unavailable("building the VM template needs root (mmdebstrap --mode=root)")
     _need("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mkfs.ext4")
     proc = subprocess.run(
         [str(VM_BASE_SCRIPT)], capture_output=True, text=True, timeout=1200, check=False
