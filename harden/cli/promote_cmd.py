@@ -135,9 +135,7 @@ def promote(
 
 def junit_xml(result: PromoteResult) -> str:
     """The gate decision as JUnit XML: one testcase per policy, its reasons as the failure."""
-    import xml.etree.ElementTree as ET
-
-    from harden.report.formats import clean_xml, truncate
+    from harden.report.cases import Case, cases_junit
 
     policies = list(result.decision.policies)
     failed: dict[str, list[str]] = {p: [] for p in policies}
@@ -152,34 +150,16 @@ def junit_xml(result: PromoteResult) -> str:
     if not policies:
         policies = ["gate"]
         failed["gate"] = [] if result.allowed else ["denied"]
-    n_failed = sum(1 for p in policies if failed[p])
-    counts = {"tests": str(len(policies)), "failures": str(n_failed), "errors": "0"}
-    root = ET.Element("testsuites", {"name": "harden promote", **counts})
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        {"name": clean_xml(f"harden.promote {result.src} -> {result.dst}"), **counts},
+    return cases_junit(
+        "harden promote",
+        f"harden.promote {result.src} -> {result.dst}",
+        "harden.promote.gate",
+        [Case(p, tuple(failed[p]), failure_type="denied") for p in policies],
+        properties={
+            "digest": result.digest,
+            "allowed": str(result.allowed).lower(),
+            "attestations": str(result.attestations),
+            "verified": str(result.verified),
+        },
+        system_out=["rejected: " + r for r in result.rejected],
     )
-    props = ET.SubElement(suite, "properties")
-    for key, value in (
-        ("digest", result.digest),
-        ("allowed", str(result.allowed).lower()),
-        ("attestations", str(result.attestations)),
-        ("verified", str(result.verified)),
-    ):
-        ET.SubElement(props, "property", {"name": key, "value": clean_xml(value)})
-    for policy in policies:
-        case = ET.SubElement(
-            suite, "testcase", {"classname": "harden.promote.gate", "name": clean_xml(policy)}
-        )
-        if failed[policy]:
-            text = "\n".join(clean_xml(r) for r in failed[policy])
-            failure = ET.SubElement(
-                case, "failure", {"message": truncate(text.split("\n")[0], 500), "type": "denied"}
-            )
-            failure.text = text
-    if result.rejected:
-        out = ET.SubElement(suite, "system-out")
-        out.text = "\n".join("rejected: " + clean_xml(r) for r in result.rejected)
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")

@@ -202,7 +202,12 @@ def load_trusted(keys: Sequence[Path]) -> list[PublicKey]:
 )
 @click.option("--jobs", "-j", default=8, show_default=True, type=click.IntRange(1, 64))
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "junit"]),
+    default="table",
+    show_default=True,
+    help="junit: one testcase per image, failing when it needs a rebuild (for CI dashboards).",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def status(
@@ -239,6 +244,8 @@ def status(
             "images": [s.to_json() for s in statuses],
         }
         emit(dump_json(doc), output)
+    elif fmt == "junit":
+        emit(junit_xml(statuses, rfc3339(clock.now())), output)
     else:
         emit(render_table(statuses) if statuses else "no image definitions", output)
     counts: dict[str, int] = {}
@@ -247,3 +254,27 @@ def status(
     progress(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing tracked")
     if code:
         raise click.exceptions.Exit(int(code))
+
+
+def junit_xml(statuses: Sequence[ImageStatus], checked_at: str) -> str:
+    """One testcase per golden image: passes when fresh or expiring, fails with the reasons when
+    it needs a rebuild, errors when its state is unknown."""
+    from harden.lifecycle import State
+    from harden.report.cases import Case, cases_junit
+
+    cases = []
+    for st in statuses:
+        name = f"{st.name} ({st.label})"
+        if st.state is State.UNKNOWN:
+            cases.append(Case(name, error="; ".join(st.reasons) or "unknown"))
+        elif st.needs_rebuild:
+            cases.append(Case(name, tuple(st.reasons) or (st.label,), failure_type=st.state.value))
+        else:
+            cases.append(Case(name))
+    return cases_junit(
+        "harden status",
+        "harden.status",
+        "harden.status.image",
+        cases,
+        properties={"checked_at": checked_at},
+    )
