@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import socket
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from harden.cli.common import baselines_option, catalogue, dump_json, emit, plain_table, progress
-from harden.clock import Clock, SystemClock
+from harden.clock import SystemClock
+from harden.publish import attach_signed, build_info, sign_for_report
 
 if TYPE_CHECKING:
     from harden.attest.keys import Signer
-    from harden.attest.statements import BuildInfo, Subject
-    from harden.attest.store import SignedStatement
-    from harden.baseline.model import Waiver
-    from harden.baseline.resolve import ResolvedBaseline
-    from harden.imagedef import ImageDefinition
-    from harden.oci import Descriptor, RegistryClient
-    from harden.results import VerifyReport
 
 DEFAULT_VALIDITY = dt.timedelta(days=30)
 LABEL_BASE_NAME = "org.opencontainers.image.base.name"
@@ -37,132 +29,6 @@ def load_signer_from_uri(uri: str) -> Signer:
         return value
 
     return keys.load_signer(uri, keys.password_from_env_or_prompt(prompt))
-
-
-def builder_id() -> str:
-    return f"https://harden.dev/builders/local/{socket.gethostname()}"
-
-
-def sign_for_report(
-    report: VerifyReport,
-    repository_name: str,
-    digest: str,
-    signer: Signer,
-    *,
-    verified_at: dt.datetime,
-    validity: dt.timedelta,
-    waivers: Mapping[str, Waiver],
-    build: BuildInfo | None,
-) -> list[SignedStatement]:
-    from harden.attest.statements import Subject
-
-    return sign_subjects(
-        report,
-        [Subject(repository_name, digest)],
-        signer,
-        verified_at=verified_at,
-        validity=validity,
-        waivers=waivers,
-        build=build,
-    )
-
-
-def sign_subjects(
-    report: VerifyReport,
-    subjects: Sequence[Subject],
-    signer: Signer,
-    *,
-    verified_at: dt.datetime,
-    validity: dt.timedelta,
-    waivers: Mapping[str, Waiver],
-    build: BuildInfo | None,
-) -> list[SignedStatement]:
-    """The three statements (provenance only with ``build``) for ``subjects``, signed."""
-    from harden.attest.store import sign_statements
-
-    return sign_statements(
-        report,
-        subjects,
-        signer,
-        verified_at=verified_at,
-        valid_until=verified_at + validity,
-        waivers=waivers,
-        build=build,
-        baseline_uri=f"harden:baseline/{report.baseline.id}",
-    )
-
-
-def sign_build(
-    report: VerifyReport,
-    subjects: Sequence[Subject],
-    signer: Signer,
-    *,
-    build_type: str,
-    defn: ImageDefinition,
-    base_name: str,
-    base_digest: str,
-    baseline: ResolvedBaseline,
-) -> list[SignedStatement]:
-    """After ``harden build --key``: provenance, test-result and compliance of what was built
-    (validUntil = verified time + the definition's max_age)."""
-    build = build_info(
-        build_type=build_type,
-        definition={"name": defn.name, "path": str(defn.path), "sha256": defn.sha256},
-        base_name=base_name,
-        base_digest=base_digest,
-        baseline=baseline,
-        started=report.started_at,
-        finished=report.finished_at,
-    )
-    return sign_subjects(
-        report,
-        subjects,
-        signer,
-        verified_at=report.finished_at,
-        validity=defn.max_age,
-        waivers=baseline.waivers,
-        build=build,
-    )
-
-
-def attach_signed(
-    client: RegistryClient,
-    repository: str,
-    subject: Descriptor,
-    signed: Sequence[SignedStatement],
-    clock: Clock,
-) -> list[Descriptor]:
-    from harden.attest.store import attach_all
-
-    return attach_all(client, repository, subject, signed, clock.now())
-
-
-def build_info(
-    *,
-    build_type: str,
-    definition: Mapping[str, str],
-    base_name: str,
-    base_digest: str,
-    baseline: ResolvedBaseline,
-    started: dt.datetime,
-    finished: dt.datetime,
-) -> BuildInfo:
-    from harden import __version__
-    from harden.attest.statements import BuildInfo
-
-    return BuildInfo(
-        build_type=build_type,
-        image_definition=definition,
-        base_name=base_name,
-        base_digest=base_digest,
-        baseline_id=baseline.id,
-        baseline_version=baseline.version,
-        baseline_digest=baseline.digest,
-        builder_id=builder_id(),
-        harden_version=__version__,
-        started_on=started,
-        finished_on=finished,
-    )
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -436,37 +302,3 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
     progress(f"{ok} of {len(rows)} attestation(s) of {digest} verified")
     if ok == 0:
         raise click.exceptions.Exit(1)
-
-
-def attach_build_attestations(
-    result: Any,
-    defn: Any,
-    definition: Path,
-    signer: Signer,
-    clock: Clock,
-    client: RegistryClient | None = None,
-) -> list[Descriptor]:
-    """After ``harden build --key``: sign provenance, test-result and compliance of the pushed
-    image (validUntil = verified time + the definition's max_age) and attach them."""
-    from harden.attest.statements import BUILD_TYPE_CONTAINER, Subject
-    from harden.oci import RegistryClient, parse_reference
-
-    del definition  # the definition's path is defn.path
-    reference = parse_reference(result.reference)
-    client = client or RegistryClient.for_reference(reference)
-    subject = client.head_manifest(reference.repository, result.digest)
-    if subject is None:
-        from harden.errors import RegistryError
-
-        raise RegistryError(f"{result.reference}@{result.digest} is not in the registry")
-    signed = sign_build(
-        result.report,
-        [Subject(f"{reference.registry}/{reference.repository}", result.digest)],
-        signer,
-        build_type=BUILD_TYPE_CONTAINER,
-        defn=defn,
-        base_name=result.base_name,
-        base_digest=result.base_digest,
-        baseline=result.baseline,
-    )
-    return attach_signed(client, reference.repository, subject, signed, clock)

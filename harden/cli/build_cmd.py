@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +120,8 @@ def _audit_build(image: str, digest: str | None, compliant: bool, details: dict[
 
 def _attest_build(result: Any, defn: Any, definition: Path, signer: Any) -> None:
     """Sign and attach the three statements; a failure says the image is NOT promotable."""
-    from harden.cli.attest_cmd import attach_build_attestations
     from harden.errors import HardenError
+    from harden.publish import attach_build_attestations
 
     try:
         attached = attach_build_attestations(result, defn, definition, signer, SystemClock())
@@ -149,11 +148,13 @@ def _build_vm_template(
     """A vm definition: build and seal a qcow2 template (builder/vm_build.py); with --key sign
     it (envelopes beside the file), with a destination push it as an OCI artifact."""
     from builder.vm_build import build_vm
+    from harden.publish import publish_vm
 
+    clock = SystemClock()
     result = build_vm(
         defn,
         cat,
-        SystemClock(),
+        clock,
         force=force,
         allow_noncompliant=allow_noncompliant,
         progress=progress,
@@ -165,7 +166,7 @@ def _build_vm_template(
     destination = defn.doc.destination if result.written and not no_push else None
     pushed: str | None = None
     if result.written and (signer is not None or destination):
-        pushed = _publish_vm(result, defn, signer, destination)
+        pushed = publish_vm(result, defn, signer, destination, clock=clock, progress=progress)
     _audit_build(
         destination or str(result.path),
         pushed or result.sha256,
@@ -186,74 +187,3 @@ def _build_vm_template(
     progress(f"{what} {result.path} ({result.sha256}): {state}")
     if not result.compliant:
         raise click.exceptions.Exit(1)
-
-
-def _publish_vm(result: Any, defn: Any, signer: Any, destination: str | None) -> str | None:
-    """Sign (subjects: the qcow2 file and, with a destination, the artifact manifest), write the
-    envelopes beside the template, push the artifact untagged, attach, tag last.
-
-    Returns the pushed manifest digest. A failed attach exits 4: pushed, untagged, NOT
-    promotable."""
-    import json
-
-    from harden import vm_artifact
-    from harden.attest.statements import BUILD_TYPE_VM, Subject
-    from harden.cli.attest_cmd import attach_signed, sign_build
-    from harden.errors import HardenError
-    from harden.oci import RegistryClient, parse_reference
-
-    clock = SystemClock()
-    recorded = json.loads((result.path.parent / "manifest.json").read_text(encoding="utf-8"))
-    created = dt.datetime.fromisoformat(str(recorded["created"]).replace("Z", "+00:00"))
-    kernel, initrd = recorded.get("kernel"), recorded.get("initrd")
-    artifact = vm_artifact.artifact_for(
-        result.path,
-        result.sha256,
-        kernel=Path(kernel) if kernel else None,
-        initrd=Path(initrd) if initrd else None,
-        created=created,
-        base_name=result.base_disk,
-        base_digest=result.base_sha256,
-        baseline=result.baseline,
-        labels=defn.doc.labels,
-    )
-    reference = parse_reference(destination) if destination else None
-    signed = []
-    if signer is not None:
-        subjects = [Subject(result.path.name, result.sha256)]
-        if reference is not None:
-            subjects.append(
-                Subject(f"{reference.registry}/{reference.repository}", artifact.digest)
-            )
-        signed = sign_build(
-            result.report,
-            subjects,
-            signer,
-            build_type=BUILD_TYPE_VM,
-            defn=defn,
-            base_name=result.base_disk,
-            base_digest=result.base_sha256,
-            baseline=result.baseline,
-        )
-        where = vm_artifact.write_attestations(result.path, [s.envelope for s in signed])
-        progress(f"wrote {len(signed)} signed attestation(s) to {where}")
-    if reference is None:
-        return None
-    client = RegistryClient.for_reference(reference)
-    progress(f"pushing {result.path.name} to {reference.registry}/{reference.repository}")
-    subject = vm_artifact.push_untagged(client, reference.repository, artifact)
-    pinned = f"{reference.registry}/{reference.repository}@{artifact.digest}"
-    if signed:
-        try:
-            attached = attach_signed(client, reference.repository, subject, signed, clock)
-        except HardenError as e:
-            progress(e.diagnostics())
-            progress(
-                f"error: {pinned} is pushed (untagged) but has no attestations: "
-                "it is NOT promotable; run the build again"
-            )
-            raise click.exceptions.Exit(4) from e
-        progress(f"attached {len(attached)} signed attestation(s) to {artifact.digest}")
-    vm_artifact.tag(client, reference.repository, reference.tag or "latest", artifact)
-    progress(f"pushed {destination} -> {artifact.digest}")
-    return artifact.digest

@@ -150,7 +150,7 @@ def rebuild(
                 hint=f"run `harden build {defn.path}` to see the failing rules",
             )
         if signer is not None:
-            from harden.cli.attest_cmd import attach_build_attestations
+            from harden.publish import attach_build_attestations
 
             attached = attach_build_attestations(result, defn, defn.path, signer, clock)
             progress(f"[{b.name}] attached {len(attached)} signed attestation(s)")
@@ -159,8 +159,8 @@ def rebuild(
     def _rebuild_vm(defn: Any, name: str) -> str | None:
         """A VM template: build and seal it again, sign, push the artifact (as `harden build`)."""
         from builder.vm_build import build_vm
-        from harden.cli.build_cmd import _publish_vm
         from harden.errors import HardenError
+        from harden.publish import publish_vm
 
         result = build_vm(
             defn, cat, clock, force=True, progress=lambda m: progress(f"[{name}] {m}")
@@ -170,7 +170,9 @@ def rebuild(
                 f"{name}: the rebuilt template is not compliant: not written, not pushed",
                 hint=f"run `harden build {defn.path}` to see the failing rules",
             )
-        return _publish_vm(result, defn, signer, defn.doc.destination)
+        return publish_vm(
+            result, defn, signer, defn.doc.destination, clock=clock, progress=progress
+        )
 
     def recheck(b: PlannedBuild) -> str | None:
         facts = inv.facts([by_name[b.name]])

@@ -1,0 +1,265 @@
+"""Sign and publish what was built: the statements of a verified image, their referrers, and a
+VM template as an OCI artifact.
+
+The core of `harden attest`, `harden build --key` and `harden rebuild`: no click, no printing
+(progress lines go to ``progress``), an injected clock, errors as HardenError subclasses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harden.attest.keys import Signer
+    from harden.attest.statements import BuildInfo, Subject
+    from harden.attest.store import SignedStatement
+    from harden.baseline.model import Waiver
+    from harden.baseline.resolve import ResolvedBaseline
+    from harden.clock import Clock
+    from harden.imagedef import ImageDefinition
+    from harden.oci import Descriptor, RegistryClient
+    from harden.results import VerifyReport
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def builder_id() -> str:
+    return f"https://harden.dev/builders/local/{socket.gethostname()}"
+
+
+def sign_for_report(
+    report: VerifyReport,
+    repository_name: str,
+    digest: str,
+    signer: Signer,
+    *,
+    verified_at: dt.datetime,
+    validity: dt.timedelta,
+    waivers: Mapping[str, Waiver],
+    build: BuildInfo | None,
+) -> list[SignedStatement]:
+    from harden.attest.statements import Subject
+
+    return sign_subjects(
+        report,
+        [Subject(repository_name, digest)],
+        signer,
+        verified_at=verified_at,
+        validity=validity,
+        waivers=waivers,
+        build=build,
+    )
+
+
+def sign_subjects(
+    report: VerifyReport,
+    subjects: Sequence[Subject],
+    signer: Signer,
+    *,
+    verified_at: dt.datetime,
+    validity: dt.timedelta,
+    waivers: Mapping[str, Waiver],
+    build: BuildInfo | None,
+) -> list[SignedStatement]:
+    """The three statements (provenance only with ``build``) for ``subjects``, signed."""
+    from harden.attest.store import sign_statements
+
+    return sign_statements(
+        report,
+        subjects,
+        signer,
+        verified_at=verified_at,
+        valid_until=verified_at + validity,
+        waivers=waivers,
+        build=build,
+        baseline_uri=f"harden:baseline/{report.baseline.id}",
+    )
+
+
+def sign_build(
+    report: VerifyReport,
+    subjects: Sequence[Subject],
+    signer: Signer,
+    *,
+    build_type: str,
+    defn: ImageDefinition,
+    base_name: str,
+    base_digest: str,
+    baseline: ResolvedBaseline,
+) -> list[SignedStatement]:
+    """After ``harden build --key``: provenance, test-result and compliance of what was built
+    (validUntil = verified time + the definition's max_age)."""
+    build = build_info(
+        build_type=build_type,
+        definition={"name": defn.name, "path": str(defn.path), "sha256": defn.sha256},
+        base_name=base_name,
+        base_digest=base_digest,
+        baseline=baseline,
+        started=report.started_at,
+        finished=report.finished_at,
+    )
+    return sign_subjects(
+        report,
+        subjects,
+        signer,
+        verified_at=report.finished_at,
+        validity=defn.max_age,
+        waivers=baseline.waivers,
+        build=build,
+    )
+
+
+def attach_signed(
+    client: RegistryClient,
+    repository: str,
+    subject: Descriptor,
+    signed: Sequence[SignedStatement],
+    clock: Clock,
+) -> list[Descriptor]:
+    from harden.attest.store import attach_all
+
+    return attach_all(client, repository, subject, signed, clock.now())
+
+
+def build_info(
+    *,
+    build_type: str,
+    definition: Mapping[str, str],
+    base_name: str,
+    base_digest: str,
+    baseline: ResolvedBaseline,
+    started: dt.datetime,
+    finished: dt.datetime,
+) -> BuildInfo:
+    from harden import __version__
+    from harden.attest.statements import BuildInfo
+
+    return BuildInfo(
+        build_type=build_type,
+        image_definition=definition,
+        base_name=base_name,
+        base_digest=base_digest,
+        baseline_id=baseline.id,
+        baseline_version=baseline.version,
+        baseline_digest=baseline.digest,
+        builder_id=builder_id(),
+        harden_version=__version__,
+        started_on=started,
+        finished_on=finished,
+    )
+
+
+def attach_build_attestations(
+    result: Any,
+    defn: Any,
+    definition: Path,
+    signer: Signer,
+    clock: Clock,
+    client: RegistryClient | None = None,
+) -> list[Descriptor]:
+    """After ``harden build --key``: sign provenance, test-result and compliance of the pushed
+    image (validUntil = verified time + the definition's max_age) and attach them."""
+    from harden.attest.statements import BUILD_TYPE_CONTAINER, Subject
+    from harden.oci import RegistryClient, parse_reference
+
+    del definition  # the definition's path is defn.path
+    reference = parse_reference(result.reference)
+    client = client or RegistryClient.for_reference(reference)
+    subject = client.head_manifest(reference.repository, result.digest)
+    if subject is None:
+        from harden.errors import RegistryError
+
+        raise RegistryError(f"{result.reference}@{result.digest} is not in the registry")
+    signed = sign_build(
+        result.report,
+        [Subject(f"{reference.registry}/{reference.repository}", result.digest)],
+        signer,
+        build_type=BUILD_TYPE_CONTAINER,
+        defn=defn,
+        base_name=result.base_name,
+        base_digest=result.base_digest,
+        baseline=result.baseline,
+    )
+    return attach_signed(client, reference.repository, subject, signed, clock)
+
+
+def publish_vm(
+    result: Any,
+    defn: Any,
+    signer: Signer | None,
+    destination: str | None,
+    *,
+    clock: Clock,
+    progress: Callable[[str], None] = _noop,
+) -> str | None:
+    """Sign (subjects: the qcow2 file and, with a destination, the artifact manifest), write the
+    envelopes beside the template, push the artifact untagged, attach, tag last.
+
+    Returns the pushed manifest digest (None without a destination). A failed attach raises
+    RegistryError (exit 4): the artifact is pushed, untagged, NOT promotable."""
+    import json
+
+    from harden import vm_artifact
+    from harden.attest.statements import BUILD_TYPE_VM, Subject
+    from harden.errors import HardenError, RegistryError
+    from harden.oci import RegistryClient, parse_reference
+
+    recorded = json.loads((result.path.parent / "manifest.json").read_text(encoding="utf-8"))
+    created = dt.datetime.fromisoformat(str(recorded["created"]).replace("Z", "+00:00"))
+    kernel, initrd = recorded.get("kernel"), recorded.get("initrd")
+    artifact = vm_artifact.artifact_for(
+        result.path,
+        result.sha256,
+        kernel=Path(kernel) if kernel else None,
+        initrd=Path(initrd) if initrd else None,
+        created=created,
+        base_name=result.base_disk,
+        base_digest=result.base_sha256,
+        baseline=result.baseline,
+        labels=defn.doc.labels,
+    )
+    reference = parse_reference(destination) if destination else None
+    signed: list[SignedStatement] = []
+    if signer is not None:
+        subjects = [Subject(result.path.name, result.sha256)]
+        if reference is not None:
+            subjects.append(
+                Subject(f"{reference.registry}/{reference.repository}", artifact.digest)
+            )
+        signed = sign_build(
+            result.report,
+            subjects,
+            signer,
+            build_type=BUILD_TYPE_VM,
+            defn=defn,
+            base_name=result.base_disk,
+            base_digest=result.base_sha256,
+            baseline=result.baseline,
+        )
+        where = vm_artifact.write_attestations(result.path, [s.envelope for s in signed])
+        progress(f"wrote {len(signed)} signed attestation(s) to {where}")
+    if reference is None:
+        return None
+    client = RegistryClient.for_reference(reference)
+    progress(f"pushing {result.path.name} to {reference.registry}/{reference.repository}")
+    subject = vm_artifact.push_untagged(client, reference.repository, artifact)
+    pinned = f"{reference.registry}/{reference.repository}@{artifact.digest}"
+    if signed:
+        try:
+            attached = attach_signed(client, reference.repository, subject, signed, clock)
+        except HardenError as e:
+            progress(e.diagnostics())
+            raise RegistryError(
+                f"{pinned} is pushed (untagged) but has no attestations: it is NOT promotable",
+                hint="run the build again",
+            ) from e
+        progress(f"attached {len(attached)} signed attestation(s) to {artifact.digest}")
+    vm_artifact.tag(client, reference.repository, reference.tag or "latest", artifact)
+    progress(f"pushed {destination} -> {artifact.digest}")
+    return artifact.digest
