@@ -213,6 +213,12 @@ class ImageTarget:
     def image_id(self) -> str:
         return str(self._image.id)
 
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The engine's inspect data of the image (RepoDigests, Config, ...)."""
+        attrs: dict[str, Any] = self._image.attrs
+        return attrs
+
     def describe(self) -> str:
         return self.ref
 
@@ -238,6 +244,12 @@ class RunningContainerTarget:
         import testinfra
 
         self._host = testinfra.get_host(f"docker://root@{self.name}")
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The engine's inspect data of the container (Image, Config, State, ...)."""
+        attrs: dict[str, Any] = self._container.attrs
+        return attrs
 
     def describe(self) -> str:
         return f"docker://{self.name}"

@@ -33,7 +33,7 @@ def _docker_image(ref: str, **_: object) -> Iterator[Opened]:
     if _has_registry(ref):
         engine.pull(ref)  # a registry reference is pulled; a failed pull falls back to local
     target = ImageTarget(engine, ref)
-    attrs = target._image.attrs
+    attrs = target.attrs
     digests = attrs.get("RepoDigests") or []
     digest = digests[0].partition("@")[2] if digests else str(attrs.get("Id"))
     labels = (attrs.get("Config") or {}).get("Labels") or {}
@@ -49,7 +49,7 @@ def _docker_container(ref: str, **_: object) -> Iterator[Opened]:
     cfg = target.image_config() or {}
     yield Opened(
         target,
-        str(target._container.attrs.get("Image")),
+        str(target.attrs.get("Image")),
         (cfg.get("Labels") or {}).get(BASELINE_LABEL),
     )
 
