@@ -46,6 +46,7 @@ from harden.oci.model import (
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 << 20
+_MANIFEST_CACHE = 256  # manifests kept by digest per client
 _MAX_ERROR_BODY = 64 << 10
 _MAX_TOKEN_BODY = 1 << 20
 _READ_CHUNK = 1 << 20
@@ -234,6 +235,7 @@ class RegistryClient:
         self._session = session or requests.Session()
         self._lock = threading.Lock()
         self._no_referrers_api = False  # learned from a 404 without an error body
+        self._manifests: dict[tuple[str, str], Manifest] = {}  # (repo, digest): immutable
         self._auth_kind: str | None = None  # "basic" or "bearer" once a challenge was seen
         self._tokens: dict[str, str] = {}
 
@@ -429,7 +431,16 @@ class RegistryClient:
         accept: Sequence[str] = ALL_MANIFEST_TYPES,
         max_bytes: int = MAX_MANIFEST_BYTES,
     ) -> Manifest:
-        """Manifest by tag or digest; the bytes are checked against the digest."""
+        """Manifest by tag or digest; the bytes are checked against the digest.
+
+        A manifest read by digest is immutable content, verified once: it is kept (bounded) for
+        the life of this client, so a promotion that read the attestations to decide does not
+        fetch them again to copy them.
+        """
+        if is_digest(ref):
+            cached = self._manifests.get((repo, ref))
+            if cached is not None and cached.media_type in accept:
+                return cached
         what = f"get manifest {repo}:{ref}" if not is_digest(ref) else f"get manifest {repo}@{ref}"
         response = self._request(
             "GET",
@@ -454,7 +465,12 @@ class RegistryClient:
         media_type = _media_type(
             data, response.headers.get("Content-Type"), f"manifest {repo}:{ref}"
         )
-        return Manifest(data=data, media_type=media_type, digest=digest)
+        manifest = Manifest(data=data, media_type=media_type, digest=digest)
+        with self._lock:
+            if len(self._manifests) >= _MANIFEST_CACHE:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[(repo, digest)] = manifest
+        return manifest
 
     def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
         """Descriptor of a manifest, or None when it does not exist."""

@@ -525,6 +525,7 @@ class _Copier:
         )
         self.same_registry = src.base_url == dst.base_url
         self._dst_has_referrers_api: bool | None = None
+        self._blobs_done: set[str] = set()  # attestations share blobs (the empty config)
 
     def manifest(self, manifest: Manifest) -> None:
         if self.dst.head_manifest(self.dst_repo, manifest.digest) is not None:
@@ -540,6 +541,9 @@ class _Copier:
         self.note(f"manifest {manifest.digest} copied")
 
     def blob(self, blob: Descriptor) -> None:
+        if blob.digest in self._blobs_done:
+            return
+        self._blobs_done.add(blob.digest)
         short = blob.digest[:19]
         # within one registry a mount is one request whether or not the blob is there already
         if self.same_registry and self.dst.mount_blob(self.dst_repo, blob.digest, self.src_repo):

@@ -674,3 +674,16 @@ def test_a_registry_without_the_referrers_route_is_asked_once_per_client() -> No
     for _ in range(2):
         list_referrers(client, "a", digest)
     assert len([e for e in api.log if "/referrers/" in e]) == 2
+
+
+def test_manifests_by_digest_are_read_once_per_client_tags_always() -> None:
+    fake = FakeRegistry()
+    digest, data = seed_image(fake, "a", "v1")
+    client, _ = client_for(fake)
+    assert client.get_manifest("a", digest).data == data
+    assert client.get_manifest("a", digest).data == data
+    client.get_manifest("a", "v1")
+    client.get_manifest("a", "v1")
+    gets = [e for e in fake.log if e.startswith("GET") and "/manifests/" in e]
+    assert len([e for e in gets if e.endswith(digest)]) == 1
+    assert len([e for e in gets if e.endswith("/manifests/v1")]) == 2

@@ -184,13 +184,16 @@ def test_store_bounds_reads_and_reports_bad_content(reg: Any, keys: Any) -> None
         f"referrer {good.digest}",
         f"referrer {big.digest}",
     }
-    # the registry serves other bytes for one referrer manifest: reported, not fatal
+    # the registry serves other bytes for one referrer manifest: reported, not fatal (a new
+    # reader: a client keeps the manifests it already verified by digest)
     data, media_type = fake.manifests["staging/app"][big.digest]
     fake.manifests["staging/app"][big.digest] = (
         data.replace(b'"size":100', b'"size":101'),
         media_type,
     )
-    fetched = fetch_envelopes(client, "staging/app", digest)
+    fresh, _ = client_for(fake, max_retries=0)
+    assert fetch_envelopes(client, "staging/app", digest).problems == []  # the verified copy
+    fetched = fetch_envelopes(fresh, "staging/app", digest)
     assert [label for label, _ in fetched.envelopes] == [f"referrer {good.digest}"]
     assert len(fetched.problems) == 1 and "content has digest" in fetched.problems[0]
 
