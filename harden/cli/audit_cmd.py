@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from harden.audit import GENESIS, AuditLog
-from harden.cli.common import dump_json, emit, plain_table, progress
+from harden.cli.common import dump_json, emit, output_option, plain_table, progress
 from harden.clock import SystemClock
 from harden.errors import ExitCode, UsageError
 from harden.report.formats import clean_line
@@ -74,7 +74,7 @@ def verify(ctx: click.Context, expect_head: str | None) -> None:
 @click.option("--since", default=None, metavar="DATE", help="Only entries at or after DATE.")
 @click.option("--image", default=None, metavar="REF", help="Only entries for this image.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 def show(since: str | None, image: str | None, fmt: str, output: Path | None) -> None:
     """Show audit log entries, oldest first."""
     log = _log()

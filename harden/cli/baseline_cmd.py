@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from harden.baseline.resolve import lint_file, resolve
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, plain_table, progress
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    dump_json,
+    emit,
+    output_option,
+    plain_table,
+    progress,
+)
 from harden.errors import BaselineError, HardenError
 
 
@@ -70,7 +78,7 @@ def list_(baseline_dirs: tuple[Path, ...], fmt: str) -> None:
 @baselines_option
 @click.option("--resolved", is_flag=True, help="Merge parents, parameters and waivers.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 def show(
     baseline_id: str, baseline_dirs: tuple[Path, ...], resolved: bool, fmt: str, output: Path | None
 ) -> None:

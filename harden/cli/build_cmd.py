@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, progress
+from harden.cli.common import baselines_option, catalogue, dump_json, emit, output_option, progress
 from harden.cli.output import render_report
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
@@ -29,7 +29,7 @@ from harden.imagedef import load_definition
     show_default=True,
     help="json: the build result; the others: the verification report of the built image.",
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 @click.option(
     "--key",
     "key_uri",

@@ -24,6 +24,27 @@ baselines_option = click.option(
 )
 
 
+output_option = click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE (atomically) instead of stdout.",
+)
+
+
+def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """click callback: '12h', '30d', '4w' -> timedelta (None stays None)."""
+    if value is None:
+        return None
+    from harden.imagedef import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 def catalogue(dirs: Sequence[Path]) -> Catalogue:
     return Catalogue.from_search_path(dirs)
 

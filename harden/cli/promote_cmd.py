@@ -7,22 +7,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from harden.cli.common import dump_json, emit, plain_table, progress
+from harden.cli.common import dump_json, duration, emit, output_option, plain_table, progress
 from harden.clock import SystemClock
 
 if TYPE_CHECKING:
     from harden.promote import PromoteResult
-
-
-def _max_age(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
-    if value is None:
-        return None
-    from harden.imagedef import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from e
 
 
 @click.command()
@@ -40,7 +29,7 @@ def _max_age(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     "--max-age",
     default="30d",
     show_default=True,
-    callback=_max_age,
+    callback=duration,
     help="Deny when the latest verification is older than this (12h, 30d, 4w).",
 )
 @click.option(
@@ -58,7 +47,7 @@ def _max_age(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     show_default=True,
     help="junit: one testcase per gate policy (a denial fails the policies that denied).",
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 def promote(
     src: str,
     dst: str,

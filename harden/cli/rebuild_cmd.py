@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, plain_table, progress
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    dump_json,
+    emit,
+    output_option,
+    plain_table,
+    progress,
+)
 from harden.cli.status_cmd import (
     DEFAULT_DIR,
     cli_clock,
@@ -82,7 +90,7 @@ def _plan(
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 def rebuild(
     directory: Path,
     stale: bool,
@@ -237,7 +245,7 @@ def rebuild(
     help="Extra arguments of `harden build` in the GitLab jobs.",
 )
 @baselines_option
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 def plan(
     directory: Path,
     fmt: str,

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, plain_table, progress
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    dump_json,
+    duration,
+    emit,
+    output_option,
+    plain_table,
+    progress,
+)
 from harden.clock import Clock, SystemClock
 from harden.errors import UsageError
 
@@ -107,15 +116,6 @@ def gather(
     return [assess(f, inventory.clock, warn_within) for f in inventory.facts(defs)]
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> dt.timedelta:
-    from harden.imagedef import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from e
-
-
 def _short(digest: str | None) -> str:
     return digest[:19] if digest else "-"
 
@@ -197,7 +197,7 @@ def load_trusted(keys: Sequence[Path]) -> list[PublicKey]:
     "--warn-within",
     default="7d",
     show_default=True,
-    callback=_duration,
+    callback=duration,
     help="Say 'expiring' when an image turns stale within this (12h, 7d, 2w).",
 )
 @click.option("--jobs", "-j", default=8, show_default=True, type=click.IntRange(1, 64))
@@ -209,7 +209,7 @@ def load_trusted(keys: Sequence[Path]) -> list[PublicKey]:
     show_default=True,
     help="junit: one testcase per image, failing when it needs a rebuild (for CI dashboards).",
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@output_option
 def status(
     directory: Path,
     keys: tuple[Path, ...],

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from harden.audit import AuditAction, AuditLog
-from harden.cli.common import baselines_option, catalogue, progress
+from harden.cli.common import baselines_option, catalogue, output_option, progress
 from harden.cli.output import FORMAT_CHOICES, render_report
 from harden.clock import SystemClock
 from harden.errors import UsageError
@@ -35,13 +35,7 @@ from verifiers.refs import verify_ref
 @click.option(
     "--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the report to FILE instead of stdout.",
-)
+@output_option
 @click.option(
     "--known-hosts",
     type=click.Path(dir_okay=False, path_type=Path),
