@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.docker_engine import Engine, ImageTarget, dockerfile_label, repo_digest
-from builder.render import Phase, parse_failure, remediation_rules, render_script
+from builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
-from harden.errors import EnvironmentProblem, RemediationError, TargetError
+from harden.errors import EnvironmentProblem, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
@@ -143,17 +143,7 @@ def _run_phase(
         command = ["/bin/sh", "-c", _THEN_FACTS, "sh", script, facts_script]
     with engine.throwaway(image, command, network=network) as c:
         result = engine.run_to_end(c, REMEDIATION_TIMEOUT)
-        out, err = (
-            result.stdout.decode("utf-8", "replace"),
-            result.stderr.decode("utf-8", "replace"),
-        )
-        failure = parse_failure(out, err, result.exit_status)
-        if failure is not None:
-            what = f"rule {failure.rule_id}" if failure.rule_id else "the remediation script"
-            raise RemediationError(
-                f"remediation of {what} failed (exit {failure.exit_status})",
-                hint="command output:\n" + (failure.output or "(none)")[-2000:],
-            )
+        check_remediation(result)
         return str(engine.commit(c, changes).id), result.stdout
 
 

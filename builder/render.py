@@ -45,9 +45,9 @@ from harden.baseline.kinds import (
     WorldWritable,
 )
 from harden.baseline.resolve import ResolvedBaseline, Rule
-from harden.errors import BaselineError
+from harden.errors import BaselineError, RemediationError
 from harden.paths import templates_dir
-from harden.target import TargetKind
+from harden.target import CommandResult, TargetKind
 
 RULE_MARKER = "@@harden-rule"
 FAILED_MARKER = "@@harden-failed"
@@ -489,3 +489,20 @@ def parse_failure(stdout: str, stderr: str, exit_status: int) -> RemediationFail
     if len(text) > _OUTPUT_LIMIT:
         text = "..." + text[-_OUTPUT_LIMIT:]
     return RemediationFailure(rule_id=rule_id, exit_status=status, output=text)
+
+
+def check_remediation(result: CommandResult, *, consequence: str = "") -> None:
+    """Raise RemediationError naming the failed rule and its output when a script run failed.
+
+    ``consequence`` is added to the message (e.g. "; no template written")."""
+    failure = parse_failure(
+        result.stdout.decode("utf-8", "replace"),
+        result.stderr.decode("utf-8", "replace"),
+        result.exit_status,
+    )
+    if failure is not None:
+        what = f"rule {failure.rule_id}" if failure.rule_id else "the remediation script"
+        raise RemediationError(
+            f"remediation of {what} failed (exit {failure.exit_status}){consequence}",
+            hint="command output:\n" + (failure.output or "(none)")[-2000:],
+        )

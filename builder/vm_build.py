@@ -50,13 +50,13 @@ from pathlib import Path
 from typing import Any
 
 from builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
-from builder.render import Phase, parse_failure, remediation_rules, render_script
+from builder.render import Phase, check_remediation, remediation_rules, render_script
 from builder.ssh_target import SshTarget
 from builder.vm_verify import sha256_file
 from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
-from harden.errors import RemediationError, TargetError
+from harden.errors import TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport, rfc3339
 from harden.target import CommandResult, TargetKind
@@ -213,15 +213,7 @@ def _remediate(target: SshTarget, script: str) -> None:
     result = target.run(
         f"sh {REMOTE_SCRIPT}; rc=$?; rm -f {REMOTE_SCRIPT}; exit $rc", timeout=REMEDIATION_TIMEOUT
     )
-    out = result.stdout.decode("utf-8", "replace")
-    err = result.stderr.decode("utf-8", "replace")
-    failure = parse_failure(out, err, result.exit_status)
-    if failure is not None:
-        what = f"rule {failure.rule_id}" if failure.rule_id else "the remediation script"
-        raise RemediationError(
-            f"remediation of {what} failed (exit {failure.exit_status}); no template written",
-            hint="command output:\n" + (failure.output or "(none)")[-2000:],
-        )
+    check_remediation(result, consequence="; no template written")
 
 
 def _run_checked(target: SshTarget, script: str, what: str) -> None:
