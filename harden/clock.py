@@ -28,3 +28,11 @@ class FixedClock:
 
     def advance(self, delta: dt.timedelta) -> None:
         self._now += delta
+
+
+def parse_utc(text: str) -> dt.datetime:
+    """``2025-03-01`` or an RFC 3339 time (``...Z``); a value without a zone is UTC.
+
+    Raises ValueError: callers turn it into the error their input deserves."""
+    when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

@@ -42,7 +42,7 @@ from harden.attest.predicates import (
 )
 from harden.audit import GENESIS, AuditEntry, AuditLog, AuditLogCorrupt
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
-from harden.clock import Clock
+from harden.clock import Clock, parse_utc
 from harden.errors import AttestationError, HardenError, InputError
 from harden.imagedef import ImageDefinition, load_definition
 from harden.report.formats import clean, clean_line
@@ -96,13 +96,12 @@ _GOOD_BUILD_OUTCOMES = frozenset({"compliant", "rebuilt"})
 def parse_since(text: str) -> dt.datetime:
     """``2025-03-01`` or ``2025-03-01T12:00:00Z`` (no zone = UTC); InputError otherwise."""
     try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError as e:
         raise InputError(
             f"--since {text!r} is not a date",
             hint="use 2025-03-01 or 2025-03-01T12:00:00Z (a date without a zone is UTC)",
         ) from e
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def parse_control(text: str) -> tuple[str | None, str]:

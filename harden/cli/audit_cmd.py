@@ -9,9 +9,10 @@ import click
 
 from harden.audit import GENESIS, AuditLog
 from harden.cli.common import dump_json, emit, output_option, plain_table, progress
-from harden.clock import SystemClock
+from harden.clock import SystemClock, parse_utc
 from harden.errors import ExitCode, UsageError
 from harden.report.formats import clean_line
+from harden.results import rfc3339
 
 
 def _log() -> AuditLog:
@@ -20,13 +21,12 @@ def _log() -> AuditLog:
 
 def _parse_since(text: str) -> dt.datetime:
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc(text)
     except ValueError as e:
         raise UsageError(
             f"--since {text!r} is not a date",
             hint="use 2025-03-01 or 2025-03-01T12:00:00Z (a date without a zone is UTC)",
         ) from e
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _parse_head(text: str) -> tuple[int, str]:
@@ -91,7 +91,7 @@ def show(since: str | None, image: str | None, fmt: str, output: Path | None) ->
         rows = [
             [
                 str(e.seq),
-                e.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                rfc3339(e.at),
                 e.action,
                 clean_line(e.image),
                 clean_line(e.digest or "-")[:19],
