@@ -17,7 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from builder.docker_engine import Engine, ImageTarget, dockerfile_label, repo_digest
+from builder.docker_engine import (
+    Engine,
+    ImageTarget,
+    dockerfile_label,
+    names_registry,
+    repo_digest,
+)
 from builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig
@@ -84,7 +90,7 @@ def _noop(_: str) -> None:
 def resolve_base(engine: Engine, ref: str, progress: Progress) -> tuple[str, str]:
     """The image id and digest of the base. A registry reference is pulled (digest = manifest)."""
     progress(f"resolving base {ref}")
-    image = engine.pull(ref) if "/" in ref else None
+    image = engine.pull(ref) if names_registry(ref) else None
     if image is None:
         try:
             image = engine.image(ref)

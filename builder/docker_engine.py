@@ -180,6 +180,14 @@ def split_tag(ref: str) -> tuple[str, str | None]:
     return ref, "latest"
 
 
+def names_registry(ref: str) -> bool:
+    """Whether ``ref`` names its registry host (``host.tld/...``, ``host:port/...``,
+    ``localhost/...``). Only such references are pulled: harden never falls back to an implied
+    public registry (``debian:12`` and ``library/debian`` are local images)."""
+    first = ref.split("/", 1)[0]
+    return "/" in ref and ("." in first or ":" in first or first == "localhost")
+
+
 def repo_digest(image: Image, repo: str) -> str | None:
     """The manifest digest of ``image`` in ``repo`` (from RepoDigests)."""
     name = split_tag(repo)[0]

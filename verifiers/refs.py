@@ -27,10 +27,10 @@ class Opened:
 
 @contextlib.contextmanager
 def _docker_image(ref: str, **_: object) -> Iterator[Opened]:
-    from builder.docker_engine import Engine, ImageTarget
+    from builder.docker_engine import Engine, ImageTarget, names_registry
 
     engine = Engine.connect()
-    if _has_registry(ref):
+    if names_registry(ref):
         engine.pull(ref)  # a registry reference is pulled; a failed pull falls back to local
     target = ImageTarget(engine, ref)
     attrs = target.attrs
@@ -88,11 +88,6 @@ def scheme_of(ref: str) -> str:
             hint="use an image name, a registry reference, docker://NAME, ssh://USER@HOST:PORT or FILE.qcow2",
         )
     return "docker-image"
-
-
-def _has_registry(ref: str) -> bool:
-    first = ref.split("/", 1)[0]
-    return "/" in ref and ("." in first or ":" in first or first == "localhost")
 
 
 def verify_ref(
