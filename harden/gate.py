@@ -88,7 +88,7 @@ class Policy(Protocol):
     def check(self, ev: Evidence) -> list[str]: ...
 
 
-def _latest_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
+def latest_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
     """The newest valid compliance predicate for the subject and the problems found on the way."""
     problems: list[str] = []
     best: ComplianceV1 | None = None
@@ -104,7 +104,7 @@ def _latest_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
 
 
 def _need_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
-    c, problems = _latest_compliance(ev)
+    c, problems = latest_compliance(ev)
     if c is None:
         problems.append(f"no valid compliance attestation for {ev.subject_digest}")
     return c, problems
@@ -167,7 +167,7 @@ class ResultPassed:
     name: str = "ResultPassed"
 
     def check(self, ev: Evidence) -> list[str]:
-        c, problems = _latest_compliance(ev)
+        c, problems = latest_compliance(ev)
         if c is not None:
             return problems + self._compliance(c, ev)
         results = ev.for_subject(TEST_RESULT)

@@ -33,12 +33,12 @@ from typing import Any
 
 from harden.attest import dsse
 from harden.attest.keys import PublicKey
-from harden.attest.predicates import HARDEN_COMPLIANCE, _utc_timestamp
+from harden.attest.predicates import _utc_timestamp
 from harden.attest.store import list_attestations
 from harden.baseline.resolve import Catalogue
 from harden.clock import Clock
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
-from harden.gate import gather_evidence
+from harden.gate import gather_evidence, latest_compliance
 from harden.imagedef import ImageDefinition
 from harden.lifecycle import ImageFacts, Revocation, Verification
 from harden.oci.client import RegistryClient, RegistryNotFound
@@ -383,21 +383,19 @@ class Inventory:
             return _replace(facts, attestation_problems=tuple(problems))
         ev = gather_evidence(envelopes, self.trusted, digest, self.clock.now())
         problems += list(ev.rejected)
-        verification: Verification | None = None
-        for s in ev.for_subject(HARDEN_COMPLIANCE):
-            try:
-                c = s.statement.compliance()
-            except AttestationError as e:
-                problems.append(f"compliance attestation: {e.message}")
-                continue
-            if verification is None or c.verifiedAt > verification.verified_at:
-                verification = Verification(
-                    verified_at=c.verifiedAt,
-                    valid_until=c.validUntil,
-                    compliant=c.compliant,
-                    baseline_digest=c.baseline.digest,
-                    waivers=tuple((w.rule, w.expires) for w in c.waivers),
-                )
+        c, unreadable = latest_compliance(ev)  # the same choice the promotion gate makes
+        problems += unreadable
+        verification = (
+            None
+            if c is None
+            else Verification(
+                verified_at=c.verifiedAt,
+                valid_until=c.validUntil,
+                compliant=c.compliant,
+                baseline_digest=c.baseline.digest,
+                waivers=tuple((w.rule, w.expires) for w in c.waivers),
+            )
+        )
         revocations: list[Revocation] = []
         for s in ev.revocations:
             if not s.statement.matches(digest):
