@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harden_cli
 import pytest
 from needs import unavailable
 
@@ -72,14 +73,7 @@ class Session:
         return {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
 
     def harden(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from harden.cli import main; main()", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **self.env()},
-            cwd=ROOT,
-        )
+        return harden_cli.run(*args, env=self.env(), timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import docker
+import harden_cli
 import pytest
 import requests
 
@@ -22,17 +22,7 @@ BASE = f"{REGISTRY}/library/debian:12"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def harden(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from harden.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
+harden = harden_cli.run
 
 
 @pytest.fixture(scope="session")

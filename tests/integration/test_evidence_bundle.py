@@ -9,15 +9,14 @@ Debian chromium (screenshot to tests/artifacts/evidence.png, the summary in the 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import harden_cli
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -41,14 +40,8 @@ class World:
     digest: str
 
     def harden(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from harden.cli import main; main()", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD},
-            cwd=ROOT,
-        )
+        env = {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
+        return harden_cli.run(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

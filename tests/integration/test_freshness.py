@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harden_cli
 import pytest
 
 from harden.oci import RegistryClient, copy_image, parse_reference
@@ -79,14 +80,7 @@ class World:
         }
 
     def harden(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from harden.cli import main; main()", *args],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=self.env(**env),
-            cwd=ROOT,
-        )
+        return harden_cli.run(*args, env=self.env(**env))
 
     def status(self, **env: str) -> tuple[int, dict[str, dict[str, Any]], str]:
         r = self.harden(

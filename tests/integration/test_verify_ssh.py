@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+import harden_cli
 import pytest
 from vm_fixtures import SshdServer
 
@@ -18,14 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def harden(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from harden.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=os.environ.copy(),
-    )
+    return harden_cli.run(*args, timeout=300)
 
 
 def test_verify_over_ssh_with_a_pinned_host_key(sshd_server: SshdServer, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ per-run repository; attestation verify, promote and status run against that arti
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harden_cli
 import pytest
 from vm_fixtures import VmTemplate, vm_template  # noqa: F401
 
@@ -53,14 +53,7 @@ class Built:
 def harden(
     *args: str, env: dict[str, str], timeout: float = 1200
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from harden.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **env},
-        cwd=ROOT,
-    )
+    return harden_cli.run(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
