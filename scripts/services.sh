@@ -11,7 +11,7 @@ set -euo pipefail
 STATE=${HARDEN_SERVICES_STATE:-/var/lib/harden-services}
 CACHE=${HARDEN_CACHE:-/var/cache/harden}
 REGISTRY=127.0.0.1:5000
-MIRROR=${HARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$("$(dirname "$0")/apt-mirror.sh")
 WANT_IMAGES=1
 WANT_VM=0
 for arg in "$@"; do

@@ -19,7 +19,7 @@
 set -euo pipefail
 
 SUITE=bookworm
-MIRROR=${HARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$("$(dirname "$0")/apt-mirror.sh")
 # libpam-pwquality, auditd, audispd-plugins, apparmor and systemd-timesyncd are required by
 # baselines/debian-vm.yaml; a VM has no network at build time, so they must be in the base.
 PACKAGES=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,iproute2,procps,kmod,libpam-pwquality,auditd,audispd-plugins,apparmor,systemd-timesyncd
