@@ -111,6 +111,8 @@ if [ "$WANT_IMAGES" = 1 ]; then
   base_image 12 bookworm
   base_image 13 trixie
 fi
+log "OpenSCAP and the SSG Debian 12/13 content (scripts/openscap.sh)"
+"$(dirname "$0")/openscap.sh"
 if [ "$WANT_VM" = 1 ]; then
   log "base VM template (scripts/vm-base.sh, cached under $CACHE/vm)"
   "$(dirname "$0")/vm-base.sh" >&2
