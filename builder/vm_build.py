@@ -52,11 +52,11 @@ from typing import Any
 from builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
 from builder.render import Phase, check_remediation, remediation_rules, render_script
 from builder.ssh_target import SshTarget
-from builder.vm_verify import sha256_file
 from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.errors import TargetError
+from harden.files import sha256_file
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport, rfc3339
 from harden.target import CommandResult, TargetKind

@@ -7,7 +7,6 @@ A template made of a whole-disk filesystem boots with a kernel and initrd: they 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,14 +14,7 @@ from typing import Any
 
 from builder.qemu import DEFAULT_APPEND, VmImage
 from harden.errors import TargetError, UsageError
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+from harden.files import sha256_file
 
 
 def image_for(disk: Path) -> tuple[VmImage, Path | None]:

@@ -38,6 +38,7 @@ from harden.attest.store import list_attestations
 from harden.baseline.resolve import Catalogue
 from harden.clock import Clock
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
+from harden.files import sha256_file
 from harden.gate import gather_evidence, latest_compliance
 from harden.imagedef import ImageDefinition
 from harden.lifecycle import ImageFacts, Revocation, Verification
@@ -480,16 +481,12 @@ def _base_of(defn: ImageDefinition) -> str | None:
 
 def _disk_digest(path: Path) -> str | HardenError:
     """sha256 of a VM base disk now (the VM counterpart of asking a registry for a base tag)."""
-    h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except FileNotFoundError:
         return RegistryNotFound(f"base disk {path} does not exist")
     except OSError as e:
         return InputError(f"base disk {path}: {e.strerror or e}")
-    return "sha256:" + h.hexdigest()
 
 
 def _replace(facts: ImageFacts, **changes: Any) -> ImageFacts:
