@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harden import labels
 from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import _utc_timestamp
@@ -56,9 +57,9 @@ __all__ = [
 ]
 
 DEFAULT_JOBS = 8
-LABEL_CREATED = "org.opencontainers.image.created"
-LABEL_BASE_DIGEST = "org.opencontainers.image.base.digest"
-LABEL_BASELINE_DIGEST = "dev.harden.baseline.digest"
+LABEL_CREATED = labels.CREATED
+LABEL_BASE_DIGEST = labels.BASE_DIGEST
+LABEL_BASELINE_DIGEST = labels.BASELINE_DIGEST
 MAX_CONFIG_BYTES = 4 << 20
 
 ClientFactory = Callable[[str], RegistryClient]

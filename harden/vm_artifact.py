@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harden import labels
 from harden.baseline.resolve import ResolvedBaseline
 from harden.files import sha256_file, write_atomic
 from harden.oci.client import RegistryClient
@@ -55,12 +56,12 @@ ARTIFACT_TYPE = "application/vnd.harden.vm-template.v1"
 QCOW2_MEDIA_TYPE = "application/vnd.harden.qcow2"
 KERNEL_MEDIA_TYPE = "application/vnd.harden.vm.kernel"
 INITRD_MEDIA_TYPE = "application/vnd.harden.vm.initrd"
-TITLE_ANNOTATION = "org.opencontainers.image.title"
-BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
-BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
-BASELINE_ID_ANNOTATION = "dev.harden.baseline.id"
-BASELINE_VERSION_ANNOTATION = "dev.harden.baseline.version"
-BASELINE_DIGEST_ANNOTATION = "dev.harden.baseline.digest"
+TITLE_ANNOTATION = labels.TITLE
+BASE_NAME_ANNOTATION = labels.BASE_NAME
+BASE_DIGEST_ANNOTATION = labels.BASE_DIGEST
+BASELINE_ID_ANNOTATION = labels.BASELINE_ID
+BASELINE_VERSION_ANNOTATION = labels.BASELINE_VERSION
+BASELINE_DIGEST_ANNOTATION = labels.BASELINE_DIGEST
 ATTESTATIONS_SUFFIX = ".attestations.json"
 _READ_CHUNK = 1 << 20
 
