@@ -27,11 +27,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from harden import imagedef
 from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import (
@@ -44,7 +45,7 @@ from harden.audit import GENESIS, AuditEntry, AuditLog, AuditLogCorrupt
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import Clock, parse_utc
 from harden.errors import AttestationError, HardenError, InputError
-from harden.imagedef import ImageDefinition, load_definition
+from harden.imagedef import ImageDefinition
 from harden.report.formats import clean, clean_line
 from harden.results import rfc3339
 
@@ -116,15 +117,7 @@ def parse_control(text: str) -> tuple[str | None, str]:
 
 def load_definitions(directory: Path) -> list[ImageDefinition]:
     """Every image definition (``*.yaml``/``*.yml``) in ``directory``, sorted by file name."""
-    if not directory.is_dir():
-        raise InputError(
-            f"{directory} is not a directory of image definitions",
-            hint="pass the folder with the images/*.yaml files (default: images/)",
-        )
-    paths = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
-    if not paths:
-        raise InputError(f"no image definitions (*.yaml) in {directory}")
-    return [load_definition(p) for p in paths]
+    return imagedef.load_definitions(directory, require_some=True)
 
 
 @dataclass(frozen=True)
@@ -153,8 +146,9 @@ class RegistryView(Protocol):
 class OciRegistryView:
     """:class:`RegistryView` over harden's OCI client (one client per registry host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_factory: Callable[[str], Any] | None = None) -> None:
         self._clients: dict[str, Any] = {}
+        self._factory = client_factory  # registry host -> client; default: docker config
 
     def facts(self, reference: str) -> ImageFacts:
         from harden.attest.store import fetch_envelopes
@@ -163,7 +157,9 @@ class OciRegistryView:
         ref = parse_reference(reference)
         client = self._clients.get(ref.registry)
         if client is None:
-            client = self._clients[ref.registry] = RegistryClient.for_reference(ref)
+            client = self._clients[ref.registry] = (
+                self._factory(ref.registry) if self._factory else RegistryClient.for_reference(ref)
+            )
         target = ref.digest or ref.tag or "latest"
         head = client.head_manifest(ref.repository, target)
         if head is None:
@@ -172,19 +168,10 @@ class OciRegistryView:
         return ImageFacts(
             head.digest,
             Fetched(
-                tuple((_referrer(label), env) for label, env in fetched.envelopes),
-                tuple(_problem(p) for p in fetched.problems),
+                tuple((i.referrer, i.envelope) for i in fetched.items),
+                tuple((p.referrer, p.message) for p in fetched.unreadable),
             ),
         )
-
-
-def _referrer(label: str) -> str:
-    return label.removeprefix("referrer ").strip()
-
-
-def _problem(text: str) -> tuple[str, str]:
-    label, _, why = text.partition(": ")
-    return _referrer(label), why or text
 
 
 @dataclass(frozen=True)

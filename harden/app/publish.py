@@ -1,8 +1,9 @@
 """Sign and publish what was built: the statements of a verified image, their referrers, and a
 VM template as an OCI artifact.
 
-The core of `harden attest`, `harden build --key` and `harden rebuild`: no click, no printing
-(progress lines go to ``progress``), an injected clock, errors as HardenError subclasses.
+Used by the attest and build use cases (`harden attest`, `harden build --key`, `harden rebuild`):
+no click, no printing (progress lines go to ``progress``), an injected clock, errors as
+HardenError subclasses. It lives in the use-case layer because it takes builder's results.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import datetime as dt
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from builder.container_build import BuildResult
+    from builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
     from harden.attest.statements import BuildInfo, Subject
     from harden.attest.store import SignedStatement
@@ -156,9 +159,8 @@ def build_info(
 
 
 def attach_build_attestations(
-    result: Any,
-    defn: Any,
-    definition: Path,
+    result: BuildResult,
+    defn: ImageDefinition,
     signer: Signer,
     clock: Clock,
     client: RegistryClient | None = None,
@@ -166,19 +168,18 @@ def attach_build_attestations(
     """After ``harden build --key``: sign provenance, test-result and compliance of the pushed
     image (validUntil = verified time + the definition's max_age) and attach them."""
     from harden.attest.statements import BUILD_TYPE_CONTAINER, Subject
+    from harden.errors import RegistryError
     from harden.oci import RegistryClient, parse_reference
 
-    del definition  # the definition's path is defn.path
     reference = parse_reference(result.reference)
     client = client or RegistryClient.for_reference(reference)
-    subject = client.head_manifest(reference.repository, result.digest)
-    if subject is None:
-        from harden.errors import RegistryError
-
-        raise RegistryError(f"{result.reference}@{result.digest} is not in the registry")
+    digest = result.digest
+    subject = client.head_manifest(reference.repository, digest) if digest else None
+    if digest is None or subject is None:
+        raise RegistryError(f"{result.reference}@{digest} is not in the registry")
     signed = sign_build(
         result.report,
-        [Subject(f"{reference.registry}/{reference.repository}", result.digest)],
+        [Subject(f"{reference.registry}/{reference.repository}", digest)],
         signer,
         build_type=BUILD_TYPE_CONTAINER,
         defn=defn,
@@ -190,13 +191,14 @@ def attach_build_attestations(
 
 
 def publish_vm(
-    result: Any,
-    defn: Any,
+    result: VmBuildResult,
+    defn: ImageDefinition,
     signer: Signer | None,
     destination: str | None,
     *,
     clock: Clock,
     progress: Callable[[str], None] = _noop,
+    client: RegistryClient | None = None,
 ) -> str | None:
     """Sign (subjects: the qcow2 file and, with a destination, the artifact manifest), write the
     envelopes beside the template, push the artifact untagged, attach, tag last.
@@ -246,7 +248,7 @@ def publish_vm(
         progress(f"wrote {len(signed)} signed attestation(s) to {where}")
     if reference is None:
         return None
-    client = RegistryClient.for_reference(reference)
+    client = client or RegistryClient.for_reference(reference)
     progress(f"pushing {result.path.name} to {reference.registry}/{reference.repository}")
     subject = vm_artifact.push_untagged(client, reference.repository, artifact)
     pinned = f"{reference.registry}/{reference.repository}@{artifact.digest}"
