@@ -10,7 +10,8 @@ keys through the one verification (:mod:`harden.attest.verification`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from harden.attest.statements import BuildInfo
     from harden.attest.verification import CheckedAttestations
     from harden.oci.types import Descriptor
+    from verifiers.refs import Opened
 
 __all__ = [
     "DEFAULT_VALIDITY",
@@ -37,6 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_VALIDITY = dt.timedelta(days=30)
+
+ImageOpener = Callable[[str], AbstractContextManager["Opened"]]  # pinned ref -> an opened Target
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,13 @@ def attest(
     definition: ImageDefinition | None = None,
     baseline_id: str | None = None,
     validity: dt.timedelta | None = None,
+    open_image: ImageOpener | None = None,
 ) -> Attested:
     """Verify the registry image ``ref`` now, sign the result, attach it; audit ATTEST.
 
     A FAILED verification is attested too (the signed statement says so). ``validity`` defaults
-    to the definition's max_age, else 30 days."""
+    to the definition's max_age, else 30 days. ``open_image`` opens the pinned reference as a
+    Target (default: the docker-image opener of :mod:`harden.app.verify`)."""
     from harden.app.publish import attach_signed, build_info, sign_for_report
     from harden.app.verify import OPENERS
     from harden.baseline.resolve import resolve as resolve_baseline
@@ -90,7 +96,7 @@ def attest(
     repository_name = f"{reference.registry}/{reference.repository}"
     pinned = f"{repository_name}@{digest}"
     ctx.progress(f"verifying {pinned}")
-    with OPENERS["docker-image"](pinned) as opened:
+    with (open_image or OPENERS["docker-image"])(pinned) as opened:
         if definition is not None:
             baseline = definition.resolve_baseline(catalogue)
         else:
