@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from builder.qemu import DEFAULT_APPEND, VmImage
+from harden.baseline.resolve import ResolvedBaseline
+from harden.clock import Clock
 from harden.errors import TargetError, UsageError
 from harden.files import sha256_file
+from harden.results import VerifyReport
 
 
 def image_for(disk: Path) -> tuple[VmImage, Path | None]:
@@ -42,12 +45,12 @@ def image_for(disk: Path) -> tuple[VmImage, Path | None]:
 
 def verify_template(
     path: Path,
-    baseline: Any,
-    clock: Any,
+    baseline: ResolvedBaseline,
+    clock: Clock,
     *,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
-) -> Any:
+) -> VerifyReport:
     """Boot a throwaway clone of the template ``path`` and verify it.
 
     The clone sees the template itself as a read-only second disk, so the ``template.*`` hygiene

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harden import imagedef
 from harden.attest import dsse
@@ -48,6 +48,9 @@ from harden.errors import AttestationError, HardenError, InputError
 from harden.imagedef import ImageDefinition
 from harden.report.formats import clean, clean_line
 from harden.results import rfc3339
+
+if TYPE_CHECKING:
+    from harden.oci.client import RegistryClient
 
 __all__ = [
     "DEFAULT_FOCUS",
@@ -146,7 +149,7 @@ class RegistryView(Protocol):
 class OciRegistryView:
     """:class:`RegistryView` over harden's OCI client (one client per registry host)."""
 
-    def __init__(self, client_factory: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, client_factory: Callable[[str], RegistryClient] | None = None) -> None:
         self._clients: dict[str, Any] = {}
         self._factory = client_factory  # registry host -> client; default: docker config
 
