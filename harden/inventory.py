@@ -35,7 +35,13 @@ from harden import labels
 from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import _utc_timestamp
-from harden.attest.store import list_attestations
+from harden.attest.store import (
+    AttestationProblem,
+    FetchedEnvelope,
+    FetchedEnvelopes,
+    ProblemKind,
+    list_attestations,
+)
 from harden.baseline.resolve import Catalogue
 from harden.clock import Clock
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
@@ -379,7 +385,8 @@ class Inventory:
             recorded_base_digest=labels.get(LABEL_BASE_DIGEST),
             recorded_baseline_digest=labels.get(LABEL_BASELINE_DIGEST),
         )
-        envelopes, problems = self._envelopes(client, dest.repository, digest)
+        fetched = self._envelopes(client, dest.repository, digest)
+        envelopes, problems = fetched.envelopes, fetched.problems
         if not self.trusted:
             problems = ["no trusted key given (--key): attestations cannot be verified", *problems]
             return _replace(facts, attestation_problems=tuple(problems))
@@ -437,14 +444,12 @@ class Inventory:
                 out.setdefault(str(k), str(v))
         return out
 
-    def _envelopes(
-        self, client: RegistryClient, repo: str, digest: str
-    ) -> tuple[list[tuple[str, bytes]], list[str]]:
+    def _envelopes(self, client: RegistryClient, repo: str, digest: str) -> FetchedEnvelopes:
         """Like :func:`harden.attest.store.fetch_envelopes`, through the cache."""
-        envelopes: list[tuple[str, bytes]] = []
-        problems: list[str] = []
-        for referrer in list_attestations(client, repo, digest):
-            label = f"referrer {referrer.digest}"
+        referrers = list_attestations(client, repo, digest)
+        items: list[FetchedEnvelope] = []
+        problems: list[AttestationProblem] = []
+        for referrer in referrers:
             try:
                 layers = self._manifest_json(client, repo, referrer.digest).get("layers") or []
                 if len(layers) != 1 or not isinstance(layers[0], dict):
@@ -455,12 +460,13 @@ class Inventory:
                 blob = self._blob(
                     client, repo, str(layers[0].get("digest")), dsse.MAX_ENVELOPE_BYTES
                 )
-                envelopes.append((label, blob))
+                items.append(FetchedEnvelope(referrer.digest, blob))
             except RegistryError:
                 raise
             except (HardenError, ValueError) as e:
-                problems.append(f"{label}: {getattr(e, 'message', str(e))}")
-        return envelopes, problems
+                why = getattr(e, "message", str(e))
+                problems.append(AttestationProblem(referrer.digest, ProblemKind.UNREADABLE, why))
+        return FetchedEnvelopes(tuple(items), tuple(problems), tuple(referrers))
 
     def resolve_digest(self, ref_text: str) -> tuple[Reference, str]:
         """The digest a reference names now (RegistryNotFound when nothing is there)."""
