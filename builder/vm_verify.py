@@ -18,12 +18,13 @@ from harden.clock import Clock
 from harden.errors import TargetError, UsageError
 from harden.files import sha256_file
 from harden.results import VerifyReport
+from harden.vm_manifest import manifest_path
 
 
 def image_for(disk: Path) -> tuple[VmImage, Path | None]:
     """The boot description of ``disk`` and the SSH key recorded beside it (if any)."""
     folder = disk.parent
-    manifest = folder / "manifest.json"
+    manifest = manifest_path(disk) if manifest_path(disk).is_file() else folder / "manifest.json"
     kernel = initrd = key = None
     append = DEFAULT_APPEND
     if manifest.is_file():

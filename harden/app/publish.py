@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -205,22 +204,24 @@ def publish_vm(
 
     Returns the pushed manifest digest (None without a destination). A failed attach raises
     RegistryError (exit 4): the artifact is pushed, untagged, NOT promotable."""
-    import json
-
     from harden import vm_artifact
     from harden.attest.statements import BUILD_TYPE_VM, Subject
-    from harden.errors import HardenError, RegistryError
+    from harden.errors import HardenError, InputError, RegistryError
     from harden.oci import RegistryClient, parse_reference
+    from harden.vm_manifest import manifest_path, read_manifest
 
-    recorded = json.loads((result.path.parent / "manifest.json").read_text(encoding="utf-8"))
-    created = dt.datetime.fromisoformat(str(recorded["created"]).replace("Z", "+00:00"))
-    kernel, initrd = recorded.get("kernel"), recorded.get("initrd")
+    recorded = read_manifest(result.path)
+    if recorded is None:
+        raise InputError(
+            f"{manifest_path(result.path)} is missing: {result.path} has no build record",
+            hint="build the template again with `harden build --force`",
+        )
     artifact = vm_artifact.artifact_for(
         result.path,
         result.sha256,
-        kernel=Path(kernel) if kernel else None,
-        initrd=Path(initrd) if initrd else None,
-        created=created,
+        kernel=recorded.kernel,
+        initrd=recorded.initrd,
+        created=recorded.created,
         base_name=result.base_disk,
         base_digest=result.base_sha256,
         baseline=result.baseline,
