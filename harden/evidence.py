@@ -41,6 +41,7 @@ from harden.attest.predicates import (
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
+from harden.attest.verification import newest_compliance
 from harden.audit import GENESIS, AuditEntry, AuditLog, AuditLogCorrupt
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import Clock, parse_utc
@@ -534,19 +535,11 @@ def _check(referrer: str, envelope: bytes, trusted: Sequence[PublicKey], digest:
 
 def _signed_result(verified: Sequence[tuple[str, Any]]) -> SignedResult | None:
     """The newest verified compliance statement, joined with a test-result by the same key."""
-    best: tuple[dt.datetime, str, Any, Any] | None = None
-    for referrer, v in verified:
-        if v.statement.predicateType != HARDEN_COMPLIANCE:
-            continue
-        try:
-            c = v.statement.compliance()
-        except AttestationError:
-            continue
-        if best is None or c.verifiedAt > best[0]:
-            best = (c.verifiedAt, referrer, v, c)
-    if best is None:
+    newest, _ = newest_compliance(v for _, v in verified)
+    if newest is None:
         return None
-    _, referrer, v, c = best
+    v, c = newest
+    referrer = next(r for r, x in verified if x is v)
     test: tuple[str, Any] | None = None
     for ref2, v2 in verified:
         if v2.statement.predicateType != TEST_RESULT:

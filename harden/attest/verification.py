@@ -8,16 +8,21 @@ Each referrer becomes one :class:`CheckedAttestation`: a verified statement, or 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from harden.attest.dsse import VerifiedStatement, verify
 from harden.attest.keys import PublicKey
-from harden.attest.predicates import HARDEN_REVOCATION
+from harden.attest.predicates import HARDEN_COMPLIANCE, HARDEN_REVOCATION, ComplianceV1
 from harden.attest.store import AttestationProblem, FetchedEnvelopes, ProblemKind
 from harden.errors import AttestationError
 
-__all__ = ["CheckedAttestation", "CheckedAttestations", "check_attestations"]
+__all__ = [
+    "CheckedAttestation",
+    "CheckedAttestations",
+    "check_attestations",
+    "newest_compliance",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,27 @@ class CheckedAttestations:
     @property
     def problems(self) -> list[AttestationProblem]:
         return [a.problem for a in self.attestations if a.problem is not None]
+
+
+def newest_compliance(
+    statements: Iterable[VerifiedStatement],
+) -> tuple[tuple[VerifiedStatement, ComplianceV1] | None, list[str]]:
+    """The one choice of "the latest compliance": among verified statements (already about the
+    right subject), the compliance predicate with the newest ``verifiedAt``, and the malformed
+    ones found on the way. The promotion gate, status and the evidence bundle all use it."""
+    problems: list[str] = []
+    best: tuple[VerifiedStatement, ComplianceV1] | None = None
+    for s in statements:
+        if s.statement.predicateType != HARDEN_COMPLIANCE:
+            continue
+        try:
+            c = s.statement.compliance()
+        except AttestationError as e:
+            problems.append(f"compliance attestation signed by {s.keyid[:12]}: {e.message}")
+            continue
+        if best is None or c.verifiedAt > best[1].verifiedAt:
+            best = (s, c)
+    return best, problems
 
 
 def check_attestations(
