@@ -31,21 +31,20 @@ from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.errors import EnvironmentProblem, TargetError
 from harden.imagedef import ImageDefinition
+from harden.labels import BASE_DIGEST as OCI_BASE_DIGEST
+from harden.labels import BASE_NAME as OCI_BASE_NAME
+from harden.labels import BASELINE_DIGEST as LABEL_BASELINE_DIGEST
+from harden.labels import BASELINE_ID as LABEL_BASELINE_ID
+from harden.labels import BASELINE_VERSION as LABEL_BASELINE_VERSION
+from harden.labels import BUILD_KEY as LABEL_BUILD_KEY
+from harden.labels import CREATED as OCI_CREATED
+from harden.labels import DEFINITION as LABEL_DEFINITION
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
 from verifiers.facts import FactPlan, new_nonce
 from verifiers.facts import parse as parse_facts
 from verifiers.runner import report_from_facts, verify
 
-LABEL_BUILD_KEY = "dev.harden.build-key"
-LABEL_DEFINITION = "dev.harden.definition"
-LABEL_BASELINE_ID = "dev.harden.baseline.id"
-LABEL_BASELINE_VERSION = "dev.harden.baseline.version"
-LABEL_BASELINE_DIGEST = "dev.harden.baseline.digest"
-LABEL_COMPLIANT = "dev.harden.compliant"
-OCI_CREATED = "org.opencontainers.image.created"
-OCI_BASE_NAME = "org.opencontainers.image.base.name"
-OCI_BASE_DIGEST = "org.opencontainers.image.base.digest"
 REMEDIATION_TIMEOUT = 1800.0
 
 Progress = Callable[[str], None]

@@ -26,8 +26,9 @@ facts for those rules are gathered with ``chroot`` into it. Their results replac
 results for the same rules and say so in their evidence. Every other rule is judged on the
 running clone, the way an instance will run.
 
-The sealed template is written as ``<out_dir>/<name>.qcow2`` with a ``manifest.json`` beside it
-(kernel and initrd copied next to it, the build key referenced by path, never copied; sha256), so
+The sealed template is written as ``<out_dir>/<name>.qcow2`` with ``<name>.qcow2.manifest.json``
+beside it (:mod:`harden.vm_manifest`: kernel and initrd copied next to it, the build key
+referenced by path, never copied; sha256), so
 ``harden verify <out_dir>/<name>.qcow2`` works. It is written under a temporary name first and
 renamed into place only when the clone is compliant (or the caller allows a non-compliant one).
 A build whose inputs (base sha256, baseline digest, labels, harden version) did not change reuses
@@ -52,14 +53,15 @@ from typing import Any
 from builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
 from builder.render import Phase, check_remediation, remediation_rules, render_script
 from builder.ssh_target import SshTarget
-from builder.vm_verify import sha256_file
 from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
-from harden.errors import TargetError
+from harden.errors import InputError, TargetError
+from harden.files import sha256_file
 from harden.imagedef import ImageDefinition
-from harden.results import RuleResult, VerifyReport, rfc3339
+from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
+from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
 from verifiers.runner import verify
 
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
@@ -268,18 +270,12 @@ def _copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _write_manifest(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _previous(template: Path) -> TemplateManifest | None:
+    """The record of the last build of ``template``; an unreadable one means: build again."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read_manifest(template)
+    except InputError:
+        return None
 
 
 def build_vm(
@@ -298,7 +294,6 @@ def build_vm(
     src = doc.vm
     out_dir = (out_dir or templates_dir()).absolute()
     out = out_dir / f"{doc.name}.qcow2"
-    manifest_path = out_dir / "manifest.json"
     base = VmImage(
         disk=Path(src.disk).absolute(),
         kernel=Path(src.kernel) if src.kernel else None,
@@ -318,12 +313,13 @@ def build_vm(
     progress(f"hashing the base {base.disk}")
     base_sha = sha256_file(base.disk)
     key = build_key(base_sha, baseline, defn)
-    previous = _read_manifest(manifest_path)
+    previous = _previous(out)
     if (
         not force
         and out.is_file()
-        and previous.get("inputs_key") == key
-        and previous.get("name") == doc.name
+        and previous is not None
+        and previous.inputs_key == key
+        and previous.name == doc.name
     ):
         progress(
             f"inputs unchanged (base {base_sha[:19]}, baseline {baseline.digest[:19]}): "
@@ -332,9 +328,9 @@ def build_vm(
         digest = sha256_file(out)
         boot = VmImage(
             disk=out,
-            kernel=Path(previous["kernel"]) if previous.get("kernel") else base.kernel,
-            initrd=Path(previous["initrd"]) if previous.get("initrd") else base.initrd,
-            append=str(previous.get("append", base.append)),
+            kernel=previous.kernel or base.kernel,
+            initrd=previous.initrd or base.initrd,
+            append=previous.append or base.append,
         )
         report = verify_clone(
             out,
@@ -430,24 +426,23 @@ def build_vm(
             initrd = out_dir / f"{doc.name}.initrd.img"
             _copy(base.initrd, initrd)
         os.replace(staging, out)
-        _write_manifest(
-            manifest_path,
-            {
-                "schema_version": 1,
-                "name": doc.name,
-                "base": str(out),
-                "template_sha256": digest,
-                "kernel": str(kernel) if kernel else None,
-                "initrd": str(initrd) if initrd else None,
-                "append": base.append,
-                "build_key": str(ssh_key) if ssh_key else None,
-                "ssh_user": src.ssh_user,
-                "source": {"disk": str(base.disk), "sha256": base_sha},
-                "baseline": report.baseline.to_json(),
-                "compliant": report.compliant,
-                "inputs_key": key,
-                "created": rfc3339(started),
-            },
+        write_manifest(
+            TemplateManifest(
+                name=doc.name,
+                template=out,
+                template_sha256=digest,
+                created=started,
+                inputs_key=key,
+                source_disk=str(base.disk),
+                source_sha256=base_sha,
+                compliant=report.compliant,
+                kernel=kernel,
+                initrd=initrd,
+                append=base.append,
+                build_key=ssh_key,
+                ssh_user=src.ssh_user,
+                baseline=report.baseline.to_json(),
+            )
         )
     finally:
         staging.unlink(missing_ok=True)

@@ -7,28 +7,24 @@ A template made of a whole-disk filesystem boots with a kernel and initrd: they 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from builder.qemu import DEFAULT_APPEND, VmImage
+from harden.baseline.resolve import ResolvedBaseline
+from harden.clock import Clock
 from harden.errors import TargetError, UsageError
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+from harden.files import sha256_file
+from harden.results import VerifyReport
+from harden.vm_manifest import manifest_path
 
 
 def image_for(disk: Path) -> tuple[VmImage, Path | None]:
     """The boot description of ``disk`` and the SSH key recorded beside it (if any)."""
     folder = disk.parent
-    manifest = folder / "manifest.json"
+    manifest = manifest_path(disk) if manifest_path(disk).is_file() else folder / "manifest.json"
     kernel = initrd = key = None
     append = DEFAULT_APPEND
     if manifest.is_file():
@@ -50,12 +46,12 @@ def image_for(disk: Path) -> tuple[VmImage, Path | None]:
 
 def verify_template(
     path: Path,
-    baseline: Any,
-    clock: Any,
+    baseline: ResolvedBaseline,
+    clock: Clock,
     *,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
-) -> Any:
+) -> VerifyReport:
     """Boot a throwaway clone of the template ``path`` and verify it.
 
     The clone sees the template itself as a read-only second disk, so the ``template.*`` hygiene

@@ -27,11 +27,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from harden import imagedef
 from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import (
@@ -40,13 +41,17 @@ from harden.attest.predicates import (
     SLSA_PROVENANCE,
     TEST_RESULT,
 )
+from harden.attest.verification import newest_compliance
 from harden.audit import GENESIS, AuditEntry, AuditLog, AuditLogCorrupt
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import Clock, parse_utc
 from harden.errors import AttestationError, HardenError, InputError
-from harden.imagedef import ImageDefinition, load_definition
+from harden.imagedef import ImageDefinition
 from harden.report.formats import clean, clean_line
 from harden.results import rfc3339
+
+if TYPE_CHECKING:
+    from harden.oci.client import RegistryClient
 
 __all__ = [
     "DEFAULT_FOCUS",
@@ -116,15 +121,7 @@ def parse_control(text: str) -> tuple[str | None, str]:
 
 def load_definitions(directory: Path) -> list[ImageDefinition]:
     """Every image definition (``*.yaml``/``*.yml``) in ``directory``, sorted by file name."""
-    if not directory.is_dir():
-        raise InputError(
-            f"{directory} is not a directory of image definitions",
-            hint="pass the folder with the images/*.yaml files (default: images/)",
-        )
-    paths = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
-    if not paths:
-        raise InputError(f"no image definitions (*.yaml) in {directory}")
-    return [load_definition(p) for p in paths]
+    return imagedef.load_definitions(directory, require_some=True)
 
 
 @dataclass(frozen=True)
@@ -153,8 +150,9 @@ class RegistryView(Protocol):
 class OciRegistryView:
     """:class:`RegistryView` over harden's OCI client (one client per registry host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_factory: Callable[[str], RegistryClient] | None = None) -> None:
         self._clients: dict[str, Any] = {}
+        self._factory = client_factory  # registry host -> client; default: docker config
 
     def facts(self, reference: str) -> ImageFacts:
         from harden.attest.store import fetch_envelopes
@@ -163,7 +161,9 @@ class OciRegistryView:
         ref = parse_reference(reference)
         client = self._clients.get(ref.registry)
         if client is None:
-            client = self._clients[ref.registry] = RegistryClient.for_reference(ref)
+            client = self._clients[ref.registry] = (
+                self._factory(ref.registry) if self._factory else RegistryClient.for_reference(ref)
+            )
         target = ref.digest or ref.tag or "latest"
         head = client.head_manifest(ref.repository, target)
         if head is None:
@@ -172,19 +172,10 @@ class OciRegistryView:
         return ImageFacts(
             head.digest,
             Fetched(
-                tuple((_referrer(label), env) for label, env in fetched.envelopes),
-                tuple(_problem(p) for p in fetched.problems),
+                tuple((i.referrer, i.envelope) for i in fetched.items),
+                tuple((p.referrer, p.message) for p in fetched.unreadable),
             ),
         )
-
-
-def _referrer(label: str) -> str:
-    return label.removeprefix("referrer ").strip()
-
-
-def _problem(text: str) -> tuple[str, str]:
-    label, _, why = text.partition(": ")
-    return _referrer(label), why or text
 
 
 @dataclass(frozen=True)
@@ -544,19 +535,11 @@ def _check(referrer: str, envelope: bytes, trusted: Sequence[PublicKey], digest:
 
 def _signed_result(verified: Sequence[tuple[str, Any]]) -> SignedResult | None:
     """The newest verified compliance statement, joined with a test-result by the same key."""
-    best: tuple[dt.datetime, str, Any, Any] | None = None
-    for referrer, v in verified:
-        if v.statement.predicateType != HARDEN_COMPLIANCE:
-            continue
-        try:
-            c = v.statement.compliance()
-        except AttestationError:
-            continue
-        if best is None or c.verifiedAt > best[0]:
-            best = (c.verifiedAt, referrer, v, c)
-    if best is None:
+    newest, _ = newest_compliance(v for _, v in verified)
+    if newest is None:
         return None
-    _, referrer, v, c = best
+    v, c = newest
+    referrer = next(r for r, x in verified if x is v)
     test: tuple[str, Any] | None = None
     for ref2, v2 in verified:
         if v2.statement.predicateType != TEST_RESULT:

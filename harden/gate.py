@@ -26,6 +26,7 @@ from harden.attest.predicates import (
     TEST_RESULT,
     ComplianceV1,
 )
+from harden.attest.verification import newest_compliance
 from harden.errors import AttestationError, UsageError
 from harden.results import rfc3339
 
@@ -90,17 +91,8 @@ class Policy(Protocol):
 
 def latest_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:
     """The newest valid compliance predicate for the subject and the problems found on the way."""
-    problems: list[str] = []
-    best: ComplianceV1 | None = None
-    for s in ev.for_subject(HARDEN_COMPLIANCE):
-        try:
-            c = s.statement.compliance()
-        except AttestationError as e:
-            problems.append(f"compliance attestation signed by {s.keyid[:12]}: {e.message}")
-            continue
-        if best is None or c.verifiedAt > best.verifiedAt:
-            best = c
-    return best, problems
+    newest, problems = newest_compliance(ev.for_subject(HARDEN_COMPLIANCE))
+    return (newest[1] if newest else None), problems
 
 
 def _need_compliance(ev: Evidence) -> tuple[ComplianceV1 | None, list[str]]:

@@ -40,7 +40,7 @@ from harden.baseline.resolve import (
     raise_validation,
     resolve,
 )
-from harden.errors import ImageDefinitionError
+from harden.errors import ImageDefinitionError, InputError
 from harden.yamlio import LineMap, load_file
 
 ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-_:/@]*$", max_length=255)]
@@ -124,6 +124,29 @@ class ImageDefinition:
 
     def resolve_baseline(self, catalogue: Catalogue) -> ResolvedBaseline:
         return resolve(catalogue, self.doc.baseline.id, self.overrides())
+
+
+def load_definitions(directory: Path, *, require_some: bool = False) -> list[ImageDefinition]:
+    """Every image definition (``*.yaml``/``*.yml``) in ``directory``, sorted by file name.
+
+    The one loader of a directory of definitions (status, rebuild, plan, revoke, evidence): not
+    a directory, two files defining the same name, and - with ``require_some`` - no file at all
+    are invalid input (exit 3)."""
+    if not directory.is_dir():
+        raise InputError(
+            f"{directory} is not a directory of image definitions",
+            hint="pass the folder with the images/*.yaml files (default: images/)",
+        )
+    paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not paths and require_some:
+        raise InputError(f"no image definitions (*.yaml) in {directory}")
+    defs = [load_definition(p) for p in paths]
+    names: dict[str, Path] = {}
+    for d in defs:
+        if d.name in names:
+            raise InputError(f"{d.path} and {names[d.name]} both define {d.name}")
+        names[d.name] = d.path
+    return defs
 
 
 def load_definition(path: Path) -> ImageDefinition:

@@ -31,13 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harden import labels
 from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import _utc_timestamp
-from harden.attest.store import list_attestations
+from harden.attest.store import (
+    AttestationProblem,
+    FetchedEnvelope,
+    FetchedEnvelopes,
+    ProblemKind,
+    list_attestations,
+)
 from harden.baseline.resolve import Catalogue
 from harden.clock import Clock
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
+from harden.files import sha256_file
 from harden.gate import gather_evidence, latest_compliance
 from harden.imagedef import ImageDefinition
 from harden.lifecycle import ImageFacts, Revocation, Verification
@@ -55,9 +63,9 @@ __all__ = [
 ]
 
 DEFAULT_JOBS = 8
-LABEL_CREATED = "org.opencontainers.image.created"
-LABEL_BASE_DIGEST = "org.opencontainers.image.base.digest"
-LABEL_BASELINE_DIGEST = "dev.harden.baseline.digest"
+LABEL_CREATED = labels.CREATED
+LABEL_BASE_DIGEST = labels.BASE_DIGEST
+LABEL_BASELINE_DIGEST = labels.BASELINE_DIGEST
 MAX_CONFIG_BYTES = 4 << 20
 
 ClientFactory = Callable[[str], RegistryClient]
@@ -377,7 +385,8 @@ class Inventory:
             recorded_base_digest=labels.get(LABEL_BASE_DIGEST),
             recorded_baseline_digest=labels.get(LABEL_BASELINE_DIGEST),
         )
-        envelopes, problems = self._envelopes(client, dest.repository, digest)
+        fetched = self._envelopes(client, dest.repository, digest)
+        envelopes, problems = fetched.envelopes, fetched.problems
         if not self.trusted:
             problems = ["no trusted key given (--key): attestations cannot be verified", *problems]
             return _replace(facts, attestation_problems=tuple(problems))
@@ -435,14 +444,12 @@ class Inventory:
                 out.setdefault(str(k), str(v))
         return out
 
-    def _envelopes(
-        self, client: RegistryClient, repo: str, digest: str
-    ) -> tuple[list[tuple[str, bytes]], list[str]]:
+    def _envelopes(self, client: RegistryClient, repo: str, digest: str) -> FetchedEnvelopes:
         """Like :func:`harden.attest.store.fetch_envelopes`, through the cache."""
-        envelopes: list[tuple[str, bytes]] = []
-        problems: list[str] = []
-        for referrer in list_attestations(client, repo, digest):
-            label = f"referrer {referrer.digest}"
+        referrers = list_attestations(client, repo, digest)
+        items: list[FetchedEnvelope] = []
+        problems: list[AttestationProblem] = []
+        for referrer in referrers:
             try:
                 layers = self._manifest_json(client, repo, referrer.digest).get("layers") or []
                 if len(layers) != 1 or not isinstance(layers[0], dict):
@@ -453,12 +460,13 @@ class Inventory:
                 blob = self._blob(
                     client, repo, str(layers[0].get("digest")), dsse.MAX_ENVELOPE_BYTES
                 )
-                envelopes.append((label, blob))
+                items.append(FetchedEnvelope(referrer.digest, blob))
             except RegistryError:
                 raise
             except (HardenError, ValueError) as e:
-                problems.append(f"{label}: {getattr(e, 'message', str(e))}")
-        return envelopes, problems
+                why = getattr(e, "message", str(e))
+                problems.append(AttestationProblem(referrer.digest, ProblemKind.UNREADABLE, why))
+        return FetchedEnvelopes(tuple(items), tuple(problems), tuple(referrers))
 
     def resolve_digest(self, ref_text: str) -> tuple[Reference, str]:
         """The digest a reference names now (RegistryNotFound when nothing is there)."""
@@ -480,16 +488,12 @@ def _base_of(defn: ImageDefinition) -> str | None:
 
 def _disk_digest(path: Path) -> str | HardenError:
     """sha256 of a VM base disk now (the VM counterpart of asking a registry for a base tag)."""
-    h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except FileNotFoundError:
         return RegistryNotFound(f"base disk {path} does not exist")
     except OSError as e:
         return InputError(f"base disk {path}: {e.strerror or e}")
-    return "sha256:" + h.hexdigest()
 
 
 def _replace(facts: ImageFacts, **changes: Any) -> ImageFacts:

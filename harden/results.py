@@ -16,6 +16,11 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 
+def compliance_word(compliant: bool) -> str:
+    """The one wording of a verification outcome (audit entries, tables, JSON summaries)."""
+    return "compliant" if compliant else "not compliant"
+
+
 class Status(StrEnum):
     PASSED = "passed"
     FAILED = "failed"

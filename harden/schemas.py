@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harden.baseline.model import json_schema
-from harden.cli.common import write_atomic
+from harden.files import write_atomic
 
 BASELINE_SCHEMA_NAME = "baseline.schema.json"
 

@@ -17,14 +17,14 @@ last (:func:`tag`), after the attestations are attached.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harden import labels
 from harden.baseline.resolve import ResolvedBaseline
+from harden.files import sha256_file, write_atomic
 from harden.oci.client import RegistryClient
 from harden.oci.model import (
     CREATED_ANNOTATION,
@@ -56,12 +56,12 @@ ARTIFACT_TYPE = "application/vnd.harden.vm-template.v1"
 QCOW2_MEDIA_TYPE = "application/vnd.harden.qcow2"
 KERNEL_MEDIA_TYPE = "application/vnd.harden.vm.kernel"
 INITRD_MEDIA_TYPE = "application/vnd.harden.vm.initrd"
-TITLE_ANNOTATION = "org.opencontainers.image.title"
-BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
-BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
-BASELINE_ID_ANNOTATION = "dev.harden.baseline.id"
-BASELINE_VERSION_ANNOTATION = "dev.harden.baseline.version"
-BASELINE_DIGEST_ANNOTATION = "dev.harden.baseline.digest"
+TITLE_ANNOTATION = labels.TITLE
+BASE_NAME_ANNOTATION = labels.BASE_NAME
+BASE_DIGEST_ANNOTATION = labels.BASE_DIGEST
+BASELINE_ID_ANNOTATION = labels.BASELINE_ID
+BASELINE_VERSION_ANNOTATION = labels.BASELINE_VERSION
+BASELINE_DIGEST_ANNOTATION = labels.BASELINE_DIGEST
 ATTESTATIONS_SUFFIX = ".attestations.json"
 _READ_CHUNK = 1 << 20
 
@@ -76,18 +76,10 @@ class VmArtifact:
         return Descriptor(OCI_MANIFEST, self.digest, len(self.manifest), ARTIFACT_TYPE)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_READ_CHUNK), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def _layer(path: Path, media_type: str, digest: str | None = None) -> tuple[Descriptor, Path]:
     desc = Descriptor(
         media_type,
-        digest or _sha256(path),
+        digest or sha256_file(path),
         path.stat().st_size,
         annotations={TITLE_ANNOTATION: path.name},
     )
@@ -163,7 +155,5 @@ def write_attestations(template: Path, envelopes: Sequence[bytes]) -> Path:
     """The DSSE envelopes as a JSON list beside the template, written atomically."""
     path = attestations_path(template)
     docs = [json.loads(e) for e in envelopes]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(docs, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(docs, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return path

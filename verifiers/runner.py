@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -71,7 +72,7 @@ def evaluate_rules(
     facts: Facts,
     kind: TargetKind,
     image_config: Mapping[str, Any] | None,
-    now_date: Any,
+    now_date: dt.date,
 ) -> tuple[RuleResult, ...]:
     family, version = platform_of(facts)
     if not any(p.admits(family, version) for p in baseline.platforms):
@@ -108,7 +109,7 @@ def evaluate_rules(
 
 
 def _with_waiver(
-    baseline: ResolvedBaseline, rule: Rule, outcome: Outcome, today: Any, common: dict[str, Any]
+    baseline: ResolvedBaseline, rule: Rule, outcome: Outcome, today: dt.date, common: dict[str, Any]
 ) -> RuleResult:
     waiver = baseline.waivers.get(rule.id)
     if outcome.not_applicable is not None and waiver is None:
@@ -168,7 +169,7 @@ def report_from_facts(
     image_config: Mapping[str, Any] | None,
     clock: Clock,
     *,
-    started: Any,
+    started: dt.datetime,
     image: str,
     digest: str | None,
     facts_seconds: float = 0.0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from harden.attest import dsse
@@ -44,7 +45,10 @@ from harden.results import VerifyReport, rfc3339
 
 __all__ = [
     "GENERIC_ARTIFACT_TYPE",
+    "AttestationProblem",
+    "FetchedEnvelope",
     "FetchedEnvelopes",
+    "ProblemKind",
     "SignedStatement",
     "attach",
     "attach_all",
@@ -116,11 +120,52 @@ def list_attestations(client: RegistryClient, repository: str, digest: str) -> l
     return [d for d in list_referrers(client, repository, digest) if is_attestation(d)]
 
 
+class ProblemKind(StrEnum):
+    """Why an attestation referrer did not count."""
+
+    UNREADABLE = "unreadable"  # could not be read: digest mismatch, oversized, not one layer
+    UNVERIFIED = "unverified"  # no trusted signature, or a malformed envelope or statement
+    OTHER_SUBJECT = "other-subject"  # signed by a trusted key, but for another image
+
+
+@dataclass(frozen=True)
+class AttestationProblem:
+    """One attestation referrer that did not count, and why (typed, never a parsed string)."""
+
+    referrer: str  # the referrer manifest's digest
+    kind: ProblemKind
+    message: str
+    predicate_type: str | None = None  # known only once the signature verified
+
+    def __str__(self) -> str:
+        return f"referrer {self.referrer}: {self.message}"
+
+
+@dataclass(frozen=True)
+class FetchedEnvelope:
+    referrer: str  # the referrer manifest's digest
+    envelope: bytes
+
+    @property
+    def label(self) -> str:
+        return f"referrer {self.referrer}"
+
+
 @dataclass(frozen=True)
 class FetchedEnvelopes:
-    envelopes: list[tuple[str, bytes]]  # (label = referrer digest, envelope bytes)
-    problems: list[str]  # "<referrer digest>: why it could not be read"
-    referrers: list[Descriptor]
+    items: tuple[FetchedEnvelope, ...]
+    unreadable: tuple[AttestationProblem, ...]
+    referrers: tuple[Descriptor, ...]
+
+    @property
+    def envelopes(self) -> list[tuple[str, bytes]]:
+        """``(label, envelope bytes)`` pairs, label = ``"referrer <digest>"`` (for the gate)."""
+        return [(i.label, i.envelope) for i in self.items]
+
+    @property
+    def problems(self) -> list[str]:
+        """The unreadable referrers as ``"referrer <digest>: why"`` lines (for messages)."""
+        return [str(p) for p in self.unreadable]
 
 
 def _layer(client: RegistryClient, repository: str, referrer: Descriptor) -> Descriptor:
@@ -147,22 +192,22 @@ def fetch_envelopes(
     labelled with the referrer's digest; an unreachable registry raises RegistryError.
     """
     referrers = list_attestations(client, repository, digest)
-    envelopes: list[tuple[str, bytes]] = []
-    problems: list[str] = []
+    items: list[FetchedEnvelope] = []
+    problems: list[AttestationProblem] = []
     for referrer in referrers:
-        label = f"referrer {referrer.digest}"
         try:
             layer = _layer(client, repository, referrer)
             if layer.size > max_bytes:
                 raise InputError(
                     f"envelope is {layer.size} bytes, more than the limit of {max_bytes}"
                 )
-            envelopes.append((label, client.get_blob(repository, layer.digest, max_bytes)))
+            blob = client.get_blob(repository, layer.digest, max_bytes)
+            items.append(FetchedEnvelope(referrer.digest, blob))
         except RegistryError:
             raise
         except HardenError as e:  # DigestMismatch, InputError: bad content, not a broken registry
-            problems.append(f"{label}: {e.message}")
-    return FetchedEnvelopes(envelopes, problems, referrers)
+            problems.append(AttestationProblem(referrer.digest, ProblemKind.UNREADABLE, e.message))
+    return FetchedEnvelopes(tuple(items), tuple(problems), tuple(referrers))
 
 
 def sign_statements(

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, plain_table, progress
-from harden.clock import SystemClock
-from harden.publish import attach_signed, build_info, sign_for_report
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    compliance_state,
+    context,
+    dump_json,
+    emit,
+    load_signer_from_uri,
+    load_trusted,
+    plain_table,
+    progress,
+)
+from harden.errors import ExitCode
 
 if TYPE_CHECKING:
-    from harden.attest.keys import Signer
-
-DEFAULT_VALIDITY = dt.timedelta(days=30)
-LABEL_BASE_NAME = "org.opencontainers.image.base.name"
-LABEL_BASE_DIGEST = "org.opencontainers.image.base.digest"
-
-
-def load_signer_from_uri(uri: str) -> Signer:
-    """The signer for ``--key URI``; the password from $HARDEN_KEY_PASSWORD or a prompt."""
-    from harden.attest import keys
-
-    def prompt() -> str:
-        value: str = click.prompt("Key password", hide_input=True, err=True)
-        return value
-
-    return keys.load_signer(uri, keys.password_from_env_or_prompt(prompt))
+    from harden.attest.predicates import Statement
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -63,78 +57,23 @@ def attest(
     with --definition. The image itself is never rewritten. Exit 0 attached (whatever the
     verification found: a FAILED result is attested too), 3 bad input, 4 registry/key problems.
     """
-    from harden.audit import AuditAction, AuditLog
-    from harden.baseline.resolve import resolve as resolve_baseline
+    from harden.app.attest import attest as run_attest
     from harden.imagedef import load_definition, parse_duration
-    from harden.oci import RegistryClient, parse_reference, resolve
-    from verifiers.refs import DEFAULT_BASELINE, OPENERS
-    from verifiers.runner import verify
 
     signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
     defn = load_definition(definition) if definition else None
-    validity = (
-        parse_duration(valid_for) if valid_for else defn.max_age if defn else DEFAULT_VALIDITY
-    )
-    cat = catalogue(baseline_dirs)
-    reference = parse_reference(ref)
-    client = RegistryClient.for_reference(reference)
-    manifest = resolve(client, reference)
-    digest = manifest.digest
-    pinned = f"{reference.registry}/{reference.repository}@{digest}"
-    clock = SystemClock()
-    progress(f"verifying {pinned}")
-    with OPENERS["docker-image"](pinned) as opened:
-        if defn is not None:
-            baseline = defn.resolve_baseline(cat)
-        else:
-            bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
-            baseline = resolve_baseline(cat, bid)
-        labels = (opened.target.image_config() or {}).get("Labels") or {}
-        report = verify(opened.target, baseline, clock, image=pinned, digest=digest)
-    build = None
-    if defn is not None:
-        from harden.attest.statements import BUILD_TYPE_CONTAINER
-
-        base_name = str(labels.get(LABEL_BASE_NAME) or defn.doc.base or "")
-        base_digest = str(labels.get(LABEL_BASE_DIGEST) or "")
-        if base_name and base_digest.startswith("sha256:"):
-            build = build_info(
-                build_type=BUILD_TYPE_CONTAINER,
-                definition={"name": defn.name, "path": str(definition), "sha256": defn.sha256},
-                base_name=base_name,
-                base_digest=base_digest,
-                baseline=baseline,
-                started=report.started_at,
-                finished=report.finished_at,
-            )
-        else:
-            progress("no provenance: the image carries no org.opencontainers.image.base.* labels")
-    else:
-        progress("no provenance signed (pass --definition for SLSA provenance)")
-    signed = sign_for_report(
-        report,
-        f"{reference.registry}/{reference.repository}",
-        digest,
-        signer,
-        verified_at=report.finished_at,
-        validity=validity,
-        waivers=baseline.waivers,
-        build=build,
-    )
-    attached = attach_signed(client, reference.repository, manifest.descriptor(), signed, clock)
-    AuditLog.default(clock).append(
-        AuditAction.ATTEST,
+    validity = parse_duration(valid_for) if valid_for else None
+    done = run_attest(
         ref,
-        digest,
-        "compliant" if report.compliant else "not compliant",
-        {"referrers": [d.digest for d in attached], "baseline": baseline.id},
+        signer,
+        catalogue(baseline_dirs),
+        context(),
+        definition=defn,
+        baseline_id=baseline_id,
+        validity=validity,
     )
-    rows = [
-        [d.digest, s.predicate_type, "compliant" if report.compliant else "NOT compliant"]
-        for d, s in zip(attached, signed, strict=True)
-    ]
-    emit(_table(rows), None)
-    progress(f"attached {len(attached)} attestation(s) to {pinned}")
+    state = compliance_state(done.compliant)
+    emit(_table([[a.referrer, a.predicate_type, state] for a in done.attached]), None)
 
 
 @click.group()
@@ -149,15 +88,12 @@ def attestation() -> None:
 )
 def list_cmd(ref: str, fmt: str) -> None:
     """List the attestation referrers of REF (nothing is verified; see `verify`)."""
+    from harden.app.attest import list_attestations
     from harden.attest.statements import PREDICATE_TYPE_ANNOTATION
-    from harden.attest.store import list_attestations
-    from harden.oci import RegistryClient, parse_reference, resolve
-    from harden.oci.model import CREATED_ANNOTATION
+    from harden.labels import CREATED
 
-    reference = parse_reference(ref)
-    client = RegistryClient.for_reference(reference)
-    digest = resolve(client, reference).digest
-    found = list_attestations(client, reference.repository, digest)
+    listed = list_attestations(ref, context())
+    digest, found = listed.digest, listed.referrers
     if fmt == "json":
         doc = {
             "schema_version": 1,
@@ -172,7 +108,7 @@ def list_cmd(ref: str, fmt: str) -> None:
             d.digest,
             d.artifact_type or "",
             d.annotations.get(PREDICATE_TYPE_ANNOTATION, ""),
-            d.annotations.get(CREATED_ANNOTATION, ""),
+            d.annotations.get(CREATED, ""),
         ]
         for d in found
     ]
@@ -183,7 +119,7 @@ def list_cmd(ref: str, fmt: str) -> None:
     progress(f"{len(found)} attestation(s) refer to {digest}")
 
 
-def _summary(statement: Any) -> str:
+def _summary(statement: Statement) -> str:
     from harden.attest.predicates import (
         HARDEN_COMPLIANCE,
         HARDEN_REVOCATION,
@@ -197,7 +133,7 @@ def _summary(statement: Any) -> str:
     try:
         if kind == HARDEN_COMPLIANCE:
             c = statement.compliance()
-            state = "compliant" if c.compliant else "NOT compliant"
+            state = compliance_state(c.compliant)
             return f"{state}, verified {rfc3339(c.verifiedAt)}, valid until {rfc3339(c.validUntil)}"
         if kind == TEST_RESULT:
             t = statement.test_result()
@@ -233,48 +169,29 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
     Prints each attestation's predicate type and result. Exit 0 when at least one attestation
     for REF's digest verifies, 1 when none does, 4 for registry or key problems.
     """
-    from harden.attest.dsse import verify
-    from harden.attest.keys import load_public_key
-    from harden.attest.store import fetch_envelopes
-    from harden.errors import AttestationError
-    from harden.oci import RegistryClient, parse_reference, resolve
+    from harden.app.attest import verify_attestations
 
-    trusted = [load_public_key(k) for k in keys]
-    reference = parse_reference(ref)
-    client = RegistryClient.for_reference(reference)
-    digest = resolve(client, reference).digest
-    fetched = fetch_envelopes(client, reference.repository, digest)
+    checked = verify_attestations(ref, load_trusted(keys), context())
+    digest = checked.digest
     rows: list[dict[str, Any]] = []
-    for label, envelope in fetched.envelopes:
-        referrer = label.removeprefix("referrer ")
-        try:
-            v = verify(envelope, trusted)
-        except AttestationError as e:
-            rows.append({"referrer": referrer, "verified": False, "error": e.message})
-            continue
-        if not v.statement.matches(digest):
+    for a in checked.attestations:
+        if a.verified is not None:
             rows.append(
                 {
-                    "referrer": referrer,
-                    "verified": False,
-                    "predicate_type": v.statement.predicateType,
-                    "error": "signed, but for another image: "
-                    + ", ".join(sorted(v.statement.subject_digests)),
+                    "referrer": a.referrer,
+                    "verified": True,
+                    "keyid": a.verified.keyid,
+                    "predicate_type": a.verified.statement.predicateType,
+                    "result": _summary(a.verified.statement),
                 }
             )
             continue
-        rows.append(
-            {
-                "referrer": referrer,
-                "verified": True,
-                "keyid": v.keyid,
-                "predicate_type": v.statement.predicateType,
-                "result": _summary(v.statement),
-            }
-        )
-    for problem in fetched.problems:
-        referrer, _, why = problem.removeprefix("referrer ").partition(": ")
-        rows.append({"referrer": referrer, "verified": False, "error": why})
+        assert a.problem is not None
+        row: dict[str, Any] = {"referrer": a.referrer, "verified": False}
+        if a.problem.predicate_type is not None:
+            row["predicate_type"] = a.problem.predicate_type
+        row["error"] = a.problem.message
+        rows.append(row)
     ok = sum(1 for r in rows if r["verified"])
     if fmt == "json":
         emit(
@@ -301,4 +218,4 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
         emit(_table(table), None)
     progress(f"{ok} of {len(rows)} attestation(s) of {digest} verified")
     if ok == 0:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(int(ExitCode.POLICY))

@@ -8,15 +8,15 @@ from pathlib import Path
 import click
 
 from harden.audit import GENESIS, AuditLog
-from harden.cli.common import dump_json, emit, output_option, plain_table, progress
-from harden.clock import SystemClock, parse_utc
+from harden.cli.common import context, dump_json, emit, output_option, plain_table, progress
+from harden.clock import parse_utc
 from harden.errors import ExitCode, UsageError
 from harden.report.formats import clean_line
 from harden.results import rfc3339
 
 
 def _log() -> AuditLog:
-    return AuditLog.default(SystemClock())
+    return context().audit
 
 
 def _parse_since(text: str) -> dt.datetime:

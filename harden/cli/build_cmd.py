@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, output_option, progress
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    context,
+    dump_json,
+    emit,
+    load_signer_from_uri,
+    output_option,
+    progress,
+)
 from harden.cli.output import render_report
-from harden.clock import SystemClock
+from harden.errors import ExitCode
 from harden.imagedef import load_definition
 
 
@@ -56,134 +64,29 @@ def build(
     instead and pushes it as an OCI artifact (docs/vm-templates.md). Exit 0 compliant,
     1 not compliant, 3 bad definition or baseline, 4 engine or registry problems.
     """
-    from builder.container_build import build_container
-    from builder.docker_engine import Engine
+    from harden.app.build import build as run_build
 
     defn = load_definition(definition)
-    signer = None
-    if key_uri is not None:
-        from harden.cli.attest_cmd import load_signer_from_uri
-
-        signer = load_signer_from_uri(key_uri)  # a bad key fails before the build
-    cat = catalogue(baseline_dirs)
-    if defn.doc.target.value == "vm":
-        _build_vm_template(defn, cat, force, allow_noncompliant, no_push, fmt, output, signer)
-        return
-    engine = Engine.connect()
-    result = build_container(
+    signer = load_signer_from_uri(key_uri) if key_uri is not None else None  # fails first
+    built = run_build(
         defn,
-        cat,
-        engine,
-        SystemClock(),
+        catalogue(baseline_dirs),
+        context(),
+        signer=signer,
         force=force,
         allow_noncompliant=allow_noncompliant,
         push=not no_push,
-        progress=progress,
     )
     if fmt == "json":
-        emit(dump_json(result.to_json()), output)
+        emit(dump_json(built.to_json()), output)
     else:
-        render_report(result.report, fmt, output)
-    _audit_build(
-        result.reference,
-        result.digest,
-        result.compliant,
-        {
-            "definition": str(definition),
-            "base": {"name": result.base_name, "digest": result.base_digest},
-            "baseline": result.report.baseline.to_json(),
-            "reused": result.reused,
-            "pushed": result.pushed,
-        },
-    )
-    state = "compliant" if result.compliant else "NOT compliant"
-    where = f"{result.reference}@{result.digest}" if result.digest else result.reference
-    progress(
-        f"{'reused' if result.reused else 'built'} {where}: {state}"
-        + ("" if result.pushed or no_push else " (not pushed)")
-    )
-    if signer is not None and result.digest is not None:
-        _attest_build(result, defn, definition, signer)
-    elif signer is not None:
-        progress("nothing attested: the image was not pushed")
-    if not result.compliant:
-        raise click.exceptions.Exit(1)
-
-
-def _audit_build(image: str, digest: str | None, compliant: bool, details: dict[str, Any]) -> None:
-    """The build decision in the audit log (the history `harden evidence` shows)."""
-    from harden.audit import AuditAction, AuditLog
-
-    outcome = "compliant" if compliant else "non-compliant"
-    AuditLog.default(SystemClock()).append(AuditAction.BUILD, image, digest, outcome, details)
-
-
-def _attest_build(result: Any, defn: Any, definition: Path, signer: Any) -> None:
-    """Sign and attach the three statements; a failure says the image is NOT promotable."""
-    from harden.errors import HardenError
-    from harden.publish import attach_build_attestations
-
-    try:
-        attached = attach_build_attestations(result, defn, definition, signer, SystemClock())
-    except HardenError as e:
-        progress(e.diagnostics())
+        render_report(built.report, fmt, output)
+    if built.attestation_error is not None:
+        progress(built.attestation_error.diagnostics())
         progress(
-            f"error: {result.reference}@{result.digest} is pushed but has no attestations: "
+            f"error: {built.where} is pushed but has no attestations: "
             "it is NOT promotable; run `harden attest` or the build again"
         )
-        raise click.exceptions.Exit(4) from e
-    progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
-
-
-def _build_vm_template(
-    defn: Any,
-    cat: Any,
-    force: bool,
-    allow_noncompliant: bool,
-    no_push: bool,
-    fmt: str,
-    output: Path | None,
-    signer: Any,
-) -> None:
-    """A vm definition: build and seal a qcow2 template (builder/vm_build.py); with --key sign
-    it (envelopes beside the file), with a destination push it as an OCI artifact."""
-    from builder.vm_build import build_vm
-    from harden.publish import publish_vm
-
-    clock = SystemClock()
-    result = build_vm(
-        defn,
-        cat,
-        clock,
-        force=force,
-        allow_noncompliant=allow_noncompliant,
-        progress=progress,
-    )
-    if fmt == "json":
-        emit(dump_json(result.to_json()), output)
-    else:
-        render_report(result.report, fmt, output)
-    destination = defn.doc.destination if result.written and not no_push else None
-    pushed: str | None = None
-    if result.written and (signer is not None or destination):
-        pushed = publish_vm(result, defn, signer, destination, clock=clock, progress=progress)
-    _audit_build(
-        destination or str(result.path),
-        pushed or result.sha256,
-        result.compliant,
-        {
-            "definition": str(defn.path),
-            "template": str(result.path),
-            "template_sha256": result.sha256,
-            "base": {"name": result.base_disk, "digest": result.base_sha256},
-            "baseline": result.report.baseline.to_json(),
-            "reused": result.reused,
-            "pushed": pushed is not None,
-            "written": result.written,
-        },
-    )
-    state = "compliant" if result.compliant else "NOT compliant"
-    what = "reused" if result.reused else "built" if result.written else "not written"
-    progress(f"{what} {result.path} ({result.sha256}): {state}")
-    if not result.compliant:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(int(ExitCode.ENVIRONMENT))
+    if not built.compliant:
+        raise click.exceptions.Exit(int(ExitCode.POLICY))

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from harden.baseline.resolve import Catalogue
+from harden.files import write_atomic
+
+if TYPE_CHECKING:
+    from harden.app.context import Context
+    from harden.attest.keys import PublicKey, Signer
+
+DEFAULT_DIR = Path("images")  # where status, rebuild, plan, revoke and evidence look
 
 baselines_option = click.option(
     "--baselines",
@@ -60,21 +65,6 @@ def emit(text: str, output: Path | None) -> None:
     write_atomic(output, text.encode())
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
 
@@ -96,3 +86,34 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def progress(message: str) -> None:
     """Human progress goes to stderr."""
     click.echo(message, err=True)
+
+
+def context() -> Context:
+    """The use cases' collaborators for this command: $HARDEN_NOW or the system clock, the
+    audit log under $HARDEN_HOME, registry clients with docker config credentials, progress on
+    stderr."""
+    from harden.app.context import Context
+
+    return Context.from_environment(progress)
+
+
+def load_signer_from_uri(uri: str) -> Signer:
+    """The signer for ``--key URI``; the password from $HARDEN_KEY_PASSWORD or a prompt."""
+    from harden.attest import keys
+
+    def prompt() -> str:
+        value: str = click.prompt("Key password", hide_input=True, err=True)
+        return value
+
+    return keys.load_signer(uri, keys.password_from_env_or_prompt(prompt))
+
+
+def load_trusted(keys: Sequence[Path]) -> list[PublicKey]:
+    from harden.attest.keys import load_public_key
+
+    return [load_public_key(k) for k in keys]
+
+
+def compliance_state(compliant: bool) -> str:
+    """How a table shows a verification outcome."""
+    return "compliant" if compliant else "NOT compliant"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, progress
-from harden.clock import SystemClock
+from harden.cli.common import baselines_option, catalogue, context, load_trusted, progress
 
 
 @click.command()
@@ -61,33 +60,21 @@ def evidence(
     audit log's integrity. Exit 0 bundle written, 1 written but an attestation does not verify
     or the audit log is tampered, 3 bad input, 4 registry unreachable.
     """
-    from harden.attest.keys import load_public_key
-    from harden.audit import AuditLog
-    from harden.evidence import (
-        OciRegistryView,
-        collect,
-        load_definitions,
-        parse_since,
-        read_audit,
-        write_bundle,
-    )
+    from harden.app.evidence import evidence as run_evidence
+    from harden.evidence import parse_since
 
     when = parse_since(since) if since else None
-    trusted = [load_public_key(k) for k in keys]
-    definitions = load_definitions(directory)
-    clock = SystemClock()
-    bundle = collect(
-        definitions,
+    trusted = load_trusted(keys)
+    done = run_evidence(
+        directory,
         catalogue(baseline_dirs),
-        OciRegistryView(),
-        read_audit(AuditLog.default(clock), when),
         trusted,
-        clock,
-        images_dir=str(directory),
+        context(),
+        outdir=outdir,
         since=when,
         controls=controls,
     )
-    written = write_bundle(bundle, outdir)
+    bundle, written = done.bundle, done.directory
     progress(f"wrote {written / 'index.html'} and {written / 'evidence.json'}")
     for row in bundle.summary():
         progress(f"{row['control']}: {len(row['images'])} golden image(s)")

@@ -7,8 +7,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from harden.cli.common import dump_json, duration, emit, output_option, plain_table, progress
-from harden.clock import SystemClock
+from harden.cli.common import (
+    context,
+    dump_json,
+    duration,
+    emit,
+    load_trusted,
+    output_option,
+    plain_table,
+    progress,
+)
+from harden.errors import ExitCode
 
 if TYPE_CHECKING:
     from harden.promote import PromoteResult
@@ -70,33 +79,17 @@ def promote(
     """
     import datetime as dt
 
-    from harden.attest.keys import load_public_key
-    from harden.audit import AuditLog
-    from harden.oci import RegistryClient, parse_reference
-    from harden.promote import promote as run_promote
+    from harden.app.promote import promote as run_promote
 
     assert max_age is None or isinstance(max_age, dt.timedelta)
-    trusted = [load_public_key(k) for k in keys]
-    src_ref, dst_ref = parse_reference(src), parse_reference(dst)
-    src_client = RegistryClient.for_reference(src_ref)
-    dst_client = (
-        src_client
-        if dst_ref.registry == src_ref.registry
-        else RegistryClient.for_reference(dst_ref)
-    )
-    clock = SystemClock()
     result = run_promote(
-        src_client,
-        src_ref,
-        dst_client,
-        dst_ref,
-        trusted,
-        clock,
-        AuditLog.default(clock),
+        src,
+        dst,
+        load_trusted(keys),
+        context(),
         max_age=max_age,
         baselines=baselines,
         dry_run=dry_run,
-        progress=progress,
     )
     if fmt == "json":
         emit(dump_json(result.to_json()), output)
@@ -115,7 +108,7 @@ def promote(
         if fmt != "table":
             for reason in result.decision.reasons:
                 progress(f"  - {reason}")
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(int(ExitCode.POLICY))
     if result.copied:
         progress(f"promoted {result.src} -> {result.dst} ({result.digest})")
     else:

@@ -2,59 +2,30 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from harden.cli.common import (
+    DEFAULT_DIR,
     baselines_option,
     catalogue,
+    context,
     dump_json,
     emit,
+    load_signer_from_uri,
+    load_trusted,
     output_option,
     plain_table,
     progress,
 )
-from harden.cli.status_cmd import (
-    DEFAULT_DIR,
-    cli_clock,
-    gather,
-    load_definitions,
-    load_trusted,
-    make_inventory,
-    tracked,
-)
 from harden.errors import ExitCode
-
-if TYPE_CHECKING:
-    from harden.attest.keys import PublicKey, Signer
-    from harden.clock import Clock
-    from harden.imagedef import ImageDefinition
-    from harden.inventory import Inventory
-    from harden.rebuild import Plan
 
 DEFAULT_BUILD_ARGS = '--key "$HARDEN_SIGNING_KEY"'
 
 directory_argument = click.argument(
     "directory", required=False, default=DEFAULT_DIR, type=click.Path(path_type=Path)
 )
-
-
-def _plan(
-    defs: list[ImageDefinition],
-    baseline_dirs: tuple[Path, ...],
-    trusted: list[PublicKey],
-    clock: Clock,
-    everything: bool,
-    jobs: int,
-) -> tuple[Plan, Inventory]:
-    from harden.rebuild import plan_rebuild
-
-    inventory = make_inventory(baseline_dirs, trusted, clock, jobs)
-    statuses = [] if everything else gather(defs, inventory, dt.timedelta(0))
-    return plan_rebuild(defs, statuses, everything=everything), inventory
 
 
 @click.command()
@@ -112,93 +83,26 @@ def rebuild(
     its reason. Exit 0 all rebuilt (or nothing to do), 1 a build failed, 4 a registry could not
     be asked.
     """
-    from harden.audit import AuditLog
+    from harden.app.status import rebuild as run_rebuild
     from harden.errors import UsageError
-    from harden.lifecycle import assess
-    from harden.paths import harden_home
-    from harden.rebuild import Outcome, PlannedBuild, run_plan, summary_rows
+    from harden.rebuild import Outcome, summary_rows
 
     if stale and everything:
         raise UsageError("--stale and --all exclude each other")
-    clock = cli_clock()
-    signer = _signer(key_uri)
-    trusted = load_trusted(trust)
-    if signer is not None:
-        from harden.attest.keys import signer_public_key
-
-        trusted.append(signer_public_key(signer))
-    elif not dry_run:
-        progress("warning: no --key: the rebuilt images carry no attestations (status: stale)")
-    defs = tracked(load_definitions(directory), vms=True)
-    by_name = {d.name: d for d in defs}
-    plan, inv = _plan(defs, baseline_dirs, trusted, clock, everything, jobs=8)
-    for name in plan.unknown:
-        progress(f"{name}: state unknown (registry unreachable): not rebuilt")
-    cat = catalogue(baseline_dirs)
-
-    def build_one(b: PlannedBuild) -> str | None:
-        from builder.container_build import build_container
-        from builder.docker_engine import Engine
-        from harden.errors import HardenError
-
-        defn = by_name[b.name]
-        if defn.doc.target.value == "vm":
-            return _rebuild_vm(defn, b.name)
-        result = build_container(
-            defn,
-            cat,
-            Engine.connect(),
-            clock,
-            force=True,
-            progress=lambda m: progress(f"[{b.name}] {m}"),
-        )
-        if not result.compliant or result.digest is None:
-            raise HardenError(
-                f"{b.name}: the rebuilt image is not compliant: not pushed",
-                hint=f"run `harden build {defn.path}` to see the failing rules",
-            )
-        if signer is not None:
-            from harden.publish import attach_build_attestations
-
-            attached = attach_build_attestations(result, defn, defn.path, signer, clock)
-            progress(f"[{b.name}] attached {len(attached)} signed attestation(s)")
-        return result.digest
-
-    def _rebuild_vm(defn: Any, name: str) -> str | None:
-        """A VM template: build and seal it again, sign, push the artifact (as `harden build`)."""
-        from builder.vm_build import build_vm
-        from harden.errors import HardenError
-        from harden.publish import publish_vm
-
-        result = build_vm(
-            defn, cat, clock, force=True, progress=lambda m: progress(f"[{name}] {m}")
-        )
-        if not result.compliant or not result.written:
-            raise HardenError(
-                f"{name}: the rebuilt template is not compliant: not written, not pushed",
-                hint=f"run `harden build {defn.path}` to see the failing rules",
-            )
-        return publish_vm(
-            result, defn, signer, defn.doc.destination, clock=clock, progress=progress
-        )
-
-    def recheck(b: PlannedBuild) -> str | None:
-        facts = inv.facts([by_name[b.name]])
-        status = assess(facts[0], clock, dt.timedelta(0))
-        return status.label if status.needs_rebuild or status.state.value == "unknown" else None
-
-    outcomes = run_plan(
-        plan,
-        build_one,
+    ctx = context()
+    signer = load_signer_from_uri(key_uri) if key_uri is not None else None
+    done = run_rebuild(
+        directory,
+        catalogue(baseline_dirs),
+        load_trusted(trust),
+        ctx,
+        signer=signer,
+        everything=everything,
         jobs=jobs,
-        lock_dir=harden_home() / "locks",
         lock_timeout=lock_timeout,
-        audit=AuditLog.default(clock),
-        clock=clock,
-        recheck=None if everything else recheck,
         dry_run=dry_run,
-        progress=progress,
     )
+    plan, outcomes = done.plan, list(done.outcomes)
     if fmt == "json":
         doc = {
             "schema_version": 1,
@@ -263,11 +167,13 @@ def plan(
     gitlab         a child pipeline: one stage per wave, parallel:matrix over DEFINITION
     Exit 0 (a plan, maybe empty), 4 a registry could not be asked.
     """
+    from harden.app.status import plan as make_plan
     from harden.rebuild import PlanFormat, render_plan
 
-    clock = cli_clock()
-    defs = tracked(load_definitions(directory), vms=True)
-    the_plan, _ = _plan(defs, baseline_dirs, load_trusted(keys), clock, everything, jobs=8)
+    ctx = context()
+    the_plan = make_plan(
+        directory, catalogue(baseline_dirs), load_trusted(keys), ctx, everything=everything
+    )
     emit(render_plan(the_plan, PlanFormat(fmt), build_args), output)
     progress(
         f"{len(the_plan.builds)} image(s) to rebuild in {len(the_plan.waves)} wave(s)"
@@ -275,11 +181,3 @@ def plan(
     )
     if the_plan.unknown:
         raise click.exceptions.Exit(int(ExitCode.ENVIRONMENT))
-
-
-def _signer(key_uri: str | None) -> Signer | None:
-    if key_uri is None:
-        return None
-    from harden.cli.attest_cmd import load_signer_from_uri
-
-    return load_signer_from_uri(key_uri)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import getpass
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
-from harden.cli.common import baselines_option, dump_json, emit, plain_table, progress
-from harden.cli.status_cmd import DEFAULT_DIR, cli_clock, load_definitions, make_inventory, tracked
-
-if TYPE_CHECKING:
-    from harden.attest.keys import Signer
-    from harden.audit import AuditLog
-    from harden.clock import Clock
-    from harden.inventory import Inventory
+from harden.cli.common import (
+    DEFAULT_DIR,
+    baselines_option,
+    catalogue,
+    context,
+    dump_json,
+    emit,
+    load_signer_from_uri,
+    plain_table,
+)
 
 
 def _default_by() -> str:
@@ -25,53 +26,6 @@ def _default_by() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
-
-
-def revoke_digest(
-    inventory: Inventory,
-    ref_text: str,
-    digest: str,
-    signer: Signer,
-    clock: Clock,
-    audit: AuditLog,
-    *,
-    reason: str,
-    by: str,
-    cascade_from: str | None = None,
-) -> dict[str, Any]:
-    """Sign a revocation of ``digest`` and attach it as a referrer in ``ref_text``'s repo."""
-    from harden.attest import dsse
-    from harden.attest.predicates import HARDEN_REVOCATION
-    from harden.attest.statements import Subject, revocation, serialize
-    from harden.attest.store import attach
-    from harden.errors import RegistryError
-    from harden.oci.model import parse_reference
-
-    ref = parse_reference(ref_text)
-    client = inventory.client(ref.registry)
-    subject = client.head_manifest(ref.repository, digest)
-    if subject is None:
-        raise RegistryError(f"{ref.registry}/{ref.repository}@{digest} is not in the registry")
-    now = clock.now()
-    statement = revocation(
-        Subject(f"{ref.registry}/{ref.repository}", digest),
-        reason=reason,
-        revoked_at=now,
-        revoked_by=by,
-        cascade_from=cascade_from,
-    )
-    envelope = dsse.sign(serialize(statement), signer)
-    referrer = attach(client, ref.repository, subject, envelope, HARDEN_REVOCATION, now)
-    details: dict[str, Any] = {"reason": reason, "by": by, "referrer": referrer.digest}
-    if cascade_from:
-        details["cascade_from"] = cascade_from
-    audit.append("revoke", f"{ref.registry}/{ref.repository}", digest, "revoked", details)
-    return {
-        "image": f"{ref.registry}/{ref.repository}",
-        "digest": digest,
-        "cascade_from": cascade_from,
-        "referrer": referrer.digest,
-    }
 
 
 @click.command()
@@ -105,44 +59,24 @@ def revoke(
     `harden promote` denies a revoked image, `harden status` shows it as revoked and
     `harden rebuild --stale` replaces it. Exit 0 revoked, 3 bad input, 4 registry or key.
     """
-    from harden.audit import AuditLog
-    from harden.cli.attest_cmd import load_signer_from_uri
-    from harden.lifecycle import cascade as find_children
+    from harden.app.revoke import revoke as run_revoke
+    from harden.imagedef import load_definitions
 
     if not reason.strip():
         raise click.BadParameter("give a reason", param_hint="--reason")
     signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
-    clock = cli_clock()
-    audit = AuditLog.default(clock)
-    who = by or _default_by()
-    inventory = make_inventory(baseline_dirs, [], clock, jobs=8)
-    parsed, digest = inventory.resolve_digest(ref)
-    done = [revoke_digest(inventory, ref, digest, signer, clock, audit, reason=reason, by=who)]
-    progress(f"revoked {parsed.registry}/{parsed.repository}@{digest}")
-    if cascade:
-        defs = tracked(load_definitions(directory))
-        images = inventory.facts(defs)
-        for img in images:
-            for problem in img.unreachable:
-                progress(f"warning: {img.name}: {problem}: its children cannot be found")
-        for child, parent in find_children(digest, images):
-            assert child.destination is not None and child.digest is not None
-            done.append(
-                revoke_digest(
-                    inventory,
-                    child.destination,
-                    child.digest,
-                    signer,
-                    clock,
-                    audit,
-                    reason=f"{reason} (built on revoked {parent})",
-                    by=who,
-                    cascade_from=parent,
-                )
-            )
-            progress(f"revoked {child.name} ({child.digest}): built on {parent}")
+    ctx = context()
+    done = run_revoke(
+        ref,
+        signer,
+        catalogue(baseline_dirs),
+        ctx,
+        reason=reason,
+        by=by or _default_by(),
+        cascade=load_definitions(directory) if cascade else None,
+    )
     if fmt == "json":
-        emit(dump_json({"schema_version": 1, "revoked": done}), None)
+        emit(dump_json({"schema_version": 1, "revoked": [r.to_json() for r in done.revoked]}), None)
     else:
-        rows = [[d["image"], d["digest"], d["cascade_from"] or "-"] for d in done]
+        rows = [[r.image, r.digest, r.cascade_from or "-"] for r in done.revoked]
         emit(plain_table(["IMAGE", "DIGEST", "CASCADED FROM"], rows), None)

@@ -1,13 +1,8 @@
-"""`harden status [DIR]`: age and freshness of every golden image.
-
-Also the pieces `rebuild`, `plan` and `revoke` share: the CLI clock (``$HARDEN_NOW``), loading
-the definitions of a directory, gathering the statuses.
-"""
+"""`harden status [DIR]`: age and freshness of every golden image."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,105 +10,21 @@ from typing import TYPE_CHECKING
 import click
 
 from harden.cli.common import (
+    DEFAULT_DIR,
     baselines_option,
     catalogue,
+    context,
     dump_json,
     duration,
     emit,
+    load_trusted,
     output_option,
     plain_table,
     progress,
 )
-from harden.clock import Clock, SystemClock
-from harden.errors import UsageError
 
 if TYPE_CHECKING:
-    from harden.attest.keys import PublicKey
-    from harden.imagedef import ImageDefinition
-    from harden.inventory import Inventory
     from harden.lifecycle import ImageStatus
-
-DEFAULT_DIR = Path("images")
-
-
-class ShiftedClock:
-    """The system clock moved to start at ``start`` (and running on from there)."""
-
-    def __init__(self, start: dt.datetime, system: Clock | None = None) -> None:
-        self._system = system or SystemClock()
-        self._offset = start - self._system.now()
-
-    def now(self) -> dt.datetime:
-        return self._system.now() + self._offset
-
-
-def cli_clock() -> Clock:
-    """SystemClock, or - as a testing aid - one that starts at ``$HARDEN_NOW`` (RFC 3339)."""
-    text = os.environ.get("HARDEN_NOW", "").strip()
-    if not text:
-        return SystemClock()
-    try:
-        start = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise UsageError(
-            f"HARDEN_NOW={text!r} is not an RFC 3339 time", hint="e.g. 2026-05-01T12:00:00Z"
-        ) from e
-    if start.tzinfo is None:
-        raise UsageError(f"HARDEN_NOW={text!r} has no time zone", hint="end it with Z")
-    return ShiftedClock(start.astimezone(dt.UTC))
-
-
-def load_definitions(directory: Path) -> list[ImageDefinition]:
-    """Every ``*.yaml``/``*.yml`` image definition in ``directory`` (sorted by file name)."""
-    from harden.imagedef import load_definition
-
-    if not directory.is_dir():
-        raise UsageError(f"{directory} is not a directory of image definitions")
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    defs = [load_definition(f) for f in files]
-    names: dict[str, Path] = {}
-    for d in defs:
-        if d.name in names:
-            raise UsageError(f"{d.path} and {names[d.name]} both define {d.name}")
-        names[d.name] = d.path
-    return defs
-
-
-def tracked(defs: Sequence[ImageDefinition], *, vms: bool = False) -> list[ImageDefinition]:
-    """The definitions with a destination: container images, and VM templates with ``vms``.
-
-    ``status``, ``rebuild`` and ``plan`` pass ``vms=True`` (a pushed VM template artifact has the
-    same facts as a container image, and rebuild builds either); ``revoke --cascade`` follows
-    registry base digests, which a VM template (based on a disk file) does not have."""
-    out = []
-    for d in defs:
-        is_vm = d.doc.target.value == "vm"
-        if not d.doc.destination or (is_vm and not vms):
-            what = "images" if vms else "container images"
-            progress(f"skipping {d.path}: only {what} with a destination are tracked")
-            continue
-        out.append(d)
-    return out
-
-
-def make_inventory(
-    baseline_dirs: Sequence[Path], trusted: Sequence[PublicKey], clock: Clock, jobs: int
-) -> Inventory:
-    from harden.inventory import ContentCache, Inventory
-    from harden.paths import harden_home
-
-    cache = ContentCache(harden_home() / "inventory.db")
-    if cache.rebuilt:
-        progress("the local inventory cache was unreadable: rebuilding it from the registry")
-    return Inventory(catalogue(baseline_dirs), trusted, clock, jobs=jobs, cache=cache)
-
-
-def gather(
-    defs: Sequence[ImageDefinition], inventory: Inventory, warn_within: dt.timedelta
-) -> list[ImageStatus]:
-    from harden.lifecycle import assess
-
-    return [assess(f, inventory.clock, warn_within) for f in inventory.facts(defs)]
 
 
 def _short(digest: str | None) -> str:
@@ -177,12 +88,6 @@ def render_table(statuses: Sequence[ImageStatus]) -> str:
     return table + ("\n\n" + "\n".join(notes) if notes else "")
 
 
-def load_trusted(keys: Sequence[Path]) -> list[PublicKey]:
-    from harden.attest.keys import load_public_key
-
-    return [load_public_key(k) for k in keys]
-
-
 @click.command()
 @click.argument("directory", required=False, default=DEFAULT_DIR, type=click.Path(path_type=Path))
 @click.option(
@@ -228,24 +133,29 @@ def status(
     destination), unknown (a registry could not be asked; never fresh).
     Exit 0 all fresh or expiring, 1 something needs a rebuild, 4 a registry is unreachable.
     """
-    from harden.lifecycle import SCHEMA_VERSION, exit_code
+    from harden.app.status import status as run_status
+    from harden.lifecycle import SCHEMA_VERSION
     from harden.results import rfc3339
 
-    clock = cli_clock()
-    defs = tracked(load_definitions(directory), vms=True)
-    inventory = make_inventory(baseline_dirs, load_trusted(keys), clock, jobs)
-    statuses = gather(defs, inventory, warn_within)
-    code = exit_code(statuses)
+    result = run_status(
+        directory,
+        catalogue(baseline_dirs),
+        load_trusted(keys),
+        context(),
+        warn_within=warn_within,
+        jobs=jobs,
+    )
+    statuses, code = result.images, result.exit_code
     if fmt == "json":
         doc = {
             "schema_version": SCHEMA_VERSION,
-            "checked_at": rfc3339(clock.now()),
-            "exit_code": int(code),
+            "checked_at": rfc3339(result.checked_at),
+            "exit_code": code,
             "images": [s.to_json() for s in statuses],
         }
         emit(dump_json(doc), output)
     elif fmt == "junit":
-        emit(junit_xml(statuses, rfc3339(clock.now())), output)
+        emit(junit_xml(statuses, rfc3339(result.checked_at)), output)
     else:
         emit(render_table(statuses) if statuses else "no image definitions", output)
     counts: dict[str, int] = {}
@@ -253,7 +163,7 @@ def status(
         counts[s.state.value] = counts.get(s.state.value, 0) + 1
     progress(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing tracked")
     if code:
-        raise click.exceptions.Exit(int(code))
+        raise click.exceptions.Exit(code)
 
 
 def junit_xml(statuses: Sequence[ImageStatus], checked_at: str) -> str:

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import click
 
-from harden.audit import AuditAction, AuditLog
-from harden.cli.common import baselines_option, catalogue, output_option, progress
+from harden.cli.common import baselines_option, catalogue, context, output_option
 from harden.cli.output import FORMAT_CHOICES, render_report
-from harden.clock import SystemClock
-from harden.errors import UsageError
+from harden.errors import ExitCode
 from harden.imagedef import load_definition
-from verifiers.refs import verify_ref
 
 
 @click.command()
@@ -75,34 +72,17 @@ def verify(
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
     """
-    cat = catalogue(baseline_dirs)
-    clock = SystemClock()
-    overrides = None
-    if definition is not None:
-        defn = load_definition(definition)
-        if baseline_id is not None and baseline_id != defn.doc.baseline.id:
-            raise UsageError(
-                f"--baseline {baseline_id} contradicts {definition} "
-                f"(baseline {defn.doc.baseline.id})"
-            )
-        baseline_id, overrides = defn.doc.baseline.id, defn.overrides()
-    report = verify_ref(
+    from harden.app.verify import verify_reference
+
+    report = verify_reference(
         ref,
-        cat,
-        clock,
+        catalogue(baseline_dirs),
+        context(),
         baseline_id=baseline_id,
-        overrides=overrides,
+        definition=load_definition(definition) if definition is not None else None,
         known_hosts=known_hosts,
         identity=identity,
-        progress=progress,
     )
     render_report(report, fmt, output)
-    AuditLog.default(clock).append(
-        AuditAction.VERIFY,
-        report.image,
-        report.digest,
-        "compliant" if report.compliant else "non-compliant",
-        {"baseline": report.baseline.to_json(), "summary": report.summary()},
-    )
     if not report.compliant:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(int(ExitCode.POLICY))

@@ -28,7 +28,7 @@ import requests
 
 from harden.errors import InputError, RegistryError
 from harden.oci.auth import Credentials, load_docker_credentials
-from harden.oci.model import (
+from harden.oci.types import (
     ALL_MANIFEST_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import harden_cli
@@ -31,7 +32,7 @@ def client() -> docker.DockerClient:
 
 
 def definition(tmp_path: Path, name: str, **over: object) -> Path:
-    doc = {
+    doc: dict[str, object] = {
         "name": name,
         "base": BASE,
         "target": "container",
@@ -53,11 +54,12 @@ def temp_containers(client: docker.DockerClient) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("defs")
     r = harden("build", str(definition(d, "itest-golden")), "--force", "--format", "json")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
 
 
 def test_base_image_is_not_compliant() -> None:
@@ -71,7 +73,9 @@ def test_base_image_is_not_compliant() -> None:
     assert all(x["evidence"] for x in report["results"] if x["status"] == "failed")
 
 
-def test_build_pushes_a_compliant_labelled_image(built: dict, client: docker.DockerClient) -> None:
+def test_build_pushes_a_compliant_labelled_image(
+    built: dict[str, Any], client: docker.DockerClient
+) -> None:
     assert built["compliant"] and built["pushed"]
     assert built["summary"]["failed"] == 0 and built["summary"]["error"] == 0
     # the digest is the manifest digest the registry serves for the tag
@@ -89,7 +93,7 @@ def test_build_pushes_a_compliant_labelled_image(built: dict, client: docker.Doc
     assert labels["dev.harden.baseline.digest"] == built["baseline"]["digest"]
 
 
-def test_verify_hardened_image_reports_every_rule_none_as_error(built: dict) -> None:
+def test_verify_hardened_image_reports_every_rule_none_as_error(built: dict[str, Any]) -> None:
     r = harden("verify", f"{REGISTRY}/test/itest-golden:latest", "--format", "json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -101,21 +105,27 @@ def test_verify_hardened_image_reports_every_rule_none_as_error(built: dict) -> 
     assert report["baseline"]["id"] == "debian-container"  # taken from the image label
 
 
-def test_hardened_image_still_runs_a_shell(built: dict, client: docker.DockerClient) -> None:
+def test_hardened_image_still_runs_a_shell(
+    built: dict[str, Any], client: docker.DockerClient
+) -> None:
     out = client.containers.run(
         built["image_id"], ["sh", "-c", "id -un; echo ok"], network_mode="none", remove=True
     )
     assert out.decode().split() == ["app", "ok"]
 
 
-def test_unchanged_inputs_reuse_the_image_and_force_rebuilds(built: dict, tmp_path: Path) -> None:
+def test_unchanged_inputs_reuse_the_image_and_force_rebuilds(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
     again = harden("build", str(definition(tmp_path, "itest-golden")), "--format", "json")
     assert again.returncode == 0, again.stderr
     j = json.loads(again.stdout)
     assert j["reused"] is True and j["image_id"] == built["image_id"]
 
 
-def test_building_on_the_output_changes_nothing(built: dict, client: docker.DockerClient) -> None:
+def test_building_on_the_output_changes_nothing(
+    built: dict[str, Any], client: docker.DockerClient
+) -> None:
     """Run the same remediation on the hardened image: the filesystem diff is empty."""
     import datetime as dt
 
@@ -145,7 +155,7 @@ def test_building_on_the_output_changes_nothing(built: dict, client: docker.Dock
         c.remove(force=True)
 
 
-def test_verify_running_container(built: dict, client: docker.DockerClient) -> None:
+def test_verify_running_container(built: dict[str, Any], client: docker.DockerClient) -> None:
     c = client.containers.run(
         built["image_id"],
         ["sleep", "60"],
@@ -270,7 +280,7 @@ def test_malformed_definition_exit_3_with_line(tmp_path: Path) -> None:
     assert f"{p}:6" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_verify_with_the_definition_uses_its_waivers(built: dict, tmp_path: Path) -> None:
+def test_verify_with_the_definition_uses_its_waivers(built: dict[str, Any], tmp_path: Path) -> None:
     waiver = {"rule": "pkg.telnet-absent", "reason": "r", "owner": "qa", "expires": "2099-01-01"}
     d = definition(
         tmp_path, "itest-waived", baseline={"id": "debian-container", "waivers": [waiver]}
@@ -285,7 +295,9 @@ def test_verify_with_the_definition_uses_its_waivers(built: dict, tmp_path: Path
 
 
 @pytest.mark.parametrize("fmt", ["junit", "sarif", "html", "json"])
-def test_report_formats_of_a_real_verify_are_valid(built: dict, tmp_path: Path, fmt: str) -> None:
+def test_report_formats_of_a_real_verify_are_valid(
+    built: dict[str, Any], tmp_path: Path, fmt: str
+) -> None:
     """The base image (failures, evidence from a real target) in every format, validated."""
     import jsonschema
     import xmlschema

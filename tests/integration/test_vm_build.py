@@ -122,7 +122,7 @@ def test_build_seals_a_compliant_standalone_template(built: Built, vm_template: 
     )
     assert info["format"] == "qcow2"
     assert "backing-filename" not in info and "full-backing-filename" not in info
-    manifest = json.loads((built.out_dir / "manifest.json").read_text())
+    manifest = json.loads((built.out_dir / "debian12-vm.qcow2.manifest.json").read_text())
     assert manifest["base"] == str(sealed)
     assert manifest["template_sha256"] == result["digest"]
     assert Path(manifest["kernel"]).is_file() and Path(manifest["initrd"]).is_file()
@@ -160,7 +160,7 @@ def test_attestations_beside_the_template_verify_and_name_file_and_artifact(buil
     assert prov.buildDefinition.buildType == BUILD_TYPE_VM
     base = prov.dependency("base-image")
     assert base is not None and (base.uri or "").endswith("base.qcow2")
-    recorded = json.loads((built.out_dir / "manifest.json").read_text())
+    recorded = json.loads((built.out_dir / "debian12-vm.qcow2.manifest.json").read_text())
     assert base.digest == {"sha256": recorded["source"]["sha256"].removeprefix("sha256:")}
     c = by_type[HARDEN_COMPLIANCE].compliance()
     assert c.compliant is True

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import FixedClock
-from harden.results import Status
+from harden.results import RuleResult, Status
 from harden.target import CommandResult, TargetKind
 from verifiers.facts import FactPlan, Facts, parse
 from verifiers.runner import evaluate_rules, verify
@@ -51,9 +52,9 @@ def run(
     bl: ResolvedBaseline,
     f: Facts,
     kind: TargetKind = TargetKind.CONTAINER,
-    cfg=None,
-    today=dt.date(2026, 6, 1),
-):
+    cfg: dict[str, Any] | None = None,
+    today: dt.date = dt.date(2026, 6, 1),
+) -> dict[str, RuleResult]:
     return {r.rule_id: r for r in evaluate_rules(bl, f, kind, cfg, today)}
 
 
@@ -368,7 +369,7 @@ class ScriptTarget:
         body = "".join(f"\n@@F-{nonce} {k}\n{v}\n@@E-{nonce} 0\n" for k, v in self.sections.items())
         return CommandResult(0, body.encode(), b"")
 
-    def image_config(self):
+    def image_config(self) -> dict[str, Any] | None:
         return {"User": "app", "Env": []}
 
 

@@ -1,8 +1,9 @@
 """Sign and publish what was built: the statements of a verified image, their referrers, and a
 VM template as an OCI artifact.
 
-The core of `harden attest`, `harden build --key` and `harden rebuild`: no click, no printing
-(progress lines go to ``progress``), an injected clock, errors as HardenError subclasses.
+Used by the attest and build use cases (`harden attest`, `harden build --key`, `harden rebuild`):
+no click, no printing (progress lines go to ``progress``), an injected clock, errors as
+HardenError subclasses. It lives in the use-case layer because it takes builder's results.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from builder.container_build import BuildResult
+    from builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
     from harden.attest.statements import BuildInfo, Subject
     from harden.attest.store import SignedStatement
@@ -156,9 +158,8 @@ def build_info(
 
 
 def attach_build_attestations(
-    result: Any,
-    defn: Any,
-    definition: Path,
+    result: BuildResult,
+    defn: ImageDefinition,
     signer: Signer,
     clock: Clock,
     client: RegistryClient | None = None,
@@ -166,19 +167,18 @@ def attach_build_attestations(
     """After ``harden build --key``: sign provenance, test-result and compliance of the pushed
     image (validUntil = verified time + the definition's max_age) and attach them."""
     from harden.attest.statements import BUILD_TYPE_CONTAINER, Subject
+    from harden.errors import RegistryError
     from harden.oci import RegistryClient, parse_reference
 
-    del definition  # the definition's path is defn.path
     reference = parse_reference(result.reference)
     client = client or RegistryClient.for_reference(reference)
-    subject = client.head_manifest(reference.repository, result.digest)
-    if subject is None:
-        from harden.errors import RegistryError
-
-        raise RegistryError(f"{result.reference}@{result.digest} is not in the registry")
+    digest = result.digest
+    subject = client.head_manifest(reference.repository, digest) if digest else None
+    if digest is None or subject is None:
+        raise RegistryError(f"{result.reference}@{digest} is not in the registry")
     signed = sign_build(
         result.report,
-        [Subject(f"{reference.registry}/{reference.repository}", result.digest)],
+        [Subject(f"{reference.registry}/{reference.repository}", digest)],
         signer,
         build_type=BUILD_TYPE_CONTAINER,
         defn=defn,
@@ -190,35 +190,38 @@ def attach_build_attestations(
 
 
 def publish_vm(
-    result: Any,
-    defn: Any,
+    result: VmBuildResult,
+    defn: ImageDefinition,
     signer: Signer | None,
     destination: str | None,
     *,
     clock: Clock,
     progress: Callable[[str], None] = _noop,
+    client: RegistryClient | None = None,
 ) -> str | None:
     """Sign (subjects: the qcow2 file and, with a destination, the artifact manifest), write the
     envelopes beside the template, push the artifact untagged, attach, tag last.
 
     Returns the pushed manifest digest (None without a destination). A failed attach raises
     RegistryError (exit 4): the artifact is pushed, untagged, NOT promotable."""
-    import json
-
     from harden import vm_artifact
     from harden.attest.statements import BUILD_TYPE_VM, Subject
-    from harden.errors import HardenError, RegistryError
+    from harden.errors import HardenError, InputError, RegistryError
     from harden.oci import RegistryClient, parse_reference
+    from harden.vm_manifest import manifest_path, read_manifest
 
-    recorded = json.loads((result.path.parent / "manifest.json").read_text(encoding="utf-8"))
-    created = dt.datetime.fromisoformat(str(recorded["created"]).replace("Z", "+00:00"))
-    kernel, initrd = recorded.get("kernel"), recorded.get("initrd")
+    recorded = read_manifest(result.path)
+    if recorded is None:
+        raise InputError(
+            f"{manifest_path(result.path)} is missing: {result.path} has no build record",
+            hint="build the template again with `harden build --force`",
+        )
     artifact = vm_artifact.artifact_for(
         result.path,
         result.sha256,
-        kernel=Path(kernel) if kernel else None,
-        initrd=Path(initrd) if initrd else None,
-        created=created,
+        kernel=recorded.kernel,
+        initrd=recorded.initrd,
+        created=recorded.created,
         base_name=result.base_disk,
         base_digest=result.base_sha256,
         baseline=result.baseline,
@@ -246,7 +249,7 @@ def publish_vm(
         progress(f"wrote {len(signed)} signed attestation(s) to {where}")
     if reference is None:
         return None
-    client = RegistryClient.for_reference(reference)
+    client = client or RegistryClient.for_reference(reference)
     progress(f"pushing {result.path.name} to {reference.registry}/{reference.repository}")
     subject = vm_artifact.push_untagged(client, reference.repository, artifact)
     pinned = f"{reference.registry}/{reference.repository}@{artifact.digest}"

@@ -1,0 +1,205 @@
+"""Build and publish one golden image (container or VM template): `harden build` and each image
+of `harden rebuild` call :func:`build`.
+
+A container: remediate, commit, verify, push when compliant (builder/container_build.py), then
+with a signer sign provenance, test-result and compliance and attach them as referrers. A VM
+template: boot, remediate, seal, verify a clone (builder/vm_build.py), then sign (envelopes
+beside the qcow2) and push it as an OCI artifact. Either way one BUILD audit entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from harden.app.context import Context
+from harden.audit import AuditAction
+from harden.baseline.resolve import Catalogue
+from harden.errors import HardenError
+from harden.imagedef import ImageDefinition
+from harden.results import VerifyReport, compliance_word
+
+if TYPE_CHECKING:
+    from builder.container_build import BuildResult
+    from builder.docker_engine import Engine
+    from builder.vm_build import VmBuildResult
+    from harden.attest.keys import Signer
+    from harden.oci.types import Descriptor
+
+__all__ = ["Built", "build"]
+
+
+@dataclass(frozen=True)
+class Built:
+    """What :func:`build` did. Exactly one of ``container`` and ``vm`` is set."""
+
+    definition: ImageDefinition
+    container: BuildResult | None = None
+    vm: VmBuildResult | None = None
+    pushed_digest: str | None = None  # the manifest digest at the destination, once pushed
+    attached: tuple[Descriptor, ...] = ()
+    # signing or attaching failed after the push: the image is NOT promotable
+    attestation_error: HardenError | None = None
+
+    @property
+    def report(self) -> VerifyReport:
+        if self.container is not None:
+            return self.container.report
+        assert self.vm is not None
+        return self.vm.report
+
+    @property
+    def compliant(self) -> bool:
+        return self.report.compliant
+
+    @property
+    def where(self) -> str:
+        """``destination@digest`` once pushed, else the local reference or template path."""
+        if self.container is not None:
+            c = self.container
+            return f"{c.reference}@{c.digest}" if c.digest else c.reference
+        assert self.vm is not None
+        return str(self.vm.path)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.container is not None:
+            return self.container.to_json()
+        assert self.vm is not None
+        return self.vm.to_json()
+
+
+def build(
+    defn: ImageDefinition,
+    catalogue: Catalogue,
+    ctx: Context,
+    *,
+    signer: Signer | None = None,
+    force: bool = False,
+    allow_noncompliant: bool = False,
+    push: bool = True,
+    engine: Callable[[], Engine] | None = None,
+) -> Built:
+    """Build, verify, (push,) (sign and attach) the image ``defn`` describes; audit BUILD.
+
+    A non-compliant image is a result (``compliant`` False), not an exception. A failure to
+    attach attestations after the push is returned as ``attestation_error`` (the image is
+    pushed but not promotable); engine, registry and input problems raise HardenError."""
+    if defn.doc.target.value == "vm":
+        return _build_vm(defn, catalogue, ctx, signer, force, allow_noncompliant, push)
+    from builder.container_build import build_container
+    from builder.docker_engine import Engine
+
+    result = build_container(
+        defn,
+        catalogue,
+        (engine or Engine.connect)(),
+        ctx.clock,
+        force=force,
+        allow_noncompliant=allow_noncompliant,
+        push=push,
+        progress=ctx.progress,
+    )
+    _audit_build(
+        ctx,
+        result.reference,
+        result.digest,
+        result.compliant,
+        {
+            "definition": str(defn.path),
+            "base": {"name": result.base_name, "digest": result.base_digest},
+            "baseline": result.report.baseline.to_json(),
+            "reused": result.reused,
+            "pushed": result.pushed,
+        },
+    )
+    built = Built(defn, container=result, pushed_digest=result.digest if result.pushed else None)
+    ctx.progress(
+        f"{'reused' if result.reused else 'built'} {built.where}: {_state(result.compliant)}"
+        + ("" if result.pushed or not push else " (not pushed)")
+    )
+    if signer is None:
+        return built
+    if result.digest is None:
+        ctx.progress("nothing attested: the image was not pushed")
+        return built
+    from harden.app.publish import attach_build_attestations
+    from harden.oci.types import parse_reference
+
+    client = ctx.registry(parse_reference(result.reference).registry)
+    try:
+        attached = attach_build_attestations(result, defn, signer, ctx.clock, client)
+    except HardenError as e:
+        return Built(defn, container=result, pushed_digest=built.pushed_digest, attestation_error=e)
+    ctx.progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
+    return Built(
+        defn, container=result, pushed_digest=built.pushed_digest, attached=tuple(attached)
+    )
+
+
+def _build_vm(
+    defn: ImageDefinition,
+    catalogue: Catalogue,
+    ctx: Context,
+    signer: Signer | None,
+    force: bool,
+    allow_noncompliant: bool,
+    push: bool,
+) -> Built:
+    """A vm definition: build and seal a qcow2 template (builder/vm_build.py); with a signer sign
+    it (envelopes beside the file), with a destination push it as an OCI artifact."""
+    from builder.vm_build import build_vm
+    from harden.app.publish import publish_vm
+    from harden.oci.types import parse_reference
+
+    result = build_vm(
+        defn,
+        catalogue,
+        ctx.clock,
+        force=force,
+        allow_noncompliant=allow_noncompliant,
+        progress=ctx.progress,
+    )
+    destination = defn.doc.destination if result.written and push else None
+    pushed: str | None = None
+    if result.written and (signer is not None or destination):
+        client = ctx.registry(parse_reference(destination).registry) if destination else None
+        pushed = publish_vm(
+            result,
+            defn,
+            signer,
+            destination,
+            clock=ctx.clock,
+            progress=ctx.progress,
+            client=client,
+        )
+    _audit_build(
+        ctx,
+        destination or str(result.path),
+        pushed or result.sha256,
+        result.compliant,
+        {
+            "definition": str(defn.path),
+            "template": str(result.path),
+            "template_sha256": result.sha256,
+            "base": {"name": result.base_disk, "digest": result.base_sha256},
+            "baseline": result.report.baseline.to_json(),
+            "reused": result.reused,
+            "pushed": pushed is not None,
+            "written": result.written,
+        },
+    )
+    what = "reused" if result.reused else "built" if result.written else "not written"
+    ctx.progress(f"{what} {result.path} ({result.sha256}): {_state(result.compliant)}")
+    return Built(defn, vm=result, pushed_digest=pushed)
+
+
+def _state(compliant: bool) -> str:
+    return "compliant" if compliant else "NOT compliant"
+
+
+def _audit_build(
+    ctx: Context, image: str, digest: str | None, compliant: bool, details: dict[str, Any]
+) -> None:
+    """The build decision in the audit log (the history `harden evidence` shows)."""
+    ctx.audit.append(AuditAction.BUILD, image, digest, compliance_word(compliant), details)

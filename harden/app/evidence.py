@@ -1,0 +1,49 @@
+"""The auditor's evidence bundle (`harden evidence`): collect, then write atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harden.app.context import Context
+from harden.attest.keys import PublicKey
+from harden.baseline.resolve import Catalogue
+from harden.evidence import Bundle
+
+__all__ = ["Bundle", "EvidenceWritten", "evidence"]
+
+
+@dataclass(frozen=True)
+class EvidenceWritten:
+    bundle: Bundle
+    directory: Path  # holds index.html and evidence.json
+
+
+def evidence(
+    directory: Path,
+    catalogue: Catalogue,
+    trusted: Sequence[PublicKey],
+    ctx: Context,
+    *,
+    outdir: Path,
+    since: dt.datetime | None = None,
+    controls: Sequence[str] = (),
+) -> EvidenceWritten:
+    """Collect the evidence for the golden images defined in ``directory`` and write the bundle
+    to ``outdir`` (replaced atomically). A bundle with problems is a result (``bundle.ok``)."""
+    from harden.evidence import OciRegistryView, collect, load_definitions, read_audit, write_bundle
+
+    bundle = collect(
+        load_definitions(directory),
+        catalogue,
+        OciRegistryView(ctx.registry),
+        read_audit(ctx.audit, since),
+        trusted,
+        ctx.clock,
+        images_dir=str(directory),
+        since=since,
+        controls=controls,
+    )
+    return EvidenceWritten(bundle, write_bundle(bundle, outdir))

@@ -1,0 +1,40 @@
+"""One home for two file facts: the sha256 digest of a file and an atomic write.
+
+Every module that hashes a file (VM templates, base disks, artifact layers) or writes a result
+(reports, schemas, manifests, attestations beside a template) goes through these, so a digest is
+always ``sha256:<hex>`` and a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+READ_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """``sha256:<hex>`` of the file at ``path`` (read in 1 MiB chunks; OSError propagates)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically: a temp file beside it, fsync, chmod, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
