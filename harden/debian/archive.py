@@ -48,6 +48,9 @@ class Candidate:
     version: str
     source: str
     suite: str
+    filename: str = ""  # pool path of the .deb, relative to the archive root
+    sha256: str = ""
+    size: int = 0
 
 
 class Fetcher(Protocol):
@@ -143,7 +146,16 @@ def parse_packages(text: str, suite: str) -> dict[str, Candidate]:
         source = (st.get("Source") or name).split()[0]
         have = best.get(name)
         if have is None or compare(version, have.version) > 0:
-            best[name] = Candidate(name, version, source, suite)
+            size = st.get("Size", "0")
+            best[name] = Candidate(
+                name,
+                version,
+                source,
+                suite,
+                st.get("Filename", ""),
+                st.get("SHA256", ""),
+                int(size) if size.isdigit() else 0,
+            )
     return best
 
 
@@ -154,6 +166,7 @@ class ArchiveReader:
         self, cache_dir: Path, clock: Clock, *, fetcher: Fetcher | None = None, arch: str = "amd64"
     ) -> None:
         self.cache_dir = cache_dir
+        self.cache_dir_debs = cache_dir / "debs"
         self.clock = clock
         self.fetcher = fetcher or HttpFetcher()
         self.arch = arch
@@ -168,14 +181,21 @@ class ArchiveReader:
         _check_valid_until(fields, self.clock.now(), f"{base}/InRelease")
         if cached.is_file():
             return {
-                n: Candidate(n, v, s, archive.suite)
-                for n, (v, s) in json.loads(cached.read_text()).items()
+                n: Candidate(n, v, s, archive.suite, f, h, z)
+                for n, (v, s, f, h, z) in json.loads(cached.read_text()).items()
             }
         text = self._index(base, fields, archive.component)
         found = parse_packages(text, archive.suite)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps({c.name: [c.version, c.source] for c in found.values()}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    c.name: [c.version, c.source, c.filename, c.sha256, c.size]
+                    for c in found.values()
+                }
+            )
+        )
         tmp.replace(cached)
         return found
 
@@ -202,3 +222,20 @@ class ArchiveReader:
                 raise ArchiveError(f"{base}/{path}: the index unpacks to more than harden reads")
             return raw.decode("utf-8", "replace")
         raise ArchiveError(f"{base}: the signed Release lists no {component} index for {self.arch}")
+
+    def deb(self, archive: Archive, cand: Candidate) -> bytes:
+        """The candidate's ``.deb``, checked against the size and SHA-256 of the signed index."""
+        if not cand.filename or ".." in cand.filename.split("/") or not cand.sha256:
+            raise ArchiveError(f"{cand.name} {cand.version}: the index gives no usable Filename")
+        cached = self.cache_dir_debs / f"{cand.sha256}.deb"
+        if cached.is_file():
+            return cached.read_bytes()
+        url = f"{archive.uri}/{cand.filename}"
+        data = self.fetcher.get(url, cand.size or MAX_INDEX_BYTES)
+        if hashlib.sha256(data).hexdigest() != cand.sha256:
+            raise ArchiveError(f"{url}: does not match the SHA-256 of the signed index; refused")
+        self.cache_dir_debs.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(cached)
+        return data

@@ -238,3 +238,90 @@ def test_sbom_lists_what_syft_lists(tmp_path: Path) -> None:
     theirs = {a["name"]: a["version"] for a in json.loads(out)["artifacts"] if a["type"] == "deb"}
     assert packages_of(doc) == theirs
     assert len(theirs) > 50
+
+
+CHANGELOG = """zzhello (1.2-1+deb12u1) bookworm-security; urgency=high
+
+  * Fix CVE-2099-0001 and CVE-2099-0002 (DSA-9999-1).
+
+ -- Test <test@test.invalid>  Sat, 28 Nov 2026 21:17:18 +0100
+
+zzhello (1.1-1) bookworm; urgency=medium
+
+  * Fix CVE-2098-0009 (already installed).
+
+ -- Test <test@test.invalid>  Sat, 01 Jan 2026 10:00:00 +0100
+"""
+
+
+def _build_deb(tmp: Path) -> Path:
+    import gzip
+
+    pkg = tmp / "zzhello"
+    doc = pkg / "usr/share/doc/zzhello"
+    doc.mkdir(parents=True)
+    (doc / "changelog.Debian.gz").write_bytes(gzip.compress(CHANGELOG.encode()))
+    (pkg / "DEBIAN").mkdir()
+    (pkg / "DEBIAN/control").write_text(
+        "Package: zzhello\nVersion: 1.2-1+deb12u1\nArchitecture: all\n"
+        "Maintainer: Test <test@test.invalid>\nDescription: test package\n"
+    )
+    out = tmp / "zzhello_1.2-1+deb12u1_all.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def test_fixed_cves_come_from_the_verified_deb_and_make_a_vex(
+    test_archive: SignedArchive, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from harden.debian.fixes import changelog_of, fixed_ids, openvex
+
+    deb = _build_deb(tmp_path)
+    pool = test_archive.root / "pool/main/z/zzhello"
+    pool.mkdir(parents=True)
+    shutil.copy(deb, pool / deb.name)
+    data = deb.read_bytes()
+    test_archive.publish(
+        "t6-security",
+        "Package: zzhello\nVersion: 1.2-1+deb12u1\nArchitecture: all\n"
+        f"Filename: pool/main/z/zzhello/{deb.name}\nSize: {len(data)}\n"
+        f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n",
+    )
+    installed = parse_status(
+        b"Package: zzhello\nStatus: install ok installed\nArchitecture: all\nVersion: 1.1-1\n"
+    )
+    reader = ArchiveReader(tmp_path / "cache", FixedClock(NOW))
+    archive = test_archive.archive("t6-security")
+    table = reader.candidates(archive)
+    (update,) = pending_updates(installed, [table])
+    log = changelog_of(reader.deb(archive, table["zzhello"]), update.name, update.source)
+    assert log is not None
+    ids, published = fixed_ids(log, update.installed, update.candidate)
+    assert ids == ("CVE-2099-0001", "CVE-2099-0002", "DSA-9999-1")
+    assert published == "Sat, 28 Nov 2026 21:17:18 +0100"
+
+    from harden.debian.fixes import Fix
+
+    vex = openvex(
+        [Fix(update, ids, published)],
+        product="127.0.0.1:5000/golden/x@sha256:" + "b" * 64,
+        purls={"zzhello": "pkg:deb/debian/zzhello@1.2-1%2Bdeb12u1?arch=all&distro=debian-12"},
+        now=NOW,
+    )
+    assert [s["vulnerability"]["name"] for s in vex["statements"]] == [
+        "CVE-2099-0001",
+        "CVE-2099-0002",
+    ]
+    assert {s["status"] for s in vex["statements"]} == {"fixed"}
+
+    # a .deb altered on the mirror is refused: its hash no longer matches the signed index
+    (pool / deb.name).write_bytes(data[:-1] + b"\0")
+    fresh = ArchiveReader(tmp_path / "cache2", FixedClock(NOW))
+    with pytest.raises(ArchiveError, match="does not match"):
+        fresh.deb(archive, fresh.candidates(archive)["zzhello"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,14 +122,18 @@ def test_sources_deb822_and_one_line(tmp_path: Path) -> None:
 
 def test_cyclonedx_sbom_is_reproducible_and_names_debian_purls() -> None:
     pkgs = parse_status(STATUS)
-    kwargs = {
-        "subject_name": "127.0.0.1:5000/golden/x",
-        "subject_digest": "sha256:" + "a" * 64,
-        "distro": "debian-12",
-        "now": dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
-    }
-    doc = cyclonedx(pkgs, **kwargs)  # type: ignore[arg-type]
-    assert doc == cyclonedx(pkgs, **kwargs)  # type: ignore[arg-type]
+
+    def sbom() -> dict[str, Any]:
+        return cyclonedx(
+            pkgs,
+            subject_name="127.0.0.1:5000/golden/x",
+            subject_digest="sha256:" + "a" * 64,
+            distro="debian-12",
+            now=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        )
+
+    doc = sbom()
+    assert doc == sbom()
     assert doc["specVersion"] == "1.6"
     assert doc["metadata"]["component"]["bom-ref"] == "sha256:" + "a" * 64
     purls = {c["purl"] for c in doc["components"]}
