@@ -8,8 +8,9 @@ clock, and decides one :class:`State` per image, with every reason in words:
 - ``revoked``  a revocation signed by a trusted key names the image's digest;
 - ``stale``    no verified compliance attestation (missing, unverifiable, not compliant), or
   older than ``max_age``, or past ``validUntil``, or a waiver it relied on has expired;
-- ``outdated`` the base image's digest or the resolved baseline's digest changed since the build
-  (``outdated (base)``, ``outdated (baseline)``, ``outdated (base, baseline)``);
+- ``outdated`` the base image's digest or the resolved baseline's digest changed since the build,
+  or the Debian archive has security fixes for packages in the image's signed SBOM
+  (``outdated (base)``, ``outdated (baseline)``, ``outdated (security: 3 packages)``, ...);
 - ``expiring`` fresh now, but it turns stale within the warning window;
 - ``fresh``.
 
@@ -29,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from harden.clock import Clock
+from harden.debian.pending import PendingUpdate
 from harden.errors import ExitCode
 from harden.results import rfc3339
 
@@ -106,6 +108,8 @@ class ImageFacts:
     current_baseline_digest: str | None = None  # the definition's baseline resolved now
     unreachable: tuple[str, ...] = ()  # registry errors: the state cannot be known
     notes: tuple[str, ...] = ()  # worth saying, but no state (e.g. the base tag is gone)
+    # pending updates of the packages in the image's SBOM; None = not checked (no SBOM/archive)
+    pending_updates: tuple[PendingUpdate, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,18 @@ class ImageStatus:
                 "current": f.current_baseline_digest,
             },
             "notes": list(f.notes),
+            "pending_updates": None
+            if f.pending_updates is None
+            else [
+                {
+                    "package": u.name,
+                    "installed": u.installed,
+                    "candidate": u.candidate,
+                    "suite": u.suite,
+                    "security": u.security,
+                }
+                for u in f.pending_updates
+            ],
             "revoked": bool(f.revocations),
             "revocations": [
                 {
@@ -288,6 +304,12 @@ def assess(facts: ImageFacts, clock: Clock, warn_within: dt.timedelta) -> ImageS
                 f"baseline now resolves to {current_baseline}, "
                 f"verified against {recorded_baseline or '(none recorded)'}"
             )
+
+        security = [u for u in facts.pending_updates or () if u.security]
+        if security:
+            n = len(security)
+            outdated.append(f"security: {n} package{'s' if n != 1 else ''}")
+            found[State.OUTDATED] += [f"security fix pending: {u.describe()}" for u in security]
 
     present = frozenset(s for s, reasons in found.items() if reasons)
     state = next((s for s in _ORDER if s in present), State.FRESH)

@@ -217,3 +217,42 @@ def test_content_cache_survives_corruption_and_checks_digests(tmp_path: Path) ->
     assert rebuilt.rebuilt and rebuilt.get(digest) is None
     rebuilt.put(digest, data)
     assert rebuilt.get(digest) == data
+
+
+def test_pending_security_fixes_make_an_image_outdated_with_the_packages() -> None:
+    from harden.debian.pending import PendingUpdate
+    from harden.lifecycle import ImageFacts, State, Verification, assess
+
+    clock = FixedClock(dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    base = ImageFacts(
+        name="web",
+        definition="images/web.yaml",
+        destination="127.0.0.1:5000/golden/web:12",
+        max_age=dt.timedelta(days=30),
+        digest="sha256:" + "1" * 64,
+        verification=Verification(
+            verified_at=dt.datetime(2026, 11, 30, tzinfo=dt.UTC),
+            valid_until=dt.datetime(2027, 1, 30, tzinfo=dt.UTC),
+            compliant=True,
+            baseline_digest="sha256:" + "2" * 64,
+        ),
+    )
+    fixes = (
+        PendingUpdate("libc6", "2.36-9", "2.36-9+deb12u9", "bookworm-security", "glibc"),
+        PendingUpdate("tzdata", "2024a", "2024b", "bookworm-updates", "tzdata"),
+        PendingUpdate("zlib1g", "1:1.2.13", "1:1.2.13+deb12u1", "bookworm-security", "zlib"),
+    )
+    assert assess(base, clock, dt.timedelta(days=1)).state is State.FRESH
+    status = assess(dataclasses.replace(base, pending_updates=fixes), clock, dt.timedelta(days=1))
+    assert status.state is State.OUTDATED
+    assert status.label == "outdated (security: 2 packages)"
+    assert "security fix pending: libc6 2.36-9 -> 2.36-9+deb12u9 (bookworm-security)" in (
+        status.reasons
+    )
+    assert not any("tzdata" in r for r in status.reasons)  # not a security fix
+    assert status.needs_rebuild
+    assert [u["package"] for u in status.to_json()["pending_updates"]] == [
+        "libc6",
+        "tzdata",
+        "zlib1g",
+    ]

@@ -1,0 +1,1 @@
+"""Debian facts harden reads itself: the dpkg database, apt sources, signed archive indices."""

@@ -1,0 +1,141 @@
+"""dpkg status parsing, Debian version order, apt sources, pending updates and the SBOM."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harden.debian.archive import Candidate, parse_packages
+from harden.debian.dpkg import MAX_PACKAGES, DpkgStatusError, Package, parse_status
+from harden.debian.pending import pending_updates
+from harden.debian.sources import host_sources, update_archives
+from harden.debian.version import compare
+from harden.sbom import cyclonedx, packages_of
+
+STATUS = b"""Package: libc6
+Status: install ok installed
+Architecture: amd64
+Source: glibc
+Version: 2.36-9+deb12u4
+Description: GNU C Library
+ continuation line: Version: 9.9
+
+Package: removed-one
+Status: deinstall ok config-files
+Architecture: amd64
+Version: 1.0
+
+Package: tzdata
+Status: install ok installed
+Architecture: all
+Version: 2024a-0+deb12u1
+
+Package: libpam0g
+Status: install ok installed
+Architecture: amd64
+Source: pam (1.5.2-6)
+Version: 1.5.2-6+deb12u1
+"""
+
+
+def test_status_keeps_installed_packages_and_their_sources() -> None:
+    pkgs = {p.name: p for p in parse_status(STATUS)}
+    assert set(pkgs) == {"libc6", "tzdata", "libpam0g"}
+    assert pkgs["libc6"].source == "glibc"
+    assert pkgs["libc6"].version == "2.36-9+deb12u4"  # not the continuation line's text
+    assert pkgs["tzdata"].source == "tzdata"
+    assert pkgs["libpam0g"].source_version == "1.5.2-6"
+
+
+def test_status_over_the_entry_limit_is_an_error_not_a_partial_list() -> None:
+    stanza = b"Package: p%d\nStatus: install ok installed\nVersion: 1\n\n"
+    data = b"".join(stanza % i for i in range(MAX_PACKAGES + 1))
+    with pytest.raises(DpkgStatusError, match="more than"):
+        parse_status(data)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "sign"),
+    [
+        ("1.0-1", "1.0-1+deb12u1", -1),
+        ("1:1.2.13.dfsg-1", "1.2.13.dfsg-1+deb12u9", 1),  # the epoch wins
+        ("2.6.1~rc1", "2.6.1", -1),  # ~ sorts before everything
+        ("1.10", "1.9", 1),  # numeric, not string, order
+        ("1.0-1", "1.0-1", 0),
+    ],
+)
+def test_debian_version_order(a: str, b: str, sign: int) -> None:
+    got = compare(a, b)
+    assert (got > 0) - (got < 0) == sign
+
+
+def test_pending_updates_pick_the_newest_candidate_over_suites() -> None:
+    installed = [Package("tzdata", "2024a-0+deb12u1", "all", "tzdata", "2024a-0+deb12u1")]
+    sec = {"tzdata": Candidate("tzdata", "2025a-0+deb12u1", "tzdata", "bookworm-security")}
+    upd = {"tzdata": Candidate("tzdata", "2024b-0+deb12u1", "tzdata", "bookworm-updates")}
+    older = {"tzdata": Candidate("tzdata", "2023c-0", "tzdata", "bookworm-updates")}
+    (one,) = pending_updates(installed, [upd, sec, older])
+    assert (one.candidate, one.suite, one.security) == (
+        "2025a-0+deb12u1",
+        "bookworm-security",
+        True,
+    )
+    assert pending_updates(installed, [older]) == ()
+
+
+def test_packages_index_keeps_the_newest_version() -> None:
+    text = "Package: a\nVersion: 1.9\n\nPackage: a\nVersion: 1.10\nSource: asrc (1)\n\n"
+    assert parse_packages(text, "s")["a"] == Candidate("a", "1.10", "asrc", "s")
+
+
+def test_sources_deb822_and_one_line(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian-security "
+        "bookworm-security main\n"
+    )
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n# note\nURIs: http://mirror.invalid/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb-src\nURIs: http://src.invalid/\nSuites: bookworm\nComponents: main\n"
+    )
+    sources = host_sources(tmp_path)
+    assert [(s.uri, s.suite) for s in sources] == [
+        ("http://mirror.invalid/debian-security", "bookworm-security"),
+        ("http://mirror.invalid/debian", "bookworm"),
+        ("http://mirror.invalid/debian", "bookworm-updates"),
+    ]
+    archives = update_archives("trixie", sources)
+    assert [(a.uri, a.suite, str(a.keyring)) for a in archives] == [
+        ("http://mirror.invalid/debian-security", "trixie-security", "/k.gpg"),
+        (
+            "http://mirror.invalid/debian",
+            "trixie-updates",
+            "/usr/share/keyrings/debian-archive-keyring.gpg",
+        ),
+    ]
+
+
+def test_cyclonedx_sbom_is_reproducible_and_names_debian_purls() -> None:
+    pkgs = parse_status(STATUS)
+
+    def sbom() -> dict[str, Any]:
+        return cyclonedx(
+            pkgs,
+            subject_name="127.0.0.1:5000/golden/x",
+            subject_digest="sha256:" + "a" * 64,
+            distro="debian-12",
+            now=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        )
+
+    doc = sbom()
+    assert doc == sbom()
+    assert doc["specVersion"] == "1.6"
+    assert doc["metadata"]["component"]["bom-ref"] == "sha256:" + "a" * 64
+    purls = {c["purl"] for c in doc["components"]}
+    assert "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12" in purls
+    assert packages_of(doc) == {p.name: p.version for p in pkgs}
