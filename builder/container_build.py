@@ -33,9 +33,11 @@ from harden.errors import EnvironmentProblem, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
+from harden.testsuite import with_results
 from verifiers.facts import FactPlan, new_nonce
 from verifiers.facts import parse as parse_facts
 from verifiers.runner import report_from_facts, verify
+from verifiers.suites import run_suites
 
 LABEL_BUILD_KEY = "dev.harden.build-key"
 LABEL_DEFINITION = "dev.harden.definition"
@@ -240,6 +242,10 @@ def build_container(
         progress(f"verifying {image_id[:19]} against {baseline.id}")
         target = ImageTarget(engine, image_id)
         report = verify(target, baseline, clock, image=reference, digest=image_id, progress=None)
+    suites = defn.suites()
+    if suites:  # the team's testinfra suites, on one container of the built image
+        tests = run_suites(suites, f"docker-image://{image_id}", progress=progress)
+        report = with_results(report, tests)
     engine.tag(engine.image(image_id), reference)
 
     digest: str | None = None

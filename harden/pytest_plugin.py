@@ -24,11 +24,12 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from testinfra.backend.base import BaseBackend
 
 MAX_LONGREPR = 4000
 
 
-class TestTimeout(Exception):  # noqa: N818 (what the user sees in the failure text)
+class TestTimeout(Exception):
     """A test ran longer than --harden-test-timeout."""
 
 
@@ -38,7 +39,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harden-known-hosts", metavar="FILE", help="pinned SSH host keys")
     group.addoption("--harden-identity", metavar="FILE", help="SSH private key")
     group.addoption(
-        "--harden-test-timeout", metavar="SECONDS", type=float, default=120.0,
+        "--harden-test-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=120.0,
         help="per-test time limit; a test over it is an error (default 120)",
     )
     group.addoption("--harden-results", metavar="FILE", help="write results as JSON lines")
@@ -65,28 +69,21 @@ class _HostFixture:
     def host(self) -> Iterator[Any]:
         import testinfra.host
 
-        from harden.testsuite import open_target
-
         opt = self.config.getoption
         with open_target(
             str(opt("--harden-target")),
             known_hosts=_path(opt("--harden-known-hosts")),
             identity=_path(opt("--harden-identity")),
         ) as target:
-            yield testinfra.host.Host(_TargetBackend(target, opt("--harden-test-timeout")))
+            limit = opt("--harden-test-timeout") or 120.0
+            yield testinfra.host.Host(_TargetBackend(target, float(limit)))
 
 
 def _path(value: object) -> Path | None:
     return Path(str(value)) if value else None
 
 
-def _backend_base() -> type:
-    from testinfra.backend.base import BaseBackend
-
-    return BaseBackend
-
-
-class _TargetBackend(_backend_base()):  # type: ignore[misc]
+class _TargetBackend(BaseBackend):  # type: ignore[misc]
     """A testinfra backend over harden's own Target: its pinned keys, its one connection."""
 
     NAME = "harden"
@@ -104,7 +101,9 @@ class _TargetBackend(_backend_base()):  # type: ignore[misc]
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    limit = float(item.config.getoption("--harden-test-timeout") or 0)
+    given = item.config.getoption("--harden-test-timeout")
+    default = 120.0 if item.config.getoption("--harden-target") else 0.0
+    limit = float(given if given is not None else default)
     if limit <= 0 or not hasattr(signal, "SIGALRM"):
         yield
         return
@@ -178,8 +177,13 @@ class _Recorder:
             self._out.close()
 
     def _write(
-        self, nodeid: str, outcome: str, duration: float, text: str,
-        controls: dict[str, list[str]], title: str,
+        self,
+        nodeid: str,
+        outcome: str,
+        duration: float,
+        text: str,
+        controls: dict[str, list[str]],
+        title: str,
     ) -> None:
         rec = {
             "nodeid": nodeid,
@@ -207,3 +211,34 @@ def _skip_reason(report: pytest.TestReport) -> str:
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2]).removeprefix("Skipped: ")
     return str(longrepr or "")
+
+
+@contextlib.contextmanager
+def open_target(
+    ref: str, *, known_hosts: Path | None = None, identity: Path | None = None
+) -> Iterator[Any]:
+    """A Target for ``ref`` kept open for a whole suite (one container, one SSH connection)."""
+    from harden.errors import TargetError
+
+    if ref.startswith("ssh://"):
+        from builder.ssh_target import SshTarget
+
+        with SshTarget.from_url(ref, key_path=identity, known_hosts=known_hosts) as ssh:
+            yield ssh
+        return
+    from builder.docker_engine import Engine, RunningContainerTarget, names_registry
+
+    engine = Engine.connect()
+    if ref.startswith("docker://"):
+        yield RunningContainerTarget(engine, ref.removeprefix("docker://"))
+        return
+    image = ref.removeprefix("docker-image://")
+    if image == ref and names_registry(image):
+        engine.pull(image)
+    keep_alive = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+    with engine.throwaway(image, keep_alive) as container:
+        try:
+            container.start()
+        except Exception as e:  # docker.errors.APIError: the adapter's own words
+            raise TargetError(f"cannot start a test container from {image}: {e}") from e
+        yield RunningContainerTarget(engine, str(container.id))

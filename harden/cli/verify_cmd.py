@@ -12,7 +12,9 @@ from harden.cli.output import FORMAT_CHOICES, render_report
 from harden.clock import SystemClock
 from harden.errors import UsageError
 from harden.imagedef import load_definition
-from verifiers.refs import verify_ref
+from harden.testsuite import Suite, with_results
+from verifiers.refs import scheme_of, verify_ref
+from verifiers.suites import run_suites
 
 
 @click.command()
@@ -37,6 +39,23 @@ from verifiers.refs import verify_ref
 )
 @output_option
 @click.option(
+    "--tests",
+    "test_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="testinfra test file or folder to run against REF as well (repeatable); each test "
+    "becomes a result. --definition adds the definition's own 'tests'.",
+)
+@click.option("--tests-k", default=None, metavar="EXPR", help="pytest -k selection for --tests.")
+@click.option("--tests-m", default=None, metavar="EXPR", help="pytest -m selection for --tests.")
+@click.option(
+    "--test-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one test may take before it is an error.",
+)
+@click.option(
     "--known-hosts",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -56,6 +75,10 @@ def verify(
     baseline_dirs: tuple[Path, ...],
     fmt: str,
     output: Path | None,
+    test_paths: tuple[Path, ...],
+    tests_k: str | None,
+    tests_m: str | None,
+    test_timeout: float,
     known_hosts: Path | None,
     identity: Path | None,
 ) -> None:
@@ -70,7 +93,13 @@ def verify(
       template.qcow2                     a VM template (booted in a throwaway overlay)
 
     With --definition the image definition's baseline, parameter overrides and waivers are
-    used, exactly as `harden build` verified the image.
+    used, exactly as `harden build` verified the image, and its testinfra suites run too.
+
+    \b
+    --tests runs a testinfra suite (the same files `pytest --harden-target REF` runs) on REF:
+      harden verify 127.0.0.1:5000/staging/app:1 --tests tests/golden/
+    An image is tested in one throwaway container (network none): a test that writes to it
+    changes nothing that stays.
 
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
@@ -78,6 +107,16 @@ def verify(
     cat = catalogue(baseline_dirs)
     clock = SystemClock()
     overrides = None
+    suites = [
+        Suite(
+            (p.resolve(),),
+            root=Path.cwd(),
+            keyword=tests_k,
+            markers=tests_m,
+            test_timeout=test_timeout,
+        )
+        for p in test_paths
+    ]
     if definition is not None:
         defn = load_definition(definition)
         if baseline_id is not None and baseline_id != defn.doc.baseline.id:
@@ -86,6 +125,12 @@ def verify(
                 f"(baseline {defn.doc.baseline.id})"
             )
         baseline_id, overrides = defn.doc.baseline.id, defn.overrides()
+        suites[:0] = defn.suites()
+    if suites and scheme_of(ref) == "qcow2":
+        raise UsageError(
+            "test suites need a running system; a qcow2 file is verified without one",
+            hint="boot it and verify ssh://USER@HOST:PORT --tests ..., or build with 'tests'",
+        )
     report = verify_ref(
         ref,
         cat,
@@ -96,6 +141,11 @@ def verify(
         identity=identity,
         progress=progress,
     )
+    if suites:
+        tests = run_suites(
+            suites, ref, known_hosts=known_hosts, identity=identity, progress=progress
+        )
+        report = with_results(report, tests)
     render_report(report, fmt, output)
     AuditLog.default(clock).append(
         AuditAction.VERIFY,
