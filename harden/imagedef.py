@@ -44,6 +44,7 @@ from harden.baseline.resolve import (
     resolve,
 )
 from harden.errors import ImageDefinitionError
+from harden.paths import shipped_suites_dir
 from harden.testsuite import Suite
 from harden.yamlio import LineMap, load_file
 
@@ -79,6 +80,9 @@ class VmSource(Strict):
     append: str = "root=/dev/vda rw console=ttyS0"
     ssh_user: str = "root"
     ssh_key: str | None = None
+
+
+SHIPPED_PREFIX = "harden:"  # harden's own suites: harden:behaviour/container, harden:behaviour/vm
 
 
 class TestSuiteEntry(Strict):
@@ -145,7 +149,10 @@ class ImageDefinition:
         out = []
         for i, entry in enumerate(self.doc.tests):
             e = TestSuiteEntry(path=entry) if isinstance(entry, str) else entry
-            path = (here / e.path).resolve()
+            if e.path.startswith(SHIPPED_PREFIX):
+                path = shipped_suites_dir() / e.path.removeprefix(SHIPPED_PREFIX)
+            else:
+                path = (here / e.path).resolve()
             if not path.exists():
                 raise ImageDefinitionError(
                     f"test suite path {e.path} does not exist (looked for {path})",

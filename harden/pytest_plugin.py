@@ -66,17 +66,29 @@ class _HostFixture:
         self.config = config
 
     @pytest.fixture(scope="session")
-    def host(self) -> Iterator[Any]:
-        import testinfra.host
-
+    def harden_target(self) -> Iterator[Any]:
+        """The Target harden opened for REF (one container or SSH connection per session)."""
         opt = self.config.getoption
         with open_target(
             str(opt("--harden-target")),
             known_hosts=_path(opt("--harden-known-hosts")),
             identity=_path(opt("--harden-identity")),
         ) as target:
-            limit = opt("--harden-test-timeout") or 120.0
-            yield testinfra.host.Host(_TargetBackend(target, float(limit)))
+            yield target
+
+    @pytest.fixture(scope="session")
+    def host(self, harden_target: Any) -> Any:
+        """testinfra's Host, bound to the harden target."""
+        import testinfra.host
+
+        limit = self.config.getoption("--harden-test-timeout") or 120.0
+        return testinfra.host.Host(_TargetBackend(harden_target, float(limit)))
+
+    @pytest.fixture(scope="session")
+    def harden_image_config(self, harden_target: Any) -> dict[str, Any] | None:
+        """The image's config (User, Env, Cmd, Volumes, Labels); None for a machine."""
+        cfg: dict[str, Any] | None = harden_target.image_config()
+        return cfg
 
 
 def _path(value: object) -> Path | None:
@@ -145,7 +157,10 @@ class _Recorder:
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
-            self._write(report.nodeid or "<collection>", "error", 0.0, _text(report), {}, "")
+            message = _message(report) or "the file could not be collected"
+            self._write(
+                report.nodeid or "<collection>", "error", 0.0, _text(report), {}, "", message
+            )
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self._started[nodeid] = time.monotonic()
@@ -155,13 +170,15 @@ class _Recorder:
 
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
         reports = self._reports.pop(nodeid, [])
-        outcome, text = "passed", ""
+        outcome, text, message = "passed", "", ""
         for r in reports:
             if r.when == "call" and r.failed:
                 timed_out = "TestTimeout" in _text(r)
                 outcome, text = ("error" if timed_out else "failed"), _text(r)
+                message = _message(r)
             elif r.failed:  # setup or teardown broke: the test proves nothing
                 outcome, text = "error", f"{r.when}: {_text(r)}"
+                message = f"{r.when}: {_message(r)}"
             elif r.skipped and outcome == "passed":
                 outcome, text = "skipped", _skip_reason(r)
         item = self._items.get(nodeid)
@@ -170,7 +187,7 @@ class _Recorder:
             title = item.obj.__doc__.strip().splitlines()[0]
         duration = time.monotonic() - self._started.pop(nodeid, time.monotonic())
         controls = controls_of(item) if item is not None else {}
-        self._write(nodeid, outcome, duration, text, controls, title)
+        self._write(nodeid, outcome, duration, text, controls, title, message)
 
     def pytest_sessionfinish(self) -> None:
         with contextlib.suppress(OSError):
@@ -184,6 +201,7 @@ class _Recorder:
         text: str,
         controls: dict[str, list[str]],
         title: str,
+        message: str = "",
     ) -> None:
         rec = {
             "nodeid": nodeid,
@@ -192,6 +210,7 @@ class _Recorder:
             "text": text[-MAX_LONGREPR:],
             "controls": controls,
             "title": title,
+            "message": message[:MAX_LONGREPR],
         }
         self._out.write(json.dumps(rec) + "\n")
         self._out.flush()
@@ -201,9 +220,13 @@ class _Recorder:
 def _text(report: pytest.TestReport | pytest.CollectReport) -> str:
     """The failure text, ending with the exception's own message (the line a reader wants)."""
     text = str(report.longreprtext or "")
-    crash = getattr(report.longrepr, "reprcrash", None)
-    message = getattr(crash, "message", None)
+    message = _message(report)
     return f"{text}\n{message}" if message else text
+
+
+def _message(report: pytest.TestReport | pytest.CollectReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return str(getattr(crash, "message", "") or "")
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
@@ -241,4 +264,24 @@ def open_target(
             container.start()
         except Exception as e:  # docker.errors.APIError: the adapter's own words
             raise TargetError(f"cannot start a test container from {image}: {e}") from e
-        yield RunningContainerTarget(engine, str(container.id))
+        config = dict(engine.image(image).attrs.get("Config") or {})
+        yield _ImageContainer(RunningContainerTarget(engine, str(container.id)), image, config)
+
+
+class _ImageContainer:
+    """The suite's container of an image: runs in the container, describes the image."""
+
+    def __init__(self, inner: Any, image: str, config: dict[str, Any]) -> None:
+        self._inner = inner
+        self.kind = inner.kind
+        self._image = image
+        self._config = config
+
+    def describe(self) -> str:
+        return self._image
+
+    def run(self, script: str, *, timeout: float = 600.0) -> Any:
+        return self._inner.run(script, timeout=timeout)
+
+    def image_config(self) -> dict[str, Any]:
+        return dict(self._config)

@@ -73,11 +73,15 @@ def to_result(rec: dict[str, Any]) -> RuleResult:
     status = _STATUS[str(rec["outcome"])]
     text = str(rec.get("text") or "")
     lines = tuple(ln for ln in text.splitlines() if ln.strip())[-MAX_EVIDENCE_LINES:]
+    message = str(rec.get("message") or "").strip()
+    first = message.splitlines()[0] if message else ""
     reason = ""
     if status is Status.NOT_APPLICABLE:
         reason = f"skipped: {text.strip()}"
     elif status is Status.ERROR:
-        reason = lines[-1] if lines else "error"
+        reason = first or (lines[-1] if lines else "error")
+    elif status is Status.FAILED:
+        reason = first
     controls = {str(k): tuple(str(x) for x in v) for k, v in (rec.get("controls") or {}).items()}
     nodeid = str(rec["nodeid"])
     return RuleResult(
