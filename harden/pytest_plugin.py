@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -214,7 +213,6 @@ class _Recorder:
         }
         self._out.write(json.dumps(rec) + "\n")
         self._out.flush()
-        os.fsync(self._out.fileno())
 
 
 def _text(report: pytest.TestReport | pytest.CollectReport) -> str:
