@@ -41,9 +41,11 @@ from harden.labels import CREATED as OCI_CREATED
 from harden.labels import DEFINITION as LABEL_DEFINITION
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
+from harden.testsuite import with_results
 from verifiers.facts import FactPlan, new_nonce
 from verifiers.facts import parse as parse_facts
 from verifiers.runner import report_from_facts, verify
+from verifiers.suites import run_suites
 
 REMEDIATION_TIMEOUT = 1800.0
 
@@ -239,6 +241,10 @@ def build_container(
         progress(f"verifying {image_id[:19]} against {baseline.id}")
         target = ImageTarget(engine, image_id)
         report = verify(target, baseline, clock, image=reference, digest=image_id, progress=None)
+    suites = defn.suites()
+    if suites:  # the team's testinfra suites, on one container of the built image
+        tests = run_suites(suites, f"docker-image://{image_id}", progress=progress)
+        report = with_results(report, tests)
     engine.tag(engine.image(image_id), reference)
 
     digest: str | None = None

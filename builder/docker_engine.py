@@ -241,7 +241,7 @@ class ImageTarget:
 
 @dataclass
 class RunningContainerTarget:
-    """A running container (``docker://NAME``), driven through testinfra's docker backend."""
+    """A running container (``docker://NAME``): each run() is one exec over the engine's API."""
 
     engine: Engine
     name: str
@@ -249,9 +249,6 @@ class RunningContainerTarget:
 
     def __post_init__(self) -> None:
         self._container = self.engine.container(self.name)
-        import testinfra
-
-        self._host = testinfra.get_host(f"docker://root@{self.name}")
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -263,8 +260,15 @@ class RunningContainerTarget:
         return f"docker://{self.name}"
 
     def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
-        out = self._host.run("/bin/sh -c %s", script)
-        return CommandResult(out.rc, out.stdout_bytes, out.stderr_bytes)
+        # the API directly (no docker CLI process per command: ~10 ms instead of ~100 ms)
+        api = self.engine.client.api
+        try:
+            exec_id = api.exec_create(self._container.id, ["/bin/sh", "-c", script], user="root")
+            out, err = api.exec_start(exec_id, demux=True)
+            code = api.exec_inspect(exec_id).get("ExitCode")
+        except docker.errors.DockerException as e:
+            raise TargetError(f"exec in container {self.name} failed: {_short(e)}") from e
+        return CommandResult(-1 if code is None else int(code), out or b"", err or b"")
 
     def image_config(self) -> dict[str, Any] | None:
         cfg: dict[str, Any] = dict(self._container.attrs.get("Config") or {})

@@ -11,6 +11,9 @@ baseline:
 destination: 127.0.0.1:5000/staging/debian12-hardened:latest
 max_age: 30d
 labels: {org.opencontainers.image.vendor: Example}
+tests:                      # testinfra suites, relative to this file, run in the verify stage
+  - tests/golden            # a folder or a file
+  - {path: tests/web.py, k: "not slow", markers: smoke, timeout: 60}
 ```
 """
 
@@ -41,6 +44,8 @@ from harden.baseline.resolve import (
     resolve,
 )
 from harden.errors import ImageDefinitionError, InputError
+from harden.paths import shipped_suites_dir
+from harden.testsuite import Suite
 from harden.yamlio import LineMap, load_file
 
 ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-_:/@]*$", max_length=255)]
@@ -77,6 +82,18 @@ class VmSource(Strict):
     ssh_key: str | None = None
 
 
+SHIPPED_PREFIX = "harden:"  # harden's own suites: harden:behaviour/container, harden:behaviour/vm
+
+
+class TestSuiteEntry(Strict):
+    """testinfra test files or folders, relative to the definition, run in the verify stage."""
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    k: str | None = None  # pytest -k expression
+    markers: str | None = None  # pytest -m expression
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0  # per test, seconds
+
+
 class ImageDefinitionDoc(Strict):
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-_]{0,127}$")]
     description: str = ""
@@ -89,6 +106,7 @@ class ImageDefinitionDoc(Strict):
     promote_to: ImageRef | None = None
     max_age: str = "30d"
     labels: dict[str, str] = Field(default_factory=dict)
+    tests: list[str | TestSuiteEntry] = Field(default_factory=list)
 
     @field_validator("max_age")
     @classmethod
@@ -124,6 +142,27 @@ class ImageDefinition:
 
     def resolve_baseline(self, catalogue: Catalogue) -> ResolvedBaseline:
         return resolve(catalogue, self.doc.baseline.id, self.overrides())
+
+    def suites(self) -> tuple[Suite, ...]:
+        """The definition's test suites, paths resolved against the definition's folder."""
+        here = self.path.resolve().parent
+        out = []
+        for i, entry in enumerate(self.doc.tests):
+            e = TestSuiteEntry(path=entry) if isinstance(entry, str) else entry
+            if e.path.startswith(SHIPPED_PREFIX):
+                path = shipped_suites_dir() / e.path.removeprefix(SHIPPED_PREFIX)
+            else:
+                path = (here / e.path).resolve()
+            if not path.exists():
+                raise ImageDefinitionError(
+                    f"test suite path {e.path} does not exist (looked for {path})",
+                    location=self.lines.location(("tests", i)),
+                    hint="paths in 'tests' are relative to the image definition",
+                )
+            out.append(
+                Suite((path,), root=here, keyword=e.k, markers=e.markers, test_timeout=e.timeout)
+            )
+        return tuple(out)
 
 
 def load_definitions(directory: Path, *, require_some: bool = False) -> list[ImageDefinition]:

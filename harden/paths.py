@@ -23,6 +23,11 @@ def templates_dir() -> Path:
     return _data_dir("templates")
 
 
+def shipped_suites_dir() -> Path:
+    """harden's own testinfra suites (``harden:behaviour/...`` in an image definition)."""
+    return _PKG.parent / "verifiers"  # a sibling package, found without importing it
+
+
 def harden_home() -> Path:
     """Local state (inventory cache, audit log): ``$HARDEN_HOME`` or ~/.local/state/harden."""
     env = os.environ.get("HARDEN_HOME")

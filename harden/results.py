@@ -56,9 +56,11 @@ class RuleResult:
     evidence: tuple[str, ...] = ()  # what was found, one line each
     reason: str = ""  # why not applicable / error message / waiver note
     waiver: WaiverInfo | None = None
+    duration: float | None = None  # seconds, for results that are tests (kind testinfra)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {} if self.duration is None else {"duration": self.duration}
+        return extra | {
             "rule_id": self.rule_id,
             "status": self.status.value,
             "title": self.title,

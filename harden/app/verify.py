@@ -8,19 +8,22 @@ why they live here, above both, and not in ``verifiers``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from harden.app.context import Context
 from harden.audit import AuditAction
 from harden.baseline.resolve import Catalogue, Overrides, resolve
 from harden.clock import Clock
-from harden.errors import UsageError
+from harden.errors import TargetError, UsageError
 from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
 from harden.target import TargetKind
+from harden.testsuite import Suite, with_results
 from verifiers.refs import BASELINE_LABEL, DEFAULT_BASELINE, Opened, scheme_of
 from verifiers.runner import verify
+from verifiers.suites import run_suites
 
 __all__ = ["OPENERS", "Opened", "verify_ref", "verify_reference"]
 
@@ -113,12 +116,20 @@ def verify_reference(
     definition: ImageDefinition | None = None,
     known_hosts: Path | None = None,
     identity: Path | None = None,
+    suites: Sequence[Suite] = (),
 ) -> VerifyReport:
     """`harden verify REF`: verify and write the VERIFY audit entry.
 
     With ``definition`` its baseline, parameter overrides and waivers are used (as the build
-    did); a ``baseline_id`` that contradicts it is a usage error."""
+    did) and its testinfra suites run before ``suites``; a ``baseline_id`` that contradicts it
+    is a usage error. Each test is a result beside the baseline's rules."""
     overrides = None
+    suites = [*(definition.suites() if definition is not None else ()), *suites]
+    if suites and scheme_of(ref) == "qcow2":
+        raise UsageError(
+            "test suites need a running system; a qcow2 file is verified without booting it",
+            hint="boot it and verify ssh://USER@HOST:PORT --tests ..., or build with 'tests'",
+        )
     if definition is not None:
         if baseline_id is not None and baseline_id != definition.doc.baseline.id:
             raise UsageError(
@@ -136,6 +147,11 @@ def verify_reference(
         identity=identity,
         progress=ctx.progress,
     )
+    if suites:
+        tests = run_suites(
+            suites, ref, known_hosts=known_hosts, identity=identity, progress=ctx.progress
+        )
+        report = with_results(report, tests)
     ctx.audit.append(
         AuditAction.VERIFY,
         report.image,
@@ -144,3 +160,54 @@ def verify_reference(
         {"baseline": report.baseline.to_json(), "summary": report.summary()},
     )
     return report
+
+
+@contextlib.contextmanager
+def open_target(
+    ref: str, *, known_hosts: Path | None = None, identity: Path | None = None
+) -> Iterator[Any]:
+    """A Target for ``ref`` kept open for a whole suite (one container, one SSH connection).
+
+    Used by the pytest plugin (``pytest --harden-target REF``) that runs testinfra suites."""
+    if ref.startswith("ssh://"):
+        from builder.ssh_target import SshTarget
+
+        with SshTarget.from_url(ref, key_path=identity, known_hosts=known_hosts) as ssh:
+            yield ssh
+        return
+    from builder.docker_engine import Engine, RunningContainerTarget, names_registry
+
+    engine = Engine.connect()
+    if ref.startswith("docker://"):
+        yield RunningContainerTarget(engine, ref.removeprefix("docker://"))
+        return
+    image = ref.removeprefix("docker-image://")
+    if image == ref and names_registry(image):
+        engine.pull(image)
+    keep_alive = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+    with engine.throwaway(image, keep_alive) as container:
+        try:
+            container.start()
+        except Exception as e:  # docker.errors.APIError: the adapter's own words
+            raise TargetError(f"cannot start a test container from {image}: {e}") from e
+        config = dict(engine.image(image).attrs.get("Config") or {})
+        yield _ImageContainer(RunningContainerTarget(engine, str(container.id)), image, config)
+
+
+class _ImageContainer:
+    """The suite's container of an image: runs in the container, describes the image."""
+
+    def __init__(self, inner: Any, image: str, config: dict[str, Any]) -> None:
+        self._inner = inner
+        self.kind = inner.kind
+        self._image = image
+        self._config = config
+
+    def describe(self) -> str:
+        return self._image
+
+    def run(self, script: str, *, timeout: float = 600.0) -> Any:
+        return self._inner.run(script, timeout=timeout)
+
+    def image_config(self) -> dict[str, Any]:
+        return dict(self._config)

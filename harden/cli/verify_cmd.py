@@ -10,6 +10,7 @@ from harden.cli.common import baselines_option, catalogue, context, output_optio
 from harden.cli.output import FORMAT_CHOICES, render_report
 from harden.errors import ExitCode
 from harden.imagedef import load_definition
+from harden.testsuite import Suite
 
 
 @click.command()
@@ -34,6 +35,23 @@ from harden.imagedef import load_definition
 )
 @output_option
 @click.option(
+    "--tests",
+    "test_paths",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="testinfra test file or folder to run against REF as well (repeatable); each test "
+    "becomes a result. --definition adds the definition's own 'tests'.",
+)
+@click.option("--tests-k", default=None, metavar="EXPR", help="pytest -k selection for --tests.")
+@click.option("--tests-m", default=None, metavar="EXPR", help="pytest -m selection for --tests.")
+@click.option(
+    "--test-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one test may take before it is an error.",
+)
+@click.option(
     "--known-hosts",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -53,6 +71,10 @@ def verify(
     baseline_dirs: tuple[Path, ...],
     fmt: str,
     output: Path | None,
+    test_paths: tuple[Path, ...],
+    tests_k: str | None,
+    tests_m: str | None,
+    test_timeout: float,
     known_hosts: Path | None,
     identity: Path | None,
 ) -> None:
@@ -67,13 +89,29 @@ def verify(
       template.qcow2                     a VM template (booted in a throwaway overlay)
 
     With --definition the image definition's baseline, parameter overrides and waivers are
-    used, exactly as `harden build` verified the image.
+    used, exactly as `harden build` verified the image, and its testinfra suites run too.
+
+    \b
+    --tests runs a testinfra suite (the same files `pytest --harden-target REF` runs) on REF:
+      harden verify 127.0.0.1:5000/staging/app:1 --tests tests/golden/
+    An image is tested in one throwaway container (network none): a test that writes to it
+    changes nothing that stays.
 
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
     """
     from harden.app.verify import verify_reference
 
+    suites = [
+        Suite(
+            (p.resolve(),),
+            root=Path.cwd(),
+            keyword=tests_k,
+            markers=tests_m,
+            test_timeout=test_timeout,
+        )
+        for p in test_paths
+    ]
     report = verify_reference(
         ref,
         catalogue(baseline_dirs),
@@ -82,6 +120,7 @@ def verify(
         definition=load_definition(definition) if definition is not None else None,
         known_hosts=known_hosts,
         identity=identity,
+        suites=suites,
     )
     render_report(report, fmt, output)
     if not report.compliant:
