@@ -37,6 +37,7 @@ from harden.baseline.kinds import (
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
 from verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
+from verifiers.pam import effect as pam_effect
 
 MAX_EVIDENCE = 20  # lines per rule; the rest is summarised
 
@@ -289,12 +290,22 @@ def _config_line(spec: ConfigLine, ctx: CheckContext) -> Outcome:
                 ev = f"sshd -T: {kv[0]} {kv[1]} (want {want})"
                 return Outcome.ok(ev) if ok else Outcome.fail(ev)
     value, source = effective_config(spec, ctx.facts)
+    pam = pam_effect(ctx.facts, path)
+    if pam is not None and spec.key.lower() in pam.args:
+        # a module argument (pam_pwquality.so minlen=8) overrides the configuration file
+        value, line = pam.args[spec.key.lower()]
+        source = line.render()
     if value is None:
-        if spec.missing_ok:
+        if spec.missing_ok and (pam is None or pam.in_force):
             return Outcome.ok(f"{spec.key} not set in {path} (default accepted)")
-        return Outcome.fail(f"{spec.key} not set in {path} (want {want})")
+        ev = f"{spec.key} not set in {path} (want {want})"
+        return Outcome.fail(ev, *(pam.evidence if pam is not None and not pam.in_force else ()))
     ev = f"{source}: {spec.key} {value} (want {want})"
-    return Outcome.ok(ev) if compare(value, spec.value, spec.compare) else Outcome.fail(ev)
+    if pam is not None and not pam.in_force:
+        return Outcome.fail(*pam.evidence, ev)
+    ok = compare(value, spec.value, spec.compare)
+    extra = pam.evidence if pam is not None else ()
+    return Outcome.ok(ev, *extra) if ok else Outcome.fail(ev, *extra)
 
 
 # ---------------------------------------------------------------- kernel
