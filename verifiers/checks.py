@@ -293,8 +293,8 @@ def _config_line(spec: ConfigLine, ctx: CheckContext) -> Outcome:
     pam = pam_effect(ctx.facts, path)
     if pam is not None and spec.key.lower() in pam.args:
         # a module argument (pam_pwquality.so minlen=8) overrides the configuration file
-        value, line = pam.args[spec.key.lower()]
-        source = line.render()
+        value, pam_line = pam.args[spec.key.lower()]
+        source = pam_line.render()
     if value is None:
         if spec.missing_ok and (pam is None or pam.in_force):
             return Outcome.ok(f"{spec.key} not set in {path} (default accepted)")

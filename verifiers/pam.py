@@ -61,7 +61,9 @@ class PamLine:
     args: tuple[str, ...]
 
     def render(self) -> str:
-        return f"{self.file}: {self.ptype} {self.control} {self.module} {' '.join(self.args)}".rstrip()
+        return (
+            f"{self.file}: {self.ptype} {self.control} {self.module} {' '.join(self.args)}".rstrip()
+        )
 
 
 def _tokens(raw: str) -> list[str]:

@@ -36,8 +36,8 @@ from harden.baseline.kinds import (
 from harden.baseline.model import (
     BaselineDoc,
     Condition,
-    Parameter,
     Framework,
+    Parameter,
     Platform,
     RuleDoc,
     Selection,

@@ -133,7 +133,8 @@ def show(
                 "ANSSI-BP28",
                 "SSG",
                 "WAIVER",
-            ], rows
+            ],
+            rows,
         ),
         output,
     )

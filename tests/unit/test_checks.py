@@ -598,7 +598,9 @@ def test_non_pam_config_files_are_unaffected(tmp_path: Path) -> None:
     )
     f = pam_facts(**{"/etc/login.defs": "PASS_MAX_DAYS 90\n"})
     r = run(bl, f)["login.pass-max-days"]
-    assert r.status is Status.PASSED and r.evidence == ("/etc/login.defs: PASS_MAX_DAYS 90 (want PASS_MAX_DAYS <= 365)",)
+    assert r.status is Status.PASSED and r.evidence == (
+        "/etc/login.defs: PASS_MAX_DAYS 90 (want PASS_MAX_DAYS <= 365)",
+    )
 
 
 def test_plan_gathers_pam_stacks_for_pam_config_files(tmp_path: Path) -> None:
