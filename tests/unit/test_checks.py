@@ -610,3 +610,39 @@ def test_plan_gathers_pam_stacks_for_pam_config_files(tmp_path: Path) -> None:
     bl2 = baseline(tmp_path / "x", SSHD_RULE) if (tmp_path / "x").mkdir() is None else None
     assert bl2 is not None
     assert "/etc/pam.d" not in FactPlan.for_rules(bl2.rules, TargetKind.VM).dropin_dirs
+
+
+def test_rules_the_host_enforces_are_not_applicable_to_a_container_with_why(
+    tmp_path: Path,
+) -> None:
+    bl = baseline(
+        tmp_path,
+        """\
+- id: sysctl.kptr
+  title: kptr_restrict
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  sysctl: {key: kernel.kptr_restrict, value: 2}
+- id: audit.loaded
+  title: audit rules loaded
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  command: {check: "auditctl -l | grep -q identity", remediation: "true"}
+- id: pkg.telnet
+  title: no telnet
+  controls: {iso27017: [CLD.9.5.2]}
+  package_absent: {packages: [telnet]}
+""",
+    )
+    t = ScriptTarget({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": "ii \tbash\n"})
+    report = verify(
+        t, bl, FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)), image="x", digest=None
+    )
+    by_id = {r.rule_id: r for r in report.results}
+    assert by_id["sysctl.kptr"].status is Status.NOT_APPLICABLE
+    assert "a container shares the host's kernel" in (by_id["sysctl.kptr"].reason or "")
+    assert by_id["audit.loaded"].status is Status.NOT_APPLICABLE
+    assert "enforced by the host" in (by_id["audit.loaded"].reason or "")
+    assert by_id["pkg.telnet"].status is Status.PASSED
+    # a VM rule's check never runs inside the container, nor are its facts gathered
+    assert "auditctl" not in t.scripts[0] and "sysctlfile" not in t.scripts[0]
