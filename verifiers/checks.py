@@ -291,15 +291,24 @@ def _config_line(spec: ConfigLine, ctx: CheckContext) -> Outcome:
                 return Outcome.ok(ev) if ok else Outcome.fail(ev)
     value, source = effective_config(spec, ctx.facts)
     pam = pam_effect(ctx.facts, path)
+    ignored_value: str | None = None
+    if pam is not None and pam.file_ignored is not None and value is not None:
+        # the module does not read this file here: the value written there has no effect
+        ignored_value, value = f"{source}: {spec.key} {value} is ignored", None
     if pam is not None and spec.key.lower() in pam.args:
         # a module argument (pam_pwquality.so minlen=8) overrides the configuration file
         value, pam_line = pam.args[spec.key.lower()]
         source = pam_line.render()
+    pam_why: tuple[str, ...] = ()
+    if pam is not None and not pam.in_force:
+        pam_why = pam.evidence
+    if pam is not None and pam.file_ignored is not None and spec.key.lower() not in pam.args:
+        pam_why = (*pam_why, pam.file_ignored)
     if value is None:
-        if spec.missing_ok and (pam is None or pam.in_force):
+        if spec.missing_ok and not pam_why:
             return Outcome.ok(f"{spec.key} not set in {path} (default accepted)")
-        ev = f"{spec.key} not set in {path} (want {want})"
-        return Outcome.fail(ev, *(pam.evidence if pam is not None and not pam.in_force else ()))
+        first = ignored_value or f"{spec.key} not set in {path}"
+        return Outcome.fail(f"{first} (want {want})", *pam_why)
     ev = f"{source}: {spec.key} {value} (want {want})"
     if pam is not None and not pam.in_force:
         return Outcome.fail(*pam.evidence, ev)

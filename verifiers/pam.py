@@ -1,10 +1,7 @@
-"""Whether a PAM module's configuration file is in force: the module must be in the PAM stack.
+"""Whether a PAM module's configuration file is in force (tables: ``harden/baseline/pam.py``).
 
-``/etc/security/faillock.conf`` says nothing unless ``pam_faillock.so`` is in the ``auth`` and
-``account`` stacks (Debian: ``common-auth``/``common-account``, which every login service
-includes); ``pwquality.conf`` and ``pwhistory.conf`` likewise need their module in
-``common-password``. A module line's own ``key=value`` arguments override the file, so they are
-the effective value where present. Pure: reads the gathered ``/etc/pam.d`` files only.
+A module line's own ``key=value`` arguments override the file, so they are the effective value
+where present. Pure: reads the gathered ``/etc/pam.d`` files only.
 """
 
 from __future__ import annotations
@@ -12,44 +9,11 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+from harden.baseline.pam import PAM_EFFECT
 from verifiers.facts import Facts
 
 PAM_DIR = "/etc/pam.d"
 MAX_INCLUDE_DEPTH = 8
-
-
-@dataclass(frozen=True)
-class Need:
-    """``module`` must appear in the ``ptype`` lines of stack ``stack`` (with ``args`` if set)."""
-
-    stack: str
-    ptype: str
-    args: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PamEffect:
-    module: str
-    needs: tuple[Need, ...]
-
-
-# configuration file -> the module that reads it and where that module must be
-PAM_EFFECT: dict[str, PamEffect] = {
-    "/etc/security/faillock.conf": PamEffect(
-        "pam_faillock.so",
-        (
-            Need("common-auth", "auth", ("preauth",)),
-            Need("common-auth", "auth", ("authfail",)),
-            Need("common-account", "account"),
-        ),
-    ),
-    "/etc/security/pwquality.conf": PamEffect(
-        "pam_pwquality.so", (Need("common-password", "password"),)
-    ),
-    "/etc/security/pwhistory.conf": PamEffect(
-        "pam_pwhistory.so", (Need("common-password", "password"),)
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -113,6 +77,27 @@ class Effect:
     evidence: tuple[str, ...]
     # key=value arguments of the module lines, which override the configuration file
     args: dict[str, tuple[str, PamLine]]
+    # why the module does not read the file on this system (only its arguments count), or None
+    file_ignored: str | None = None
+
+
+def _file_ignored(facts: Facts, config_path: str) -> str | None:
+    need = PAM_EFFECT[config_path]
+    osr = facts.os_release()
+    family = osr.get("ID", "")
+    since = need.reads_file_since.get(family)
+    if since is None:
+        return None
+    try:
+        major = int(osr.get("VERSION_ID", "").split(".")[0])
+    except ValueError:
+        return None  # a testing/unstable release without VERSION_ID: a new Linux-PAM
+    if major >= since:
+        return None
+    return (
+        f"{need.module} of {family} {major} does not read {config_path} (it does from "
+        f"{family} {since}): only arguments on the {need.module} line count"
+    )
 
 
 def effect(facts: Facts, config_path: str) -> Effect | None:
@@ -143,7 +128,8 @@ def effect(facts: Facts, config_path: str) -> Effect | None:
                 k, sep, v = a.partition("=")
                 if sep:
                     args[k.lower()] = (v, x)
+    ignored = _file_ignored(facts, config_path)
     if missing:
         why = f"{config_path} has no effect: {need.module} is not in the PAM stack"
-        return Effect(False, (why, *missing), args)
-    return Effect(True, tuple(found), args)
+        return Effect(False, (why, *missing), args, ignored)
+    return Effect(True, tuple(found), args, ignored)

@@ -646,3 +646,38 @@ def test_rules_the_host_enforces_are_not_applicable_to_a_container_with_why(
     assert by_id["pkg.telnet"].status is Status.PASSED
     # a VM rule's check never runs inside the container, nor are its facts gathered
     assert "auditctl" not in t.scripts[0] and "sysctlfile" not in t.scripts[0]
+
+
+PWHISTORY_RULE = """\
+- id: pam.pwhistory-remember
+  title: pwhistory remember
+  controls: {iso27017: [CLD.9.5.2]}
+  config_line: {path: /etc/security/pwhistory.conf, key: remember, value: 24, compare: ge, separator: equals, match: last}
+"""
+
+
+@pytest.mark.parametrize("version", ["12", "13"])
+def test_pwhistory_conf_is_ignored_by_debian_12s_pam(tmp_path: Path, version: str) -> None:
+    bl = baseline(tmp_path, PWHISTORY_RULE)
+    in_stack = "password requisite pam_pwhistory.so use_authtok\npassword required pam_unix.so\n"
+
+    def facts_for(stack: str) -> Facts:
+        f = pam_facts(
+            **{"/etc/security/pwhistory.conf": "remember = 24\n", "common-password": stack}
+        )
+        f.sections["os-release"] = f'ID=debian\nVERSION_ID="{version}"\n'
+        return f
+
+    r = run(bl, facts_for(in_stack))["pam.pwhistory-remember"]
+    if version == "13":
+        assert r.status is Status.PASSED, r.evidence
+    else:
+        # Linux-PAM 1.5.2 (Debian 12) has no pwhistory.conf: the file's value has no effect
+        assert r.status is Status.FAILED
+        assert r.evidence[0].startswith("/etc/security/pwhistory.conf: remember 24 is ignored")
+        assert any("does not read /etc/security/pwhistory.conf" in e for e in r.evidence)
+    # the module argument counts on both
+    with_arg = in_stack.replace("use_authtok", "use_authtok remember=24")
+    r = run(bl, facts_for(with_arg))["pam.pwhistory-remember"]
+    assert r.status is Status.PASSED, r.evidence
+    assert "pam_pwhistory.so use_authtok remember=24" in r.evidence[0]
