@@ -118,7 +118,8 @@ def show(
     leaf = cat.get(baseline_id)
     if leaf is not None and leaf.doc.select is not None:
         sel = leaf.doc.select
-        head += f"profile: {sel.framework.value} {sel.level} (unmapped rules: {sel.unmapped})\n"
+        head += f"profile: {sel.framework.value} {sel.level} (unmapped rules: {sel.unmapped})"
+        head += "\n" if resolved else f"; --resolved lists its {len(r.rules)} rules\n"
     head += f"rules: {len(rules)}\n"
     emit(
         head
