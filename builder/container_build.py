@@ -27,6 +27,7 @@ from builder.docker_engine import (
 from builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig
+from harden.baseline.model import Target
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.errors import EnvironmentProblem, TargetError
@@ -222,7 +223,9 @@ def build_container(
             changes.append(f"USER {user}")
         progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
         nonce = new_nonce()
-        plan = FactPlan.for_rules(baseline.rules, TargetKind.CONTAINER)
+        plan = FactPlan.for_rules(
+            [r for r in baseline.rules if Target.CONTAINER in r.targets], TargetKind.CONTAINER
+        )
         image_id, stdout = _run_phase(
             engine, current, off_script, "none", changes, plan.script(nonce)
         )

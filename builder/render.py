@@ -44,6 +44,7 @@ from harden.baseline.kinds import (
     Sysctl,
     WorldWritable,
 )
+from harden.baseline.pam import PAM_EFFECT
 from harden.baseline.resolve import ResolvedBaseline, Rule
 from harden.errors import BaselineError, RemediationError
 from harden.paths import templates_dir
@@ -292,7 +293,21 @@ def _ctx_config_line(spec: Spec, _target: TargetKind) -> dict[str, Any]:
         "keep_int": keep_int,
         "one_of": [v.strip().lower() for v in value.split(",") if v.strip()],
         "requires_file": spec.requires_file,
+        "pam": _pam_ctx(spec, write_value),
     }
+
+
+def _pam_ctx(spec: ConfigLine, write_value: str) -> dict[str, Any] | None:
+    """How to put the module that reads ``spec.path`` into the PAM stack (None: not a PAM file)."""
+    effect = PAM_EFFECT.get(str(spec.path))
+    if effect is None:
+        return None
+    arg = f" {spec.key}={write_value}" if spec.key in effect.argument_keys else ""
+    profiles = [{"name": p.name, "text": p.text.replace("{arg}", arg)} for p in effect.profiles]
+    names = [p.name for p in effect.profiles]
+    if effect.packaged_profile:
+        names.append(effect.packaged_profile)
+    return {"module": effect.module, "profiles": profiles, "names": names}
 
 
 def _ctx_sysctl(spec: Spec, target: TargetKind) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from harden.baseline.kinds import (
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
 from verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
+from verifiers.pam import effect as pam_effect
 
 MAX_EVIDENCE = 20  # lines per rule; the rest is summarised
 
@@ -289,12 +290,31 @@ def _config_line(spec: ConfigLine, ctx: CheckContext) -> Outcome:
                 ev = f"sshd -T: {kv[0]} {kv[1]} (want {want})"
                 return Outcome.ok(ev) if ok else Outcome.fail(ev)
     value, source = effective_config(spec, ctx.facts)
+    pam = pam_effect(ctx.facts, path)
+    ignored_value: str | None = None
+    if pam is not None and pam.file_ignored is not None and value is not None:
+        # the module does not read this file here: the value written there has no effect
+        ignored_value, value = f"{source}: {spec.key} {value} is ignored", None
+    if pam is not None and spec.key.lower() in pam.args:
+        # a module argument (pam_pwquality.so minlen=8) overrides the configuration file
+        value, pam_line = pam.args[spec.key.lower()]
+        source = pam_line.render()
+    pam_why: tuple[str, ...] = ()
+    if pam is not None and not pam.in_force:
+        pam_why = pam.evidence
+    if pam is not None and pam.file_ignored is not None and spec.key.lower() not in pam.args:
+        pam_why = (*pam_why, pam.file_ignored)
     if value is None:
-        if spec.missing_ok:
+        if spec.missing_ok and not pam_why:
             return Outcome.ok(f"{spec.key} not set in {path} (default accepted)")
-        return Outcome.fail(f"{spec.key} not set in {path} (want {want})")
+        first = ignored_value or f"{spec.key} not set in {path}"
+        return Outcome.fail(f"{first} (want {want})", *pam_why)
     ev = f"{source}: {spec.key} {value} (want {want})"
-    return Outcome.ok(ev) if compare(value, spec.value, spec.compare) else Outcome.fail(ev)
+    if pam is not None and not pam.in_force:
+        return Outcome.fail(*pam.evidence, ev)
+    ok = compare(value, spec.value, spec.compare)
+    extra = pam.evidence if pam is not None else ()
+    return Outcome.ok(ev, *extra) if ok else Outcome.fail(ev, *extra)
 
 
 # ---------------------------------------------------------------- kernel

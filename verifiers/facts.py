@@ -40,6 +40,9 @@ UNIT_DIRS = (
     "/usr/lib/systemd/system",
 )
 SYSCTL_FILES = ("/etc/sysctl.conf",)
+# a config_line under this directory is read by a PAM module: /etc/pam.d is gathered as well, so
+# the check can tell whether the module is in the stack (verifiers/pam.py)
+PAM_CONFIG_DIR = "/etc/security/"
 SYSCTL_DIRS = (
     "/etc/sysctl.d",
     "/run/sysctl.d",
@@ -93,6 +96,8 @@ class FactPlan:
                 plan.files.add(str(spec.path))
                 if spec.dropin_dir:
                     plan.dropin_dirs.add(spec.dropin_dir)
+                if str(spec.path).startswith(PAM_CONFIG_DIR):
+                    plan.dropin_dirs.add("/etc/pam.d")
                 if target is TargetKind.VM and str(spec.path).endswith("/sshd_config"):
                     plan.sshd_effective = True
             elif isinstance(spec, Sysctl):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from harden.baseline.kinds import HOST_ENFORCED_DEFAULT, HOST_ENFORCED_WHY
 from harden.baseline.resolve import ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.errors import BaselineError, TargetError
@@ -19,7 +20,10 @@ CODENAMES = {"bookworm": "12", "trixie": "13", "bullseye": "11", "forky": "14"}
 
 
 def gather(target: Target, rules: tuple[Rule, ...]) -> tuple[Facts, float]:
-    plan = FactPlan.for_rules(rules, target.kind)
+    # a rule for another kind of target is not applicable: it needs no facts (and a VM rule's
+    # command check must not run in a container)
+    mine = tuple(r for r in rules if target.kind.value in {t.value for t in r.targets})
+    plan = FactPlan.for_rules(mine, target.kind)
     nonce = new_nonce()
     t0 = time.perf_counter()
     result = target.run(plan.script(nonce), timeout=600)
@@ -50,7 +54,10 @@ def _applicability(
     rule: Rule, kind: TargetKind, family: str, version: str, facts: Facts
 ) -> str | None:
     if kind.value not in {t.value for t in rule.targets}:
-        return f"applies to {', '.join(sorted(t.value for t in rule.targets))} only, not a {kind.value}"
+        why = f"applies to {', '.join(sorted(t.value for t in rule.targets))} only, not a {kind.value}"
+        if kind is TargetKind.CONTAINER:
+            why += "; " + HOST_ENFORCED_WHY.get(rule.kind, HOST_ENFORCED_DEFAULT)
+        return why
     if not any(p.admits(family, version) for p in rule.platforms):
         plats = ", ".join(
             f"{p.family.value} {' '.join(p.versions)}".strip() for p in rule.platforms

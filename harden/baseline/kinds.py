@@ -225,3 +225,17 @@ CONTAINER_ONLY_KINDS = frozenset({RuleKind.IMAGE_CONFIG})
 
 def spec_as_dict(spec: Spec) -> dict[str, Any]:
     return spec.model_dump(mode="json")
+
+
+# Why a rule written for VMs does not apply to a container image: the host enforces it. Shown
+# as the not_applicable reason when a container profile includes the VM rules of its framework.
+HOST_ENFORCED_WHY: dict[RuleKind, str] = {
+    RuleKind.SYSCTL: "a container shares the host's kernel: the host sets kernel parameters",
+    RuleKind.KERNEL_MODULE_DISABLED: "a container cannot load kernel modules: the host's "
+    "kernel decides which modules exist",
+    RuleKind.MOUNT_OPTION: "the container runtime sets a container's mounts, not the image",
+    RuleKind.SERVICE_DISABLED: "no init system runs in a container: services are the host's",
+}
+HOST_ENFORCED_DEFAULT = (
+    "enforced by the host: a container image has no boot, no logins and no services of its own"
+)

@@ -20,6 +20,12 @@ from pydantic import (
     model_validator,
 )
 
+from harden.baseline.frameworks import (
+    ANSSI_BP28_LEVEL,
+    ANSSI_LEVELS,
+    CIS_DEBIAN12_LEVEL,
+    CIS_LEVELS,
+)
 from harden.baseline.kinds import (
     Accounts,
     Command,
@@ -179,6 +185,72 @@ class Waiver(Strict):
 
 KIND_FIELDS = tuple(k.value for k in RuleKind)
 
+SsgRuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=128)]
+AnssiId = Annotated[str, StringConstraints(pattern=r"^R[0-9]{1,3}$")]
+CisId = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+){0,5}$", max_length=32)]
+
+
+class References(Strict):
+    """The ids other scanners and benchmarks use for what a rule checks (ids only, no text).
+
+    ``ssg``: SCAP Security Guide (ComplianceAsCode) rule ids, as in the Debian data stream
+    without the ``xccdf_org.ssgproject.content_rule_`` prefix; the OpenSCAP second opinion reads
+    them. ``anssi``: ANSSI-BP-028 v2.0 recommendations (``R31``). ``cis``: CIS Debian Linux 12
+    Benchmark recommendation ids (``5.3.3.1.1``).
+    """
+
+    ssg: list[SsgRuleId] = Field(default_factory=list)
+    anssi: list[AnssiId] = Field(default_factory=list)
+    cis: list[CisId] = Field(default_factory=list)
+
+    @field_validator("anssi")
+    @classmethod
+    def _known_anssi(cls, v: list[str]) -> list[str]:
+        unknown = [r for r in v if r not in ANSSI_BP28_LEVEL]
+        if unknown:
+            raise ValueError(f"not an ANSSI-BP-028 v2.0 recommendation: {', '.join(unknown)}")
+        return v
+
+    @field_validator("cis")
+    @classmethod
+    def _known_cis(cls, v: list[str]) -> list[str]:
+        unknown = [r for r in v if r not in CIS_DEBIAN12_LEVEL]
+        if unknown:
+            raise ValueError(f"not a CIS Debian Linux 12 recommendation id: {', '.join(unknown)}")
+        return v
+
+
+class Framework(StrEnum):
+    ANSSI_BP28 = "anssi_bp28"
+    CIS_DEBIAN12 = "cis_debian12"
+
+
+class Selection(Strict):
+    """Which inherited rules a profile keeps, by the level of the recommendations they implement.
+
+    A rule mapped to the framework is kept when one of its recommendations is at ``level`` or
+    below. ``unmapped: keep`` (the default) keeps harden's own rules that the framework does not
+    name (image hygiene, ISO 27017 only); ``drop`` keeps the framework's rules alone. ``also``
+    keeps the listed rules whatever their mapping, ``drop_rules`` removes the listed ones.
+    """
+
+    framework: Framework
+    level: Literal[
+        "minimal", "intermediary", "enhanced", "high", "level_1_server", "level_2_server"
+    ]
+    unmapped: Literal["keep", "drop"] = "keep"
+    also: list[RuleIdStr] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _level_of_framework(self) -> Selection:
+        levels = ANSSI_LEVELS if self.framework is Framework.ANSSI_BP28 else CIS_LEVELS
+        if self.level not in levels:
+            raise ValueError(
+                f"level {self.level!r} is not a level of {self.framework.value} "
+                f"(one of: {', '.join(levels)})"
+            )
+        return self
+
 
 class RuleDoc(Strict):
     id: RuleIdStr
@@ -187,6 +259,11 @@ class RuleDoc(Strict):
     severity: Severity = Severity.MEDIUM
     controls: dict[FrameworkName, list[ControlId]] = Field(
         description="framework -> control ids, e.g. iso27017: [CLD.9.5.2], cis_debian12: ['5.1.20']"
+    )
+    references: References = Field(
+        default_factory=References,
+        description="ids of the same check in SCAP Security Guide (ssg), ANSSI-BP-028 (anssi), "
+        "CIS Debian Linux 12 (cis)",
     )
     applies_to: AppliesTo = Field(default_factory=AppliesTo)
     override: bool = Field(
@@ -230,6 +307,17 @@ class RuleDoc(Strict):
             raise ValueError("every rule maps to at least one ISO 27017 control (iso27017: [...])")
         return v
 
+    @model_validator(mode="after")
+    def _one_home_for_cis(self) -> RuleDoc:
+        legacy = self.controls.get("cis_debian12")
+        if legacy and self.references.cis and sorted(legacy) != sorted(self.references.cis):
+            raise ValueError(
+                "controls.cis_debian12 and references.cis disagree; keep the ids in references.cis"
+            )
+        if self.controls.get("anssi_bp28"):
+            raise ValueError("ANSSI-BP-028 ids go in references.anssi, not controls.anssi_bp28")
+        return self
+
     @property
     def kind(self) -> RuleKind:
         for k in RuleKind:
@@ -261,6 +349,10 @@ class BaselineDoc(Strict):
     )
     exclude_rules: list[RuleIdStr] = Field(
         default_factory=list, description="drop these inherited rules"
+    )
+    select: Selection | None = Field(
+        default=None,
+        description="a profile: keep the inherited rules that implement a framework's level",
     )
     rules: list[RuleDoc] = Field(default_factory=list)
     waivers: list[Waiver] = Field(default_factory=list)

@@ -19,6 +19,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from harden.baseline.frameworks import (
+    ANSSI_BP28_LEVEL,
+    ANSSI_LEVELS,
+    CIS_DEBIAN12_LEVEL,
+    CIS_LEVELS,
+)
 from harden.baseline.kinds import (
     CONTAINER_ONLY_KINDS,
     KIND_MODELS,
@@ -30,9 +36,11 @@ from harden.baseline.kinds import (
 from harden.baseline.model import (
     BaselineDoc,
     Condition,
+    Framework,
     Parameter,
     Platform,
     RuleDoc,
+    Selection,
     Severity,
     Target,
     Waiver,
@@ -205,6 +213,10 @@ class Rule:
     when: tuple[Condition, ...]
     baseline: str
     source: str
+    # ssg / anssi / cis ids (empty tuples when the rule names none)
+    references: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"ssg": (), "anssi": (), "cis": ()}
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -216,6 +228,7 @@ class Rule:
             "platforms": [p.model_dump(mode="json") for p in self.platforms],
             "when": [c.describe() for c in self.when],
             "controls": {k: list(v) for k, v in sorted(self.controls.items())},
+            "references": {k: list(v) for k, v in sorted(self.references.items())},
             "spec": self.spec.model_dump(mode="json"),
             "rationale": self.rationale,
             "baseline": self.baseline,
@@ -320,6 +333,8 @@ def _merge(state: _State, loaded: LoadedDoc) -> None:
                 location=lines.location(("exclude_rules", i)),
             )
         del state.rules[rid]
+    if doc.select is not None:
+        _apply_selection(state, doc.select, loaded)
     for i, rule in enumerate(doc.rules):
         if rule.id in state.rules and not rule.override:
             parent = state.rules[rule.id].loaded
@@ -338,6 +353,38 @@ def _merge(state: _State, loaded: LoadedDoc) -> None:
         state.rules[rule.id] = _RuleEntry(rule, loaded, i)
     for i, w in enumerate(doc.waivers):
         state.waivers.append((w, lines, ("waivers", i)))
+
+
+def cis_ids(doc: RuleDoc) -> tuple[str, ...]:
+    """A rule's CIS Debian 12 ids: ``references.cis``, or the older ``controls.cis_debian12``."""
+    return tuple(doc.references.cis or doc.controls.get("cis_debian12", ()))
+
+
+def selected(doc: RuleDoc, sel: Selection) -> bool:
+    """Whether a profile selecting ``sel`` keeps the rule ``doc``."""
+    if doc.id in sel.also:
+        return True
+    if sel.framework is Framework.ANSSI_BP28:
+        levels = [ANSSI_LEVELS.index(ANSSI_BP28_LEVEL[r]) for r in doc.references.anssi]
+        wanted = ANSSI_LEVELS.index(sel.level)
+    else:
+        # an id missing from the level table (a legacy controls entry) counts as Level 1
+        levels = [CIS_DEBIAN12_LEVEL.get(c, 1) - 1 for c in cis_ids(doc)]
+        wanted = CIS_LEVELS.index(sel.level)
+    if not levels:
+        return sel.unmapped == "keep"
+    return min(levels) <= wanted
+
+
+def _apply_selection(state: _State, sel: Selection, loaded: LoadedDoc) -> None:
+    for i, rid in enumerate(sel.also):
+        if rid not in state.rules:
+            raise BaselineError(
+                f"select.also names {rid!r}, which no parent baseline defines",
+                location=loaded.lines.location(("select", "also", i)),
+            )
+    for rid in [r for r, e in state.rules.items() if not selected(e.doc, sel)]:
+        del state.rules[rid]
 
 
 def _set_param(state: _State, name: str, value: Any, where: Location) -> None:
@@ -458,13 +505,28 @@ def _finish_rule(
         severity=doc.severity,
         kind=kind,
         spec=spec,
-        controls={k: tuple(v) for k, v in doc.controls.items()},
+        controls=_controls(doc),
         targets=frozenset(targets),
         platforms=tuple(doc.applies_to.platforms or loaded.doc.platforms),
         when=tuple(doc.applies_to.when),
         baseline=loaded.doc.id,
         source=str(loaded.lines.location(("rules", entry.index))),
+        references={
+            "ssg": tuple(doc.references.ssg),
+            "anssi": tuple(doc.references.anssi),
+            "cis": cis_ids(doc),
+        },
     )
+
+
+def _controls(doc: RuleDoc) -> dict[str, tuple[str, ...]]:
+    """The control mapping, with the CIS and ANSSI ids of ``references`` as frameworks too."""
+    controls = {k: tuple(v) for k, v in doc.controls.items()}
+    if cis_ids(doc):
+        controls["cis_debian12"] = cis_ids(doc)
+    if doc.references.anssi:
+        controls["anssi_bp28"] = tuple(doc.references.anssi)
+    return controls
 
 
 def _strings(obj: Any) -> Iterable[str]:

@@ -108,15 +108,34 @@ def show(
                 x.severity.value,
                 ",".join(sorted(t.value for t in x.targets)),
                 ",".join(x.controls.get("iso27017", ())),
-                ",".join(x.controls.get("cis_debian12", ())) or "-",
+                ",".join(x.references.get("cis", ())) or "-",
+                ",".join(x.references.get("anssi", ())) or "-",
+                ",".join(x.references.get("ssg", ())) or "-",
                 f"waived until {waiver.expires}" if waiver else "",
             ]
         )
-    head = f"{r.id} {r.version}: {r.title}\nextends: {' -> '.join(r.chain)}\nrules: {len(rules)}\n"
+    head = f"{r.id} {r.version}: {r.title}\nextends: {' -> '.join(r.chain)}\n"
+    leaf = cat.get(baseline_id)
+    if leaf is not None and leaf.doc.select is not None:
+        sel = leaf.doc.select
+        head += f"profile: {sel.framework.value} {sel.level} (unmapped rules: {sel.unmapped})"
+        head += "\n" if resolved else f"; --resolved lists its {len(r.rules)} rules\n"
+    head += f"rules: {len(rules)}\n"
     emit(
         head
         + plain_table(
-            ["RULE", "KIND", "SEVERITY", "TARGETS", "ISO27017", "CIS-DEB12", "WAIVER"], rows
+            [
+                "RULE",
+                "KIND",
+                "SEVERITY",
+                "TARGETS",
+                "ISO27017",
+                "CIS-DEB12",
+                "ANSSI-BP28",
+                "SSG",
+                "WAIVER",
+            ],
+            rows,
         ),
         output,
     )

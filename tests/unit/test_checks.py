@@ -461,3 +461,224 @@ def test_command_checks_run_concurrently_and_leave_nothing_behind(tmp_path: Path
     assert f.status["command:c.a"] == 0
     assert f.status["command:c.fails"] == 3 and f.get("command:c.fails") == "nope\n"
     assert set(Path("/dev/shm").iterdir()) == before
+
+
+# ---------------------------------------------------------------- settings without effect (PAM)
+
+FAILLOCK_RULE = """\
+- id: pam.faillock-deny
+  title: faillock deny
+  controls: {iso27017: [CLD.9.5.2]}
+  config_line: {path: /etc/security/faillock.conf, key: deny, value: 5, compare: le, separator: equals, match: last}
+"""
+PWQUALITY_RULE = """\
+- id: pam.pwquality-minlen
+  title: pwquality minlen
+  controls: {iso27017: [CLD.9.5.2]}
+  config_line:
+    path: /etc/security/pwquality.conf
+    dropin_dir: /etc/security/pwquality.conf.d
+    key: minlen
+    value: 14
+    compare: ge
+    separator: equals
+    match: last
+"""
+DEBIAN_COMMON_AUTH = """\
+auth	[success=1 default=ignore]	pam_unix.so nullok
+auth	requisite			pam_deny.so
+auth	required			pam_permit.so
+"""
+FAILLOCK_AUTH = """\
+auth	required	pam_faillock.so preauth
+auth	[success=1 default=ignore]	pam_unix.so nullok
+auth	[default=die]	pam_faillock.so authfail
+auth	requisite	pam_deny.so
+auth	required	pam_permit.so
+"""
+
+
+def pam_facts(**files: str) -> Facts:
+    sections = {
+        "os-release": 'ID=debian\nVERSION_ID="12"\n',
+        "packages": "ii \tlibpam-modules\n",
+        "dir:/etc/pam.d": "\n".join(f"/etc/pam.d/{n}" for n in files if "/" not in n),
+    }
+    for name, text in files.items():
+        path = name if name.startswith("/") else f"/etc/pam.d/{name}"
+        sections["file:" + path] = text
+        sections["exists:" + path] = "yes"
+    return Facts(sections, {})
+
+
+def test_faillock_conf_without_pam_faillock_in_the_stack_fails(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, FAILLOCK_RULE)
+    conf = {"/etc/security/faillock.conf": "deny = 5\n"}
+    # Debian's stock stack: faillock.conf says deny=5, but nothing ever reads it
+    f = pam_facts(**conf, **{"common-auth": DEBIAN_COMMON_AUTH, "common-account": ""})
+    r = run(bl, f)["pam.faillock-deny"]
+    assert r.status is Status.FAILED
+    assert "has no effect" in r.evidence[0] and "pam_faillock.so" in r.evidence[0]
+    assert any("preauth" in e for e in r.evidence)
+    assert any("common-account" in e for e in r.evidence)
+    # in the auth stack but not in the account stack: still no effect
+    f = pam_facts(**conf, **{"common-auth": FAILLOCK_AUTH, "common-account": ""})
+    r = run(bl, f)["pam.faillock-deny"]
+    assert r.status is Status.FAILED
+    assert [e for e in r.evidence if "common-account" in e]
+    assert not [e for e in r.evidence if "common-auth" in e and e.startswith("no ")]
+
+
+def test_faillock_in_force_through_include_passes(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, FAILLOCK_RULE)
+    f = pam_facts(
+        **{
+            "/etc/security/faillock.conf": "deny = 5\n",
+            "common-auth": "@include harden-faillock-auth\n",
+            "harden-faillock-auth": FAILLOCK_AUTH,
+            "common-account": "account required pam_unix.so\naccount required pam_faillock.so\n",
+        }
+    )
+    r = run(bl, f)["pam.faillock-deny"]
+    assert r.status is Status.PASSED, r.evidence
+    assert r.evidence[0].startswith("/etc/security/faillock.conf: deny 5")
+    assert any("harden-faillock-auth: auth" in e for e in r.evidence)
+    # a commented-out or optional module line is not in force
+    f2 = pam_facts(
+        **{
+            "/etc/security/faillock.conf": "deny = 5\n",
+            "common-auth": FAILLOCK_AUTH.replace("auth\trequired\tpam_faillock.so preauth", "#x"),
+            "common-account": "account optional pam_faillock.so\n",
+        }
+    )
+    r = run(bl, f2)["pam.faillock-deny"]
+    assert r.status is Status.FAILED and "has no effect" in r.evidence[0]
+
+
+def test_faillock_module_argument_overrides_the_file(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, FAILLOCK_RULE)
+    f = pam_facts(
+        **{
+            "/etc/security/faillock.conf": "deny = 5\n",
+            "common-auth": FAILLOCK_AUTH.replace("authfail", "authfail deny=50"),
+            "common-account": "account required pam_faillock.so\n",
+        }
+    )
+    r = run(bl, f)["pam.faillock-deny"]
+    assert r.status is Status.FAILED
+    assert "pam_faillock.so authfail deny=50" in r.evidence[0] and "deny 50" in r.evidence[0]
+
+
+def test_pwquality_needs_pam_pwquality_in_common_password(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, PWQUALITY_RULE)
+    conf = {"/etc/security/pwquality.conf": "minlen = 14\n"}
+    stock = "password\t[success=1 default=ignore]\tpam_unix.so obscure yescrypt\n"
+    r = run(bl, pam_facts(**conf, **{"common-password": stock}))["pam.pwquality-minlen"]
+    assert r.status is Status.FAILED
+    assert "pwquality.conf has no effect" in r.evidence[0]
+    with_module = "password requisite pam_pwquality.so retry=3\n" + stock
+    r = run(bl, pam_facts(**conf, **{"common-password": with_module}))["pam.pwquality-minlen"]
+    assert r.status is Status.PASSED, r.evidence
+    assert r.evidence[0] == "/etc/security/pwquality.conf: minlen 14 (want minlen >= 14)"
+    # a weaker minlen on the module line wins over the file
+    weak = with_module.replace("retry=3", "retry=3 minlen=8")
+    r = run(bl, pam_facts(**conf, **{"common-password": weak}))["pam.pwquality-minlen"]
+    assert r.status is Status.FAILED and "minlen 8" in r.evidence[0]
+
+
+def test_non_pam_config_files_are_unaffected(tmp_path: Path) -> None:
+    # login.defs is read by shadow's tools, not by a PAM module named after it
+    bl = baseline(
+        tmp_path,
+        """\
+    - id: login.pass-max-days
+      title: max days
+      controls: {iso27017: [CLD.9.5.2]}
+      config_line: {path: /etc/login.defs, key: PASS_MAX_DAYS, value: 365, compare: le, match: last}
+    """,
+    )
+    f = pam_facts(**{"/etc/login.defs": "PASS_MAX_DAYS 90\n"})
+    r = run(bl, f)["login.pass-max-days"]
+    assert r.status is Status.PASSED and r.evidence == (
+        "/etc/login.defs: PASS_MAX_DAYS 90 (want PASS_MAX_DAYS <= 365)",
+    )
+
+
+def test_plan_gathers_pam_stacks_for_pam_config_files(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, FAILLOCK_RULE)
+    plan = FactPlan.for_rules(bl.rules, TargetKind.VM)
+    assert "/etc/pam.d" in plan.dropin_dirs
+    bl2 = baseline(tmp_path / "x", SSHD_RULE) if (tmp_path / "x").mkdir() is None else None
+    assert bl2 is not None
+    assert "/etc/pam.d" not in FactPlan.for_rules(bl2.rules, TargetKind.VM).dropin_dirs
+
+
+def test_rules_the_host_enforces_are_not_applicable_to_a_container_with_why(
+    tmp_path: Path,
+) -> None:
+    bl = baseline(
+        tmp_path,
+        """\
+- id: sysctl.kptr
+  title: kptr_restrict
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  sysctl: {key: kernel.kptr_restrict, value: 2}
+- id: audit.loaded
+  title: audit rules loaded
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  command: {check: "auditctl -l | grep -q identity", remediation: "true"}
+- id: pkg.telnet
+  title: no telnet
+  controls: {iso27017: [CLD.9.5.2]}
+  package_absent: {packages: [telnet]}
+""",
+    )
+    t = ScriptTarget({"os-release": "ID=debian\nVERSION_ID=12\n", "packages": "ii \tbash\n"})
+    report = verify(
+        t, bl, FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)), image="x", digest=None
+    )
+    by_id = {r.rule_id: r for r in report.results}
+    assert by_id["sysctl.kptr"].status is Status.NOT_APPLICABLE
+    assert "a container shares the host's kernel" in (by_id["sysctl.kptr"].reason or "")
+    assert by_id["audit.loaded"].status is Status.NOT_APPLICABLE
+    assert "enforced by the host" in (by_id["audit.loaded"].reason or "")
+    assert by_id["pkg.telnet"].status is Status.PASSED
+    # a VM rule's check never runs inside the container, nor are its facts gathered
+    assert "auditctl" not in t.scripts[0] and "sysctlfile" not in t.scripts[0]
+
+
+PWHISTORY_RULE = """\
+- id: pam.pwhistory-remember
+  title: pwhistory remember
+  controls: {iso27017: [CLD.9.5.2]}
+  config_line: {path: /etc/security/pwhistory.conf, key: remember, value: 24, compare: ge, separator: equals, match: last}
+"""
+
+
+@pytest.mark.parametrize("version", ["12", "13"])
+def test_pwhistory_conf_is_ignored_by_debian_12s_pam(tmp_path: Path, version: str) -> None:
+    bl = baseline(tmp_path, PWHISTORY_RULE)
+    in_stack = "password requisite pam_pwhistory.so use_authtok\npassword required pam_unix.so\n"
+
+    def facts_for(stack: str) -> Facts:
+        f = pam_facts(
+            **{"/etc/security/pwhistory.conf": "remember = 24\n", "common-password": stack}
+        )
+        f.sections["os-release"] = f'ID=debian\nVERSION_ID="{version}"\n'
+        return f
+
+    r = run(bl, facts_for(in_stack))["pam.pwhistory-remember"]
+    if version == "13":
+        assert r.status is Status.PASSED, r.evidence
+    else:
+        # Linux-PAM 1.5.2 (Debian 12) has no pwhistory.conf: the file's value has no effect
+        assert r.status is Status.FAILED
+        assert r.evidence[0].startswith("/etc/security/pwhistory.conf: remember 24 is ignored")
+        assert any("does not read /etc/security/pwhistory.conf" in e for e in r.evidence)
+    # the module argument counts on both
+    with_arg = in_stack.replace("use_authtok", "use_authtok remember=24")
+    r = run(bl, facts_for(with_arg))["pam.pwhistory-remember"]
+    assert r.status is Status.PASSED, r.evidence
+    assert "pam_pwhistory.so use_authtok remember=24" in r.evidence[0]

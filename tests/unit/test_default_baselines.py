@@ -235,3 +235,66 @@ def test_doc_table_matches_rule_counts(resolved: dict[str, ResolvedBaseline]) ->
         m = re.search(rf"^\| `{bid}` \|[^|]*\|[^|]*\| (\d+) \|", text, re.M)
         assert m is not None, bid
         assert int(m.group(1)) == len(resolved[bid].rules), bid
+
+
+PROFILES = {
+    f"debian-{t}-{fw}-{lv}": t
+    for t in ("container", "vm")
+    for fw, levels in (
+        ("anssi-bp28", ("minimal", "intermediary", "enhanced", "high")),
+        ("cis", ("l1", "l2")),
+    )
+    for lv in levels
+}
+
+
+def test_profiles_are_nested_selections_of_one_library(catalogue: Catalogue) -> None:
+    got = {bid: resolve(catalogue, bid) for bid in PROFILES}
+    text = DOC.read_text(encoding="utf-8")
+    library = {r.id for b in ("debian-container", "debian-vm") for r in resolve(catalogue, b).rules}
+    for bid, target in PROFILES.items():
+        ids = {r.id for r in got[bid].rules}
+        assert ids <= library, bid
+        own = [r for r in got[bid].rules if target in {t.value for t in r.targets}]
+        full = {r.id for r in resolve(catalogue, f"debian-{target}").rules}
+        assert {r.id for r in own} <= full, bid
+        m = re.search(rf"^\| `{bid}` \|[^|]*\|[^|]*\| (\d+) \| (\d+) \|", text, re.M)
+        assert m is not None and (int(m.group(1)), int(m.group(2))) == (len(ids), len(own)), bid
+    # a container profile lists the framework's VM rules too (reported not applicable)
+    high = got["debian-container-anssi-bp28-high"]
+    assert {r.id for r in resolve(catalogue, "debian-vm").rules} <= {r.id for r in high.rules}
+    for t in ("container", "vm"):
+        chain = [
+            {r.id for r in got[f"debian-{t}-anssi-bp28-{lv}"].rules}
+            for lv in ("minimal", "intermediary", "enhanced", "high")
+        ]
+        assert chain[0] < chain[1] <= chain[2] <= chain[3]
+        assert {r.id for r in got[f"debian-{t}-cis-l1"].rules} < {
+            r.id for r in got[f"debian-{t}-cis-l2"].rules
+        }
+    minimal = got["debian-container-anssi-bp28-minimal"]
+    # umask (R36) is an enhanced recommendation: not in minimal, in enhanced with ANSSI's 077
+    assert "login.umask-profile" not in {r.id for r in minimal.rules}
+    enhanced = got["debian-container-anssi-bp28-enhanced"]
+    assert enhanced.rule("login.umask-profile").spec.model_dump()["value"] == "077"
+    # rules the framework does not name stay (unmapped: keep)
+    assert "image.non-root-user" in {r.id for r in minimal.rules}
+
+
+def test_rules_carry_references_and_the_demo_uses_the_high_container_profile(
+    resolved: dict[str, ResolvedBaseline],
+) -> None:
+    r = resolved["debian-container"].rule("login.umask-profile")
+    assert r.references == {
+        "ssg": ("accounts_umask_etc_profile",),
+        "anssi": ("R36",),
+        "cis": ("5.4.3.3",),
+    }
+    assert r.controls["anssi_bp28"] == ("R36",) and r.controls["cis_debian12"] == ("5.4.3.3",)
+    with_ssg = [x for x in resolved["debian-common"].rules if x.references["ssg"]]
+    assert len(with_ssg) >= 35
+    # the VM file still names CIS under controls: read as references.cis
+    vm = resolved["debian-vm"]
+    assert any(x.references["cis"] for x in vm.rules if x.baseline == "debian-vm")
+    image = (REPO / "images" / "debian12.yaml").read_text(encoding="utf-8")
+    assert "id: debian-container-anssi-bp28-high" in image

@@ -650,3 +650,27 @@ def test_parse_failure_without_markers() -> None:
     assert crashed == RemediationFailure(rule_id="t.a", exit_status=137, output="working\nKilled")
     syntax = parse_failure("", "sh: 3: Syntax error\n", 2)
     assert syntax is not None and syntax.rule_id == "" and "Syntax error" in syntax.output
+
+
+def test_pam_config_rule_writes_the_file_and_leaves_the_stack_to_the_target(
+    tmp_path: Path, root: Path
+) -> None:
+    conf = root / "etc/security/faillock.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("# deny = 3\n")
+    rules = rules_from(
+        tmp_path,
+        rule(
+            "pam.faillock-deny",
+            "config_line: {path: /etc/security/faillock.conf, key: deny, value: 5, "
+            "compare: le, separator: equals, match: last}",
+        ),
+    )
+    out = apply(rules, root)
+    assert conf.read_text() == "deny=5\n"  # the commented default line is replaced
+    # pam-auth-update edits the running system's /etc/pam.d: never from a root folder
+    assert "skipped: enabling pam_faillock.so needs pam-auth-update on the target itself" in out
+    assert not (root / "usr/share/pam-configs").exists()
+    script = render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE)
+    assert "pam-auth-update --package --enable $enable" in script
+    assert "pam_faillock.so preauth" in script and "harden-faillock-preauth" in script

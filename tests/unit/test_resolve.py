@@ -11,6 +11,7 @@ from harden.baseline import resolve as resolve_mod
 from harden.baseline.kinds import PackageAbsent, RuleKind
 from harden.baseline.model import Target, Waiver
 from harden.baseline.resolve import Catalogue, Overrides, lint_file, resolve, search_path
+from harden.errors import BaselineError
 from harden.yamlio import LineMap
 
 COMMON = """\
@@ -296,3 +297,106 @@ def test_search_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("HARDEN_BASELINES")
     assert search_path() == [shipped]
     assert resolve(Catalogue.from_search_path(), "t-where").title == "shipped"
+
+
+# ---------------------------------------------------------------- references and profiles
+
+_LIB = """\
+id: lib
+version: 1.0.0
+title: lib
+platforms: [{family: debian}]
+targets: [container]
+rules:
+  - id: a.minimal
+    title: t
+    controls: {iso27017: [CLD.9.5.2]}
+    references: {ssg: [package_telnet_removed], anssi: [R62], cis: ["2.2.4"]}
+    package_absent: {packages: [telnet]}
+  - id: a.enhanced
+    title: t
+    controls: {iso27017: [CLD.9.5.2], cis_debian12: ["1.1.2.3.1"]}
+    references: {anssi: [R36]}
+    package_absent: {packages: [x]}
+  - id: a.unmapped
+    title: t
+    controls: {iso27017: [CLD.9.5.2]}
+    package_absent: {packages: [y]}
+"""
+
+
+def _profile(tmp_path: Path, select: str, name: str = "p") -> Path:
+    d = tmp_path / "bl"
+    d.mkdir(exist_ok=True)
+    (d / "lib.yaml").write_text(_LIB)
+    (d / f"{name}.yaml").write_text(
+        f"id: {name}\nversion: 1.0.0\ntitle: p\nextends: [lib]\n"
+        f"platforms: [{{family: debian}}]\ntargets: [container]\nselect: {select}\n"
+    )
+    return d
+
+
+def test_selection_keeps_rules_at_or_below_the_level(tmp_path: Path) -> None:
+    d = _profile(tmp_path, "{framework: anssi_bp28, level: minimal}")
+    ids = [r.id for r in resolve(Catalogue([d]), "p").rules]
+    assert ids == ["a.minimal", "a.unmapped"]
+    d = _profile(tmp_path, "{framework: anssi_bp28, level: enhanced, unmapped: drop}")
+    assert [r.id for r in resolve(Catalogue([d]), "p").rules] == ["a.minimal", "a.enhanced"]
+    # CIS: 1.1.2.3.1 (separate /home) is Level 2; the legacy controls entry counts as a reference
+    d = _profile(tmp_path, "{framework: cis_debian12, level: level_1_server, also: [a.enhanced]}")
+    assert [r.id for r in resolve(Catalogue([d]), "p").rules] == [
+        "a.minimal",
+        "a.enhanced",
+        "a.unmapped",
+    ]
+    d = _profile(tmp_path, "{framework: cis_debian12, level: level_1_server}")
+    r = resolve(Catalogue([d]), "p")
+    assert [x.id for x in r.rules] == ["a.minimal", "a.unmapped"]
+    assert r.rule("a.minimal").references == {
+        "ssg": ("package_telnet_removed",),
+        "anssi": ("R62",),
+        "cis": ("2.2.4",),
+    }
+
+
+@pytest.mark.parametrize(
+    ("select", "message"),
+    [
+        ("{framework: anssi_bp28, level: level_1_server}", "not a level of anssi_bp28"),
+        ("{framework: cis_debian12, level: high}", "not a level of cis_debian12"),
+        ("{framework: anssi_bp28, level: high, also: [no.such]}", "select.also names 'no.such'"),
+    ],
+)
+def test_bad_selection_is_an_error(tmp_path: Path, select: str, message: str) -> None:
+    d = _profile(tmp_path, select)
+    with pytest.raises(BaselineError) as e:
+        resolve(Catalogue([d]), "p")
+    assert message in e.value.diagnostics()
+
+
+@pytest.mark.parametrize(
+    ("refs", "message"),
+    [
+        ("{anssi: [R99]}", "not an ANSSI-BP-028 v2.0 recommendation: R99"),
+        ("{cis: ['9.9.9']}", "not a CIS Debian Linux 12 recommendation id: 9.9.9"),
+        ("{ssg: ['bad id']}", "references.ssg"),
+    ],
+)
+def test_unknown_reference_ids_are_rejected(tmp_path: Path, refs: str, message: str) -> None:
+    d = tmp_path / "bl"
+    d.mkdir()
+    (d / "lib.yaml").write_text(_LIB.replace("references: {anssi: [R36]}", f"references: {refs}"))
+    with pytest.raises(BaselineError) as e:
+        resolve(Catalogue([d]), "lib")
+    assert message in e.value.diagnostics() and "a.enhanced" in e.value.diagnostics()
+
+
+def test_cis_ids_in_two_places_must_agree(tmp_path: Path) -> None:
+    d = tmp_path / "bl"
+    d.mkdir()
+    (d / "lib.yaml").write_text(
+        _LIB.replace("references: {anssi: [R36]}", "references: {cis: ['2.2.4']}")
+    )
+    with pytest.raises(BaselineError) as e:
+        resolve(Catalogue([d]), "lib")
+    assert "disagree" in e.value.diagnostics()
