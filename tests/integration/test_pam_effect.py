@@ -11,6 +11,7 @@ import json
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker
 import harden_cli
@@ -63,7 +64,7 @@ def _baselines(tmp_path: Path) -> Path:
     return d
 
 
-def _build(tmp_path: Path, bdir: Path, baseline: str, name: str) -> dict:
+def _build(tmp_path: Path, bdir: Path, baseline: str, name: str) -> dict[str, Any]:
     doc = {
         "name": name,
         "base": BASE,
@@ -76,7 +77,8 @@ def _build(tmp_path: Path, bdir: Path, baseline: str, name: str) -> dict:
     p.write_text(json.dumps(doc))
     r = harden("build", str(p), "--baselines", str(bdir), "--force", "--format", "json")
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    built: dict[str, Any] = json.loads(r.stdout)
+    return built
 
 
 def test_faillock_conf_without_the_module_fails_and_the_rule_puts_it_in_force(

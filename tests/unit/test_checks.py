@@ -608,8 +608,8 @@ def test_plan_gathers_pam_stacks_for_pam_config_files(tmp_path: Path) -> None:
     bl = baseline(tmp_path, FAILLOCK_RULE)
     plan = FactPlan.for_rules(bl.rules, TargetKind.VM)
     assert "/etc/pam.d" in plan.dropin_dirs
-    bl2 = baseline(tmp_path / "x", SSHD_RULE) if (tmp_path / "x").mkdir() is None else None
-    assert bl2 is not None
+    (tmp_path / "x").mkdir()
+    bl2 = baseline(tmp_path / "x", SSHD_RULE)
     assert "/etc/pam.d" not in FactPlan.for_rules(bl2.rules, TargetKind.VM).dropin_dirs
 
 
@@ -666,8 +666,7 @@ def test_pwhistory_conf_is_ignored_by_debian_12s_pam(tmp_path: Path, version: st
         f = pam_facts(
             **{"/etc/security/pwhistory.conf": "remember = 24\n", "common-password": stack}
         )
-        f.sections["os-release"] = f'ID=debian\nVERSION_ID="{version}"\n'
-        return f
+        return Facts({**f.sections, "os-release": f'ID=debian\nVERSION_ID="{version}"\n'}, {})
 
     r = run(bl, facts_for(in_stack))["pam.pwhistory-remember"]
     if version == "13":
