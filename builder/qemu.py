@@ -47,7 +47,6 @@ _KEY_RE = re.compile(
 _POLL = 0.5
 QEMU_USER_ENV = "HARDEN_QEMU_USER"
 DEFAULT_QEMU_USER = "harden-qemu"
-MAX_BOOT_FILE = 512 << 20
 # seccomp: no obsolete syscalls, no set*id, no fork/exec, no scheduler or affinity changes
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
@@ -221,8 +220,9 @@ def _user_can_use(path: Path, user: QemuUser | None) -> bool:
 def _boot_file_fd(path: Path, user: QemuUser | None) -> int:
     """A descriptor qemu can open as ``/dev/fd/N`` (a kernel or initrd).
 
-    qemu reopens ``/dev/fd/N`` (no directory is walked, so private folders are fine), which
-    checks the file's own mode: a file the qemu user may not read is copied into a memfd.
+    qemu reopens ``/dev/fd/N``, which checks the file's own mode. harden does not copy a file
+    the qemu user may not read into one it may: a kernel or initrd named by a hostile manifest
+    (``/etc/shadow`` as initrd) must not reach the guest through harden's privileges.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -232,20 +232,21 @@ def _boot_file_fd(path: Path, user: QemuUser | None) -> int:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise TargetError(f"{path} is not a regular file", hint="give a kernel or initrd file")
-    if user is None or st.st_mode & stat.S_IROTH:
-        return fd
-    if st.st_size > MAX_BOOT_FILE:
+    if user is not None and not _user_can_read(st, user):
         os.close(fd)
-        raise TargetError(f"{path} is larger than {MAX_BOOT_FILE} bytes")
-    try:
-        copy = os.memfd_create(path.name, os.MFD_CLOEXEC)
-        offset = 0
-        while chunk := os.pread(fd, 1 << 20, offset):
-            os.write(copy, chunk)
-            offset += len(chunk)
-    finally:
-        os.close(fd)
-    return copy
+        raise TargetError(
+            f"{path} is not readable by {user.name}, the user qemu runs as",
+            hint=f"make it readable (chmod o+r {path}) if it is meant to boot a VM",
+        )
+    return fd
+
+
+def _user_can_read(st: os.stat_result, user: QemuUser) -> bool:
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == user.gid or st.st_gid in user.groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
 
 
 # -- QMP over a socketpair -------------------------------------------------------------------------
@@ -582,7 +583,7 @@ class Vm:
                 "-F",
                 disk.format,
                 "-b",
-                str(disk.path),
+                str(disk.path.resolve()),
                 str(self.overlay),
                 str(disk.virtual_size),
             ],

@@ -379,3 +379,19 @@ def test_wait_ready_times_out_with_last_error(monkeypatch: pytest.MonkeyPatch) -
         wait_ready(lambda: _FakeTarget([TargetError("refused")] * 100), timeout=3)
     assert "within 3 s" in e.value.message
     assert "refused" in e.value.message
+
+
+def test_boot_files_need_to_be_readable_by_the_qemu_user(tmp_path: Path) -> None:
+    """A hostile manifest naming a private host file as initrd must not get it into the guest."""
+    from builder.qemu import QemuUser, _boot_file_fd
+
+    nobody = QemuUser("harden-test", 65000, 65000, (65000,))
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    secret.chmod(0o600)
+    with pytest.raises(TargetError) as e:
+        _boot_file_fd(secret, nobody)
+    assert "not readable by harden-test" in e.value.message
+    secret.chmod(0o644)
+    fd = _boot_file_fd(secret, nobody)
+    os.close(fd)
