@@ -205,17 +205,30 @@ def run(
     max_output: int = 4 << 20,
     limits: Sequence[tuple[int, int]] = (),
     check: bool = True,
+    file_limit: int | None = None,
+    user: tuple[int, int, Sequence[int]] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a helper to completion with a time limit and bounded output (bytes).
 
     Output beyond ``max_output`` bytes (each stream) is an error; the child is killed on timeout,
-    on too much output and on any exception in harden (a signal included).
+    on too much output and on any exception in harden (a signal included). Every file the child
+    writes is limited to ``file_limit`` bytes (RLIMIT_FSIZE; default: ``max_output``).
+    ``user`` = (uid, gid, groups) runs it as that user.
     """
     import tempfile
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        fsize = [(resource.RLIMIT_FSIZE, max_output + 1), *limits]
-        proc = spawn(cmd, pass_fds=pass_fds, stdout=out, stderr=err, limits=fsize)
+        fsize = file_limit if file_limit is not None else max_output + 1
+        proc = spawn(
+            cmd,
+            pass_fds=pass_fds,
+            stdout=out,
+            stderr=err,
+            limits=[(resource.RLIMIT_FSIZE, fsize), *limits],
+            user=user[0] if user else None,
+            group=user[1] if user else None,
+            extra_groups=user[2] if user else None,
+        )
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -225,8 +238,9 @@ def run(
             ) from None
         finally:
             stop(proc, grace=1)
+        sizes = [os.fstat(f.fileno()).st_size for f in (out, err)]
         stdout, stderr = (_read(f, max_output) for f in (out, err))
-    if proc.returncode == -signal.SIGXFSZ or len(stdout) > max_output or len(stderr) > max_output:
+    if proc.returncode == -signal.SIGXFSZ or max(sizes) > max_output:
         raise ChildFailed(
             f"{os.path.basename(cmd[0])} wrote more than {max_output} bytes",
             proc.returncode,
@@ -245,5 +259,5 @@ def run(
 
 def _read(f: Any, limit: int) -> bytes:
     f.seek(0)
-    data: bytes = f.read(limit + 1)
+    data: bytes = f.read(limit)
     return data

@@ -291,3 +291,28 @@ def test_run_bounds_time_and_output() -> None:
     ok = children.run(["sh", "-c", "echo out; echo err >&2; exit 3"], timeout=10, check=False)
     assert (ok.returncode, ok.stdout, ok.stderr) == (3, b"out\n", b"err\n")
     assert children.live_children() == []
+
+
+def test_debugfs_listing_parsed_by_inode() -> None:
+    from builder.sealed_view import FileMeta, parse_ls_p
+
+    out = (
+        b"debugfs 1.47.0 (5-Feb-2023)\n"
+        b"debugfs: ls -p <2>\n"
+        b"/2/040755/0/0/.//\n/2/040755/0/0/..//\n"
+        b"/12/040755/0/0/etc//\n"
+        b"/17/104755/0/0/a/b/1/\n"  # a crafted name holding a slash: kept whole
+        b"/0/000000/0/0//0/\n"  # an empty directory slot
+        b"\n"
+        b"debugfs: ls -p <12>\n"
+        b"/14/100644/12/34/passwd/11/\n"
+        b"/15/100644/0/0/new\n"  # a name with a newline: a problem, not a silent loss
+        b"line/1/\n"
+    )
+    listing, problems = parse_ls_p(out)
+    assert listing[2] == [
+        (12, FileMeta(0o40755, 0, 0), b"etc"),
+        (17, FileMeta(0o104755, 0, 0), b"a/b"),
+    ]
+    assert listing[12] == [(14, FileMeta(0o100644, 12, 34), b"passwd")]
+    assert len(problems) == 2 and "inode 12" in problems[0]
