@@ -230,11 +230,13 @@ def _gone(pid: int, within: float = 20.0) -> bool:
 
 def test_child_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG: a SIGKILLed harden (no clean-up at all) still takes its child along."""
+    # as root the child also changes user first (as qemu does): that must not clear PDEATHSIG
+    as_user = "user=65534, group=65534, extra_groups=[]" if os.geteuid() == 0 else ""
     script = textwrap.dedent(
-        """
+        f"""
         import sys, time
         from builder import children
-        p = children.spawn(["sleep", "300"])
+        p = children.spawn(["sleep", "300"], {as_user})
         print(p.pid, flush=True)
         time.sleep(300)
         """
@@ -247,6 +249,8 @@ def test_child_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
     status = Path(f"/proc/{child}/stat").read_text().split()
     assert int(status[3]) == parent.pid  # ppid
     assert int(status[4]) == child  # its own process group (and session)
+    if as_user:
+        assert Path(f"/proc/{child}/status").read_text().split("Uid:")[1].split()[0] == "65534"
     parent.kill()
     parent.wait()
     assert _gone(child), "the child outlived its SIGKILLed parent"
