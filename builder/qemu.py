@@ -1,10 +1,18 @@
 """qemu VMs for harden: accelerator detection, the VM lifecycle on a qcow2 overlay, sealing.
 
-A :class:`Vm` never writes its base image: it boots a fresh qcow2 overlay backed by the absolute
-path of the base. The guest sits on qemu's user-mode network with ``restrict=on`` (no network at
-all) and one forward, ``127.0.0.1:PORT -> 22``. The serial console goes to a local file; the
-guest prints its SSH host keys there between markers, and harden pins what it reads (the console
-file is written by our own qemu, so it is a trusted channel).
+A :class:`Vm` never writes its base image: it boots a fresh qcow2 overlay on the base. The base
+is inspected first (:func:`builder.disk_image.inspect_disk`: no backing or data file, size
+limit, not corrupt) and qemu reads that inspected descriptor as a ``-blockdev`` node with
+``backing: null``; the overlay's backing is that node, never a name read from a file. The guest
+sits on qemu's user-mode network with ``restrict=on`` (no network at all) and one forward,
+``127.0.0.1:PORT -> 22``. The serial console goes to a local file; the guest prints its SSH host
+keys there between markers, and harden pins what it reads (the console file is written by our
+own qemu, so it is a trusted channel).
+
+qemu is harden's child (:mod:`builder.children`): never daemonized, its own process group,
+PR_SET_PDEATHSIG, ``no_new_privs``, the seccomp ``-sandbox``, and as the unprivileged user
+``harden-qemu`` (``HARDEN_QEMU_USER``) when harden runs as root. It opens no file of harden's by
+path: disks, console and log are inherited descriptors; QMP is a socketpair.
 """
 
 from __future__ import annotations
