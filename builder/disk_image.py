@@ -496,6 +496,19 @@ def inspect_disk(
         raise
 
 
+def check_overlay(path: Path) -> None:
+    """Refuse an overlay (written through qemu, which a guest may have subverted) whose header
+    asks for an external data file or encryption; its backing name is ignored by whoever passes
+    the backing explicitly (:func:`builder.qemu.seal`)."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_READ)
+    header = parse_qcow2_header(head, str(path))
+    if header.incompatible_features & _INCOMPAT_DATA_FILE or header.extension(_EXT_DATA_FILE):
+        raise _data_file_refusal(str(path), "")
+    if header.crypt_method or header.extension(_EXT_ENCRYPTION) is not None:
+        raise DiskImageError(f"{path}: refused: the overlay is encrypted")
+
+
 def _first_line(data: bytes) -> str:
     text = data.decode("utf-8", "replace").strip()
     return _printable(text.splitlines()[0].encode(), 300) if text else ""

@@ -37,7 +37,13 @@ from typing import Any
 
 from builder import children
 from builder.children import cleanup_on_signals
-from builder.disk_image import DiskImage, blockdev_spec, inspect_disk, json_filename
+from builder.disk_image import (
+    DiskImage,
+    blockdev_spec,
+    check_overlay,
+    inspect_disk,
+    json_filename,
+)
 from builder.ssh_target import SshTarget, wait_ready
 from harden.errors import TargetError
 
@@ -830,6 +836,8 @@ def seal(overlay: Path, out: Path, *, backing: DiskImage | None = None) -> str:
     With ``backing`` (the inspected template the overlay was made on) the chain is given
     explicitly: the backing name recorded in the overlay is not followed.
     """
+    if backing is not None:
+        check_overlay(Path(overlay))
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

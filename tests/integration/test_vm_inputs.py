@@ -283,3 +283,25 @@ def test_sigterm_during_vm_verify_leaves_no_qemu_and_no_temp_dir(
     assert "Traceback" not in rest, rest[-3000:]
     assert not _alive(qemu[0], started), "qemu outlived the SIGTERM to harden"
     assert list(tmpdir.iterdir()) == [], "temporary files left behind"
+
+
+def test_seal_refuses_an_overlay_rewritten_to_name_a_data_file(tmp_path: Path) -> None:
+    """qemu writes the overlay; if a guest subverted qemu and made the overlay name a host file
+    as its data file, sealing (qemu-img as root) must not read that file into the template."""
+    from builder.disk_image import inspect_disk
+    from builder.qemu import seal
+
+    base = tmp_path / "base.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(base), "16M")
+    overlay = tmp_path / "overlay.qcow2"
+    host_file = tmp_path / "host-file"  # stands for any host file; never a real one in a test
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-o", f"data_file={host_file}",
+        "-u", "-b", str(base), "-F", "qcow2", str(overlay), "16M",
+    )  # fmt: skip
+    out = tmp_path / "out" / "sealed.qcow2"
+    out.parent.mkdir()
+    with inspect_disk(base) as disk, pytest.raises(DiskImageError) as e:
+        seal(overlay, out, backing=disk)
+    assert "external file" in e.value.message
+    assert not out.exists() and list(out.parent.iterdir()) == []
