@@ -60,6 +60,8 @@ _KEY_RE = re.compile(
 )
 _POLL = 0.5
 QEMU_USER_ENV = "HARDEN_QEMU_USER"
+BOOT_TIMEOUT_ENV = "HARDEN_VM_BOOT_TIMEOUT"
+DEFAULT_BOOT_TIMEOUT = 120.0
 DEFAULT_QEMU_USER = "harden-qemu"
 # seccomp: no obsolete syscalls, no set*id, no fork/exec, no scheduler or affinity changes
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -177,6 +179,24 @@ def _tail(path: Path, lines: int) -> str:
         return ""
     text = data.decode("utf-8", "replace").replace("\r", "")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def default_boot_timeout(env: dict[str, str] | None = None) -> float:
+    """120 s, or ``HARDEN_VM_BOOT_TIMEOUT`` seconds (slow, shared CI runners under TCG)."""
+    environ = os.environ if env is None else env
+    text = environ.get(BOOT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_BOOT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise TargetError(
+            f"{BOOT_TIMEOUT_ENV}={text!r} is not a number of seconds",
+            hint=f"e.g. {BOOT_TIMEOUT_ENV}=600",
+        )
+    return value
 
 
 # -- who qemu runs as ------------------------------------------------------------------------------
@@ -367,7 +387,7 @@ class Vm:
         memory_mb: int = 512,
         cpus: int = 2,
         ssh_port: int | None = None,
-        boot_timeout: float = 120.0,
+        boot_timeout: float | None = None,
         on_progress: Callable[[str], None] | None = None,
         keep: bool = False,
         accel: tuple[str, str] | None = None,
@@ -379,7 +399,7 @@ class Vm:
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.ssh_port = ssh_port
-        self.boot_timeout = boot_timeout
+        self.boot_timeout = default_boot_timeout() if boot_timeout is None else boot_timeout
         self.on_progress = on_progress
         self.keep = keep
         self.accel = accel

@@ -395,3 +395,13 @@ def test_boot_files_need_to_be_readable_by_the_qemu_user(tmp_path: Path) -> None
     secret.chmod(0o644)
     fd = _boot_file_fd(secret, nobody)
     os.close(fd)
+
+
+def test_boot_timeout_default_and_env() -> None:
+    from builder.qemu import default_boot_timeout
+
+    assert default_boot_timeout({}) == 120.0
+    assert default_boot_timeout({"HARDEN_VM_BOOT_TIMEOUT": "600"}) == 600.0
+    for bad in ("soon", "0", "-5"):
+        with pytest.raises(TargetError):
+            default_boot_timeout({"HARDEN_VM_BOOT_TIMEOUT": bad})
