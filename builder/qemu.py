@@ -1,10 +1,18 @@
 """qemu VMs for harden: accelerator detection, the VM lifecycle on a qcow2 overlay, sealing.
 
-A :class:`Vm` never writes its base image: it boots a fresh qcow2 overlay backed by the absolute
-path of the base. The guest sits on qemu's user-mode network with ``restrict=on`` (no network at
-all) and one forward, ``127.0.0.1:PORT -> 22``. The serial console goes to a local file; the
-guest prints its SSH host keys there between markers, and harden pins what it reads (the console
-file is written by our own qemu, so it is a trusted channel).
+A :class:`Vm` never writes its base image: it boots a fresh qcow2 overlay on the base. The base
+is inspected first (:func:`builder.disk_image.inspect_disk`: no backing or data file, size
+limit, not corrupt) and qemu reads that inspected descriptor as a ``-blockdev`` node with
+``backing: null``; the overlay's backing is that node, never a name read from a file. The guest
+sits on qemu's user-mode network with ``restrict=on`` (no network at all) and one forward,
+``127.0.0.1:PORT -> 22``. The serial console goes to a local file; the guest prints its SSH host
+keys there between markers, and harden pins what it reads (the console file is written by our
+own qemu, so it is a trusted channel).
+
+qemu is harden's child (:mod:`builder.children`): never daemonized, its own process group,
+PR_SET_PDEATHSIG, ``no_new_privs``, the seccomp ``-sandbox``, and as the unprivileged user
+``harden-qemu`` (``HARDEN_QEMU_USER``) when harden runs as root. It opens no file of harden's by
+path: disks, console and log are inherited descriptors; QMP is a socketpair.
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
-import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -24,7 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from builder import children
+from builder.children import cleanup_on_signals
+from builder.disk_image import (
+    DiskImage,
+    blockdev_spec,
+    check_overlay,
+    inspect_disk,
+    json_filename,
+)
 from builder.ssh_target import SshTarget, wait_ready
 from harden.errors import TargetError
 
@@ -40,6 +59,12 @@ _KEY_RE = re.compile(
     r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3})"
 )
 _POLL = 0.5
+QEMU_USER_ENV = "HARDEN_QEMU_USER"
+BOOT_TIMEOUT_ENV = "HARDEN_VM_BOOT_TIMEOUT"
+DEFAULT_BOOT_TIMEOUT = 120.0
+DEFAULT_QEMU_USER = "harden-qemu"
+# seccomp: no obsolete syscalls, no set*id, no fork/exec, no scheduler or affinity changes
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
 # -- accelerator -----------------------------------------------------------------------------------
@@ -115,7 +140,7 @@ def parse_console_host_keys(text: str) -> list[list[str]]:
 # -- the VM ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VmImage:
-    disk: Path  # qcow2
+    disk: Path  # qcow2 (or raw)
     kernel: Path | None = None  # None: boot the disk's own boot loader
     initrd: Path | None = None
     append: str = DEFAULT_APPEND
@@ -144,32 +169,215 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is dead for our purposes
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-            return False
-    return True
-
-
 def _tail(path: Path, lines: int) -> str:
     try:
-        data = path.read_bytes()[-64 * 1024 :]
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
     except OSError:
         return ""
     text = data.decode("utf-8", "replace").replace("\r", "")
     return "\n".join(text.splitlines()[-lines:])
 
 
+def default_boot_timeout(env: dict[str, str] | None = None) -> float:
+    """120 s, or ``HARDEN_VM_BOOT_TIMEOUT`` seconds (slow, shared CI runners under TCG)."""
+    environ = os.environ if env is None else env
+    text = environ.get(BOOT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_BOOT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise TargetError(
+            f"{BOOT_TIMEOUT_ENV}={text!r} is not a number of seconds",
+            hint=f"e.g. {BOOT_TIMEOUT_ENV}=600",
+        )
+    return value
+
+
+# -- who qemu runs as ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QemuUser:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def qemu_user(env: dict[str, str] | None = None) -> QemuUser | None:
+    """The unprivileged user qemu runs as when harden runs as root; None when harden is not root
+    (qemu then runs as harden's own, already unprivileged, user). Never root.
+    """
+    if os.geteuid() != 0:
+        return None
+    environ = os.environ if env is None else env
+    name = environ.get(QEMU_USER_ENV, "").strip() or DEFAULT_QEMU_USER
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise TargetError(
+            f"the user {name!r} that harden runs qemu as does not exist",
+            hint="run scripts/services.sh, or create it: useradd --system --user-group "
+            f"--no-create-home --shell /usr/sbin/nologin {DEFAULT_QEMU_USER} "
+            f"(or set {QEMU_USER_ENV} to another unprivileged user)",
+        ) from None
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise TargetError(
+            f"{QEMU_USER_ENV}={name} is root; harden never runs qemu as root",
+            hint=f"unset {QEMU_USER_ENV} or name an unprivileged user",
+        )
+    groups = tuple(g for g in os.getgrouplist(name, pw.pw_gid) if g != 0)
+    return QemuUser(name, pw.pw_uid, pw.pw_gid, groups)
+
+
+def _user_can_use(path: Path, user: QemuUser | None) -> bool:
+    """Whether ``user`` may read and write ``path`` by its mode bits (None: harden itself)."""
+    if user is None:
+        return os.access(path, os.R_OK | os.W_OK)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_uid == user.uid:
+        bits = (st.st_mode >> 6) & 0o6
+    elif st.st_gid in user.groups or st.st_gid == user.gid:
+        bits = (st.st_mode >> 3) & 0o6
+    else:
+        bits = st.st_mode & 0o6
+    return bits == 0o6
+
+
+def _boot_file_fd(path: Path, user: QemuUser | None) -> int:
+    """A descriptor qemu can open as ``/dev/fd/N`` (a kernel or initrd).
+
+    qemu reopens ``/dev/fd/N``, which checks the file's own mode. harden does not copy a file
+    the qemu user may not read into one it may: a kernel or initrd named by a hostile manifest
+    (``/etc/shadow`` as initrd) must not reach the guest through harden's privileges.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise TargetError(f"cannot open {path}: {e.strerror}") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise TargetError(f"{path} is not a regular file", hint="give a kernel or initrd file")
+    if user is not None and not _user_can_read(st, user):
+        os.close(fd)
+        raise TargetError(
+            f"{path} is not readable by {user.name}, the user qemu runs as",
+            hint=f"make it readable (chmod o+r {path}) if it is meant to boot a VM",
+        )
+    return fd
+
+
+def _user_can_read(st: os.stat_result, user: QemuUser) -> bool:
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == user.gid or st.st_gid in user.groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+# -- QMP over a socketpair -------------------------------------------------------------------------
+class Qmp:
+    """harden's end of qemu's QMP monitor: a socketpair, so no socket path exists at all."""
+
+    MAX_LINE = 1 << 20  # qemu may be under a hostile guest's control: bound what is read
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = b""
+        self.ready = False
+
+    def _message(self, deadline: float, alive: Callable[[], bool]) -> dict[str, Any]:
+        while True:
+            line, sep, rest = self._buf.partition(b"\n")
+            if sep:
+                self._buf = rest
+                try:
+                    msg = json.loads(line)
+                except ValueError as e:
+                    raise TargetError(f"QMP sent something that is not JSON: {e}") from e
+                if isinstance(msg, dict):
+                    return msg
+                continue
+            if len(self._buf) > self.MAX_LINE:
+                raise TargetError("QMP sent a line longer than 1 MiB")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TargetError("QMP did not answer in time")
+            self.sock.settimeout(min(0.5, remaining))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                if not alive():
+                    raise TargetError("qemu exited") from None
+                continue
+            except OSError as e:
+                raise TargetError(f"QMP connection failed: {e}") from e
+            if not data:
+                raise TargetError("qemu closed its QMP connection")
+            self._buf += data
+
+    def execute(
+        self, command: str, *, timeout: float = 10.0, alive: Callable[[], bool] = lambda: True
+    ) -> Any:
+        """Send one command and return its ``return`` (events in between are skipped)."""
+        deadline = time.monotonic() + timeout
+        if not self.ready:
+            greeting = self._message(deadline, alive)
+            if "QMP" not in greeting:
+                raise TargetError(f"unexpected QMP greeting: {str(greeting)[:200]}")
+            self.ready = True
+            self.execute("qmp_capabilities", timeout=timeout, alive=alive)
+        try:
+            self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+        except OSError as e:
+            raise TargetError(f"QMP connection failed: {e}") from e
+        while True:
+            reply = self._message(deadline, alive)
+            if "error" in reply:
+                raise TargetError(f"QMP {command} failed: {str(reply['error'])[:300]}")
+            if "return" in reply:
+                return reply["return"]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@dataclass(frozen=True)
+class QemuFds:
+    """Descriptors qemu inherits: it opens no file of harden's by path."""
+
+    disk: int  # the inspected template, read-only
+    overlay: int  # read-write
+    console: int  # write-only
+    qmp: int  # qemu's end of the QMP socketpair
+    kernel: int | None = None
+    initrd: int | None = None
+    extra: tuple[int, ...] = ()  # further inspected disks, read-only
+
+    def all(self) -> tuple[int, ...]:
+        fds = (self.disk, self.overlay, self.console, self.qmp, self.kernel, self.initrd)
+        return tuple(fd for fd in (*fds, *self.extra) if fd is not None)
+
+
+_SET_DISK, _SET_OVERLAY, _SET_CONSOLE, _SET_EXTRA = 1, 2, 3, 10
+
+
 class Vm:
-    """One qemu VM on a throw-away overlay. A context manager; see the module docstring."""
+    """One qemu VM on a throw-away overlay. A context manager; see the module docstring.
+
+    ``disk`` is the already inspected template (its descriptor is what qemu reads); without it,
+    :meth:`start` inspects ``image.disk`` itself. ``extra_disks`` are attached read-only after the
+    overlay (``/dev/vdb``, ...). The caller keeps owning the disks it passes in.
+    """
 
     def __init__(
         self,
@@ -179,24 +387,31 @@ class Vm:
         memory_mb: int = 512,
         cpus: int = 2,
         ssh_port: int | None = None,
-        boot_timeout: float = 120.0,
+        boot_timeout: float | None = None,
         on_progress: Callable[[str], None] | None = None,
         keep: bool = False,
         accel: tuple[str, str] | None = None,
+        disk: DiskImage | None = None,
+        extra_disks: tuple[DiskImage, ...] = (),
     ) -> None:
         self.image = image
         self.workdir = Path(workdir).absolute()
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.ssh_port = ssh_port
-        self.boot_timeout = boot_timeout
+        self.boot_timeout = default_boot_timeout() if boot_timeout is None else boot_timeout
         self.on_progress = on_progress
         self.keep = keep
         self.accel = accel
-        self.pid: int | None = None
+        self.extra_disks = extra_disks
+        self._disk = disk
+        self._owns_disk = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp_conn: Qmp | None = None
+        self._fds: list[int] = []
         self._started_at = 0.0
         self._target: SshTarget | None = None
-        self._sockdir: Path | None = None
+        self._signals: contextlib.ExitStack | None = None
 
     # -- paths -----------------------------------------------------------------------------------
     @property
@@ -208,63 +423,113 @@ class Vm:
         return self.workdir / "console.log"
 
     @property
-    def pidfile(self) -> Path:
-        return self.workdir / "qemu.pid"
+    def qemu_log(self) -> Path:
+        return self.workdir / "qemu.log"
 
     @property
-    def qmp_socket(self) -> Path:
-        path = self.workdir / "qmp.sock"
-        if len(str(path)) < 100:  # AF_UNIX paths are limited to 108 bytes
-            return path
-        if self._sockdir is None:
-            self._sockdir = Path(tempfile.mkdtemp(prefix="harden-qmp-"))
-        return self._sockdir / "qmp.sock"
+    def disk(self) -> DiskImage | None:
+        """The inspected template qemu reads (once started)."""
+        return self._disk
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def _progress(self, message: str) -> None:
         if self.on_progress is not None:
             self.on_progress(message)
 
     # -- command line ----------------------------------------------------------------------------
-    def command(self, port: int) -> list[str]:
-        """The qemu command line (no tap, no bridge: user-mode net, restrict=on, loopback only)."""
+    def command(self, port: int, fds: QemuFds, disk_format: str = "qcow2") -> list[str]:
+        """The qemu command line.
+
+        No tap, no bridge: user-mode net, ``restrict=on``, one loopback forward. No path of
+        harden's: disks, console, kernel and initrd come as inherited descriptors, QMP is a
+        socketpair. Every disk node names its format and ``backing: null``; the overlay's
+        backing is the inspected template node, never a name read from a file. No
+        ``-daemonize``: qemu stays harden's child. Seccomp sandbox: no spawning, no privileges.
+        """
         accel, _ = self.accel or detect_accel()
+        template = {
+            **blockdev_spec(disk_format, f"/dev/fdset/{_SET_DISK}"),
+            "node-name": "template",
+        }
+        overlay = {
+            "driver": "qcow2",
+            "node-name": "overlay",
+            "read-only": False,
+            "backing": "template",
+            "file": {"driver": "file", "filename": f"/dev/fdset/{_SET_OVERLAY}"},
+        }
         cmd = [
             QEMU,
             "-name",
             "harden-vm",
             "-nodefaults",
+            "-no-user-config",
             "-display",
             "none",
+            "-sandbox",
+            SANDBOX,
             *accel_args(accel),
             "-smp",
             str(self.cpus),
             "-m",
             str(self.memory_mb),
-            "-drive",
-            f"file={self.overlay},if=virtio,format=qcow2",
+            "-add-fd",
+            f"fd={fds.disk},set={_SET_DISK},opaque=template",
+            "-add-fd",
+            f"fd={fds.overlay},set={_SET_OVERLAY},opaque=overlay",
+            "-add-fd",
+            f"fd={fds.console},set={_SET_CONSOLE},opaque=console",
+            "-blockdev",
+            json.dumps(template, separators=(",", ":")),
+            "-blockdev",
+            json.dumps(overlay, separators=(",", ":")),
+            "-device",
+            "virtio-blk-pci,drive=overlay",
+        ]
+        for i, (fd, extra) in enumerate(zip(fds.extra, self.extra_disks, strict=True)):
+            node = {
+                **blockdev_spec(extra.format, f"/dev/fdset/{_SET_EXTRA + i}"),
+                "node-name": f"extra{i}",
+            }
+            cmd += [
+                "-add-fd",
+                f"fd={fd},set={_SET_EXTRA + i},opaque=extra{i}",
+                "-blockdev",
+                json.dumps(node, separators=(",", ":")),
+                "-device",
+                f"virtio-blk-pci,drive=extra{i}",
+            ]
+        cmd += [
             "-netdev",
             f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
             "-device",
             "virtio-net-pci,netdev=n0",
             "-device",
             "virtio-rng-pci",
+            "-chardev",
+            f"file,id=console,path=/dev/fdset/{_SET_CONSOLE}",
             "-serial",
-            f"file:{self.console_log}",
-            "-qmp",
-            f"unix:{self.qmp_socket},server=on,wait=off",
-            "-daemonize",
-            "-pidfile",
-            str(self.pidfile),
+            "chardev:console",
+            "-chardev",
+            f"socket,id=qmp,fd={fds.qmp}",
+            "-mon",
+            "chardev=qmp,mode=control",
         ]
-        if self.image.kernel is not None:
-            cmd += ["-kernel", str(self.image.kernel), "-append", self.image.append]
-            if self.image.initrd is not None:
-                cmd += ["-initrd", str(self.image.initrd)]
+        if fds.kernel is not None:
+            cmd += ["-kernel", f"/dev/fd/{fds.kernel}", "-append", self.image.append]
+            if fds.initrd is not None:
+                cmd += ["-initrd", f"/dev/fd/{fds.initrd}"]
         return cmd
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Vm:
-        if self.pid is None:
+        if self._signals is None:
+            self._signals = contextlib.ExitStack()
+            self._signals.enter_context(cleanup_on_signals())
+        if self._proc is None:
             try:
                 self.start()
             except BaseException:
@@ -286,18 +551,36 @@ class Vm:
                 self._target.close()
                 self._target = None
         finally:
-            self.kill()
-            if not self.keep:
-                self.overlay.unlink(missing_ok=True)
-            for path in (self.pidfile, self.qmp_socket):
-                path.unlink(missing_ok=True)
-            if self._sockdir is not None:
-                shutil.rmtree(self._sockdir, ignore_errors=True)
-                self._sockdir = None
+            try:
+                self.kill()
+                if not self.keep:
+                    self.overlay.unlink(missing_ok=True)
+                if self._owns_disk and self._disk is not None:
+                    self._disk.close()
+                    self._disk = None
+                    self._owns_disk = False
+            finally:
+                if self._signals is not None:
+                    signals, self._signals = self._signals, None
+                    signals.close()
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+        if self._qmp_conn is not None:
+            self._qmp_conn.close()
+            self._qmp_conn = None
+
+    def _open(self, path: Path, flags: int, mode: int = 0o600) -> int:
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        self._fds.append(fd)
+        return fd
 
     def start(self) -> None:
-        """Create the overlay and start qemu in the background; a no-op when already running."""
-        if self.pid is not None and _pid_alive(self.pid):
+        """Inspect the template, create the overlay and start qemu; a no-op when running."""
+        if self.running:
             return
         for path in (self.image.disk, self.image.kernel, self.image.initrd):
             if path is not None and not path.is_file():
@@ -310,76 +593,118 @@ class Vm:
                 f"{QEMU} or {QEMU_IMG} is not installed",
                 hint="apt-get install qemu-system-x86 qemu-utils",
             )
+        user = qemu_user()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._disk is None:
+            self._disk = inspect_disk(self.image.disk)
+            self._owns_disk = True
+        disk = self._disk
         if self.accel is None:
             self.accel = detect_accel()
-        self._progress(f"creating overlay on {self.image.disk.name}")
+            if self.accel[0] == "kvm" and not _user_can_use(Path("/dev/kvm"), user):
+                self.accel = ("tcg", f"/dev/kvm is not usable by {user.name if user else 'us'}")
+        self._progress(f"creating overlay on {disk.path.name}")
         self.overlay.unlink(missing_ok=True)
+        # -u: the template is not opened by name here; qemu gets it as an inspected descriptor
         _run(
             [
                 QEMU_IMG,
                 "create",
                 "-q",
+                "-u",
                 "-f",
                 "qcow2",
                 "-F",
-                "qcow2",
+                disk.format,
                 "-b",
-                str(self.image.disk.resolve()),
+                str(disk.path.resolve()),
                 str(self.overlay),
+                str(disk.virtual_size),
             ],
             what="create the VM overlay",
         )
         auto_port = self.ssh_port is None
         for attempt in range(3):
             port = self.ssh_port if self.ssh_port is not None else free_port()
-            for path in (self.console_log, self.pidfile, self.qmp_socket):
-                path.unlink(missing_ok=True)
             self._progress(f"booting ({self.accel[0]}: {self.accel[1]}), ssh on 127.0.0.1:{port}")
-            proc = subprocess.run(
-                self.command(port), capture_output=True, text=True, timeout=60, check=False
-            )
-            if proc.returncode == 0:
+            error = self._launch(port, disk, user)
+            if error is None:
                 self.ssh_port = port
                 break
-            stderr = proc.stderr.strip()
-            self._read_pid()  # a daemon child may exist even if the parent failed
-            self.kill()
-            if auto_port and "hostfwd" in stderr and attempt < 2:
+            if auto_port and "hostfwd" in error and attempt < 2:
                 continue  # the port was taken between free_port() and qemu's bind
+            kernel = f" (kernel {self.image.kernel})" if self.image.kernel else ""
             raise TargetError(
-                f"qemu did not start: {stderr or f'exit {proc.returncode}'}",
+                f"qemu did not start{kernel}: {error}",
                 hint="check the kernel, initrd and disk of the VM image"
                 + (f"\nconsole:\n{self.console_tail()}" if self.console_tail() else ""),
             )
         self._started_at = time.monotonic()
-        if self._read_pid() is None:
-            raise TargetError("qemu started but wrote no pidfile", hint=str(self.pidfile))
 
-    def _read_pid(self) -> int | None:
+    def _launch(self, port: int, disk: DiskImage, user: QemuUser | None) -> str | None:
+        """Start qemu once; None when it is up (QMP answers), else its error message."""
+        self.kill()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.pid = int(self.pidfile.read_text(encoding="ascii").strip())
-        except (OSError, ValueError):
-            return self.pid
-        return self.pid
+            qmp_fd = self._keep_fd(theirs.detach())
+            self._qmp_conn = Qmp(ours)
+            fds = QemuFds(
+                disk=disk.fd,
+                overlay=self._open(self.overlay, os.O_RDWR),
+                console=self._open(self.console_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                qmp=qmp_fd,
+                kernel=self._keep_fd(_boot_file_fd(self.image.kernel, user))
+                if self.image.kernel
+                else None,
+                initrd=self._keep_fd(_boot_file_fd(self.image.initrd, user))
+                if self.image.initrd
+                else None,
+                extra=tuple(d.fd for d in self.extra_disks),
+            )
+            log = self._open(self.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            self._proc = children.spawn(
+                self.command(port, fds, disk.format),
+                pass_fds=fds.all(),
+                stdout=log,
+                stderr=log,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=user.groups if user else None,
+            )
+        except BaseException:
+            self._close_fds()
+            raise
+        finally:
+            # qemu holds its own copies now; harden keeps only what it reads (QMP, disk fds)
+            for fd in self._fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._fds = []
+        try:
+            self._qmp_conn.execute("query-status", timeout=60, alive=lambda: self.running)
+            return None
+        except TargetError as e:
+            proc = self._proc
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+            self.kill()
+            return _tail(self.qemu_log, 20).strip() or str(e)
 
-    def _is_ours(self, pid: int) -> bool:
-        """The PID still belongs to our qemu (guards against PID reuse)."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return str(self.pidfile).encode() in cmdline
+    def _keep_fd(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
 
     @property
     def running(self) -> bool:
-        return self.pid is not None and _pid_alive(self.pid) and self._is_ours(self.pid)
+        return self._proc is not None and self._proc.poll() is None
 
     def _check_alive(self) -> None:
         if not self.running:
             raise TargetError(
                 "the VM's qemu process exited during boot",
-                hint=f"last console lines:\n{self.console_tail()}",
+                hint=f"last console lines:\n{self.console_tail()}"
+                + (f"\nqemu: {_tail(self.qemu_log, 5)}" if _tail(self.qemu_log, 5) else ""),
             )
 
     def _remaining(self) -> float:
@@ -394,15 +719,11 @@ class Vm:
 
     def host_keys(self, timeout: float | None = None) -> list[str]:
         """The host keys the guest printed on the console in its latest boot (OpenSSH lines)."""
-        if self.pid is None:
+        if self._proc is None:
             raise TargetError("the VM is not started", hint="call start() first")
         limit = time.monotonic() + (self._remaining() if timeout is None else timeout)
         while True:
-            try:
-                text = self.console_log.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = ""
-            blocks = parse_console_host_keys(text)
+            blocks = parse_console_host_keys(_read(self.console_log))
             if blocks:
                 return blocks[-1]
             self._check_alive()
@@ -418,7 +739,7 @@ class Vm:
         pinned_host_keys: list[str] | None = None,
     ) -> SshTarget:
         """Wait until an SSH command succeeds; host keys pinned from the console by default."""
-        if self.pid is None or self.ssh_port is None:
+        if self._proc is None or self.ssh_port is None:
             raise TargetError("the VM is not started", hint="call start() first")
         keys = pinned_host_keys if pinned_host_keys is not None else self.host_keys()
         port = self.ssh_port
@@ -482,55 +803,27 @@ class Vm:
         if not self._ssh("systemctl poweroff --no-block"):
             with contextlib.suppress(TargetError):
                 self._qmp("system_powerdown")
-        deadline = time.monotonic() + timeout
-        while self.running and time.monotonic() < deadline:
-            time.sleep(0.2)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=timeout)
         self.kill()
 
     def kill(self) -> None:
-        """End our qemu by its own PID (SIGTERM, then SIGKILL); never any other process."""
-        pid = self.pid if self.pid is not None else self._read_pid()
-        if pid is None or not self._is_ours(pid):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while _pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+        """End our qemu (SIGTERM to its process group, then SIGKILL) and reap it."""
+        try:
+            if self._proc is not None:
+                children.stop(self._proc)
+        finally:
+            self._close_fds()
 
     def console_tail(self, lines: int = 30) -> str:
         return _tail(self.console_log, lines)
 
     def _qmp(self, command: str) -> None:
         """Send one QMP command (e.g. system_powerdown) and wait for its return."""
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(5)
-                s.connect(str(self.qmp_socket))
-                f = s.makefile("rwb")
-                f.readline()  # greeting
-                for cmd in ("qmp_capabilities", command):
-                    f.write(json.dumps({"execute": cmd}).encode() + b"\n")
-                    f.flush()
-                    while True:
-                        line = f.readline()
-                        if not line:
-                            raise TargetError(f"QMP closed during {cmd}")
-                        reply = json.loads(line)
-                        if "error" in reply:
-                            raise TargetError(f"QMP {cmd} failed: {reply['error']}")
-                        if "return" in reply:
-                            break
-        except (OSError, ValueError) as e:
-            raise TargetError(
-                f"cannot talk to the VM's QMP socket {self.qmp_socket}: {e}",
-                hint="is the VM still running?",
-            ) from e
+        if self._qmp_conn is None or not self.running:
+            raise TargetError("the VM's QMP monitor is not available", hint="is the VM running?")
+        self._qmp_conn.execute(command, timeout=10, alive=lambda: self.running)
 
 
 def _read(path: Path) -> str:
@@ -540,29 +833,47 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _run(cmd: list[str], *, what: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], *, what: str, timeout: float = 600, pass_fds: tuple[int, ...] = ()
+) -> None:
+    """Run a qemu-img helper as harden's child (bounded in time and output)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise TargetError(f"cannot {what}: {e}", hint=f"is {cmd[0]} installed?") from e
-    if proc.returncode != 0:
+        children.run(cmd, timeout=timeout, pass_fds=pass_fds)
+    except FileNotFoundError as e:
+        raise TargetError(f"cannot {what}: {cmd[0]} is not installed") from e
+    except children.ChildFailed as e:
+        err = e.stderr.decode("utf-8", "replace").strip()[-2000:]
         raise TargetError(
-            f"cannot {what}: {proc.stderr.strip() or f'{cmd[0]} exit {proc.returncode}'}",
-            hint="check free disk space and the image path",
-        )
-    return proc
+            f"cannot {what}: {err or e}", hint="check free disk space and the image path"
+        ) from e
 
 
 # -- sealing ---------------------------------------------------------------------------------------
-def seal(overlay: Path, out: Path) -> str:
-    """Flatten ``overlay`` (and its backing chain) into a standalone zstd-compressed qcow2 at
-    ``out``; returns its sha256. Atomic: on any failure no partial file remains.
+def seal(overlay: Path, out: Path, *, backing: DiskImage | None = None) -> str:
+    """Flatten ``overlay`` (and its backing) into a standalone zstd-compressed qcow2 at ``out``;
+    returns its sha256. Atomic: on any failure no partial file remains.
+
+    With ``backing`` (the inspected template the overlay was made on) the chain is given
+    explicitly: the backing name recorded in the overlay is not followed.
     """
+    if backing is not None:
+        check_overlay(Path(overlay))
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    source = str(overlay)
+    pass_fds: tuple[int, ...] = ()
+    if backing is not None:
+        spec = {
+            "driver": "qcow2",
+            "read-only": True,
+            "file": {"driver": "file", "filename": str(Path(overlay).absolute())},
+            "backing": backing.spec(),
+        }
+        source = json_filename(spec)
+        pass_fds = (backing.fd,)
     try:
         _run(
             [
@@ -574,10 +885,11 @@ def seal(overlay: Path, out: Path) -> str:
                 "-c",
                 "-o",
                 "compression_type=zstd",
-                str(overlay),
+                source,
                 str(tmp),
             ],
             what=f"seal {overlay} into {out}",
+            pass_fds=pass_fds,
         )
         digest = hashlib.sha256()
         with tmp.open("rb") as f:

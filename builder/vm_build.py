@@ -37,6 +37,7 @@ the existing template and only verifies a clone of it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -47,9 +48,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from builder.children import cleanup_on_signals
+from builder.disk_image import DiskImage, inspect_disk
 from builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
 from builder.render import Phase, check_remediation, remediation_rules, render_script
 from builder.ssh_target import SshTarget
@@ -57,7 +61,6 @@ from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.errors import InputError, TargetError
-from harden.files import sha256_file
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
@@ -141,21 +144,7 @@ def build_key(base_sha256: str, baseline: ResolvedBaseline, defn: ImageDefinitio
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-# -- the sealed disk as a read-only second drive -----------------------------------------------------
-class _VmWithSealedDisk(Vm):
-    """A clone VM that also sees the sealed template as a read-only second disk (``/dev/vdb``)."""
-
-    def __init__(self, image: VmImage, workdir: Path, sealed: Path, **kw: Any) -> None:
-        super().__init__(image, workdir, **kw)
-        self.sealed = sealed.absolute()
-
-    def command(self, port: int) -> list[str]:
-        cmd = super().command(port)
-        drive = ["-drive", f"file={self.sealed},if=virtio,format=qcow2,readonly=on"]
-        at = cmd.index("-netdev")
-        return cmd[:at] + drive + cmd[at:]
-
-
+# -- the sealed disk as a read-only second drive (Vm extra_disks: /dev/vdb) -------------------------
 class SealedDiskTarget:
     """Runs the facts script chrooted into the sealed disk, mounted read-only in the clone."""
 
@@ -237,11 +226,36 @@ def verify_clone(
     digest: str,
     progress: Progress,
     timings: dict[str, float],
+    disk: DiskImage | None = None,
 ) -> VerifyReport:
+    """Boot a clone of ``sealed`` (inspected here unless ``disk`` is its inspected image) with
+    the sealed file also attached read-only as ``/dev/vdb``, and verify it."""
     clone_image = dataclasses.replace(boot, disk=sealed.absolute())
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cleanup_on_signals())
+        if disk is None:
+            disk = stack.enter_context(inspect_disk(sealed))
+        return _verify_clone(
+            sealed, clone_image, disk, user, key, baseline, clock, name, digest, progress, timings
+        )
+
+
+def _verify_clone(
+    sealed: Path,
+    clone_image: VmImage,
+    disk: DiskImage,
+    user: str,
+    key: Path | None,
+    baseline: ResolvedBaseline,
+    clock: Clock,
+    name: str,
+    digest: str,
+    progress: Progress,
+    timings: dict[str, float],
+) -> VerifyReport:
     with (
         tempfile.TemporaryDirectory(prefix="harden-vm-clone-") as work,
-        _VmWithSealedDisk(clone_image, Path(work), sealed, on_progress=progress) as vm,
+        Vm(clone_image, Path(work), on_progress=progress, disk=disk, extra_disks=(disk,)) as vm,
     ):
         with _timed(timings, "clone_boot"):
             target = vm.connect(user, key)
@@ -288,19 +302,40 @@ def build_vm(
     allow_noncompliant: bool = False,
     progress: Progress = _noop,
 ) -> VmBuildResult:
+    """Build (see the module docstring). SIGTERM/SIGHUP/SIGINT end qemu and remove temp files."""
+    with cleanup_on_signals():
+        return _build_vm(
+            defn,
+            catalogue,
+            clock,
+            out_dir=out_dir,
+            force=force,
+            allow_noncompliant=allow_noncompliant,
+            progress=progress,
+        )
+
+
+def _build_vm(
+    defn: ImageDefinition,
+    catalogue: Catalogue,
+    clock: Clock,
+    *,
+    out_dir: Path | None,
+    force: bool,
+    allow_noncompliant: bool,
+    progress: Progress,
+) -> VmBuildResult:
     doc = defn.doc
     if doc.vm is None:
         raise TargetError(f"{defn.path}: not a vm image definition", hint="add 'vm: {disk: ...}'")
     src = doc.vm
     out_dir = (out_dir or templates_dir()).absolute()
-    out = out_dir / f"{doc.name}.qcow2"
     base = VmImage(
         disk=Path(src.disk).absolute(),
         kernel=Path(src.kernel) if src.kernel else None,
         initrd=Path(src.initrd) if src.initrd else None,
         append=src.append,
     )
-    ssh_key = Path(src.ssh_key) if src.ssh_key else None
     if not base.disk.is_file():
         raise TargetError(
             f"the base VM disk {base.disk} does not exist",
@@ -310,8 +345,47 @@ def build_vm(
     timings: dict[str, float] = {}
     started = clock.now()
 
-    progress(f"hashing the base {base.disk}")
-    base_sha = sha256_file(base.disk)
+    # the base is an input like any other: inspected (no backing or data file, size bounded,
+    # not corrupt) and held open; qemu and the seal read this very file
+    with inspect_disk(base.disk) as base_disk:
+        progress(f"hashing the base {base.disk}")
+        base_sha = base_disk.sha256()
+        return _build_from(
+            defn,
+            base,
+            base_disk,
+            base_sha,
+            baseline,
+            clock,
+            started,
+            timings,
+            out_dir=out_dir,
+            force=force,
+            allow_noncompliant=allow_noncompliant,
+            progress=progress,
+        )
+
+
+def _build_from(
+    defn: ImageDefinition,
+    base: VmImage,
+    base_disk: DiskImage,
+    base_sha: str,
+    baseline: ResolvedBaseline,
+    clock: Clock,
+    started: datetime,
+    timings: dict[str, float],
+    *,
+    out_dir: Path,
+    force: bool,
+    allow_noncompliant: bool,
+    progress: Progress,
+) -> VmBuildResult:
+    doc = defn.doc
+    assert doc.vm is not None
+    src = doc.vm
+    out = out_dir / f"{doc.name}.qcow2"
+    ssh_key = Path(src.ssh_key) if src.ssh_key else None
     key = build_key(base_sha, baseline, defn)
     previous = _previous(out)
     if (
@@ -325,7 +399,8 @@ def build_vm(
             f"inputs unchanged (base {base_sha[:19]}, baseline {baseline.digest[:19]}): "
             f"reusing {out}"
         )
-        digest = sha256_file(out)
+        with inspect_disk(out) as sealed_disk:
+            digest = sealed_disk.sha256()
         boot = VmImage(
             disk=out,
             kernel=previous.kernel or base.kernel,
@@ -366,7 +441,7 @@ def build_vm(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="harden-vm-build-") as work,
-            Vm(base, Path(work), on_progress=progress) as vm,
+            Vm(base, Path(work), on_progress=progress, disk=base_disk) as vm,
         ):
             with _timed(timings, "boot"):
                 target = vm.connect(src.ssh_user, ssh_key)
@@ -384,7 +459,7 @@ def build_vm(
                 _run_checked(target, hygiene_script(), "the hygiene script")
                 _run_checked(target, _SEAL_EXTRA, "removing the random seed")
                 vm.shutdown()
-                digest = "sha256:" + seal(vm.overlay, staging)
+                digest = "sha256:" + seal(vm.overlay, staging, backing=base_disk)
         report = verify_clone(
             staging,
             base,

@@ -3,6 +3,12 @@
 A template made of a whole-disk filesystem boots with a kernel and initrd: they are found in a
 ``manifest.json`` next to the file (as scripts/vm-base.sh writes it) or given as ``vmlinuz`` and
 ``initrd.img`` in the same folder; otherwise the disk's own boot loader is used.
+
+The file is hostile until inspected: :func:`builder.disk_image.inspect_disk` runs before anything
+else (a backing file, an external data file, a format other than the name declares, a virtual size
+over the limit, a truncated or corrupt image: refused, exit 3, no qemu started), and qemu then
+reads the inspected descriptor, not the path. SIGTERM, SIGHUP and SIGINT end qemu and remove the
+overlay and temporary directory (:func:`builder.children.cleanup_on_signals`).
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from builder.children import cleanup_on_signals
+from builder.disk_image import inspect_disk
 from builder.qemu import DEFAULT_APPEND, VmImage
 from harden.baseline.resolve import ResolvedBaseline
 from harden.clock import Clock
 from harden.errors import TargetError, UsageError
-from harden.files import sha256_file
 from harden.results import VerifyReport
 from harden.vm_manifest import manifest_path
 
@@ -60,24 +67,26 @@ def verify_template(
     """
     from builder.vm_build import verify_clone
 
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"no such VM template: {path}")
-    image, recorded_key = image_for(path)
-    key = identity or recorded_key
-    if key is None:
-        raise UsageError(
-            f"no SSH key to log in to {path}",
-            hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
+    with cleanup_on_signals(), inspect_disk(path) as disk:
+        image, recorded_key = image_for(path)
+        key = identity or recorded_key
+        if key is None:
+            raise UsageError(
+                f"no SSH key to log in to {path}",
+                hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
+            )
+        return verify_clone(
+            path,
+            image,
+            "root",
+            key,
+            baseline,
+            clock,
+            name=str(path),
+            digest=disk.sha256(),
+            progress=progress or (lambda _m: None),
+            timings={},
+            disk=disk,
         )
-    return verify_clone(
-        path,
-        image,
-        "root",
-        key,
-        baseline,
-        clock,
-        name=str(path),
-        digest=sha256_file(path),
-        progress=progress or (lambda _m: None),
-        timings={},
-    )

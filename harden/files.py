@@ -17,10 +17,21 @@ READ_CHUNK = 1 << 20
 
 def sha256_file(path: Path) -> str:
     """``sha256:<hex>`` of the file at ``path`` (read in 1 MiB chunks; OSError propagates)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_fd(fd: int) -> str:
+    """``sha256:<hex>`` of an open file from its start (``pread``: the offset is untouched), so
+    a caller that inspected this very inode hashes it and not whatever the path names now."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
-            h.update(chunk)
+    offset = 0
+    while chunk := os.pread(fd, READ_CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
     return "sha256:" + h.hexdigest()
 
 

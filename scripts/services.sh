@@ -41,6 +41,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# ---- the unprivileged user qemu runs as (harden never runs a VM as root) --------------------
+QEMU_USER=${HARDEN_QEMU_USER:-harden-qemu}
+if ! getent passwd "$QEMU_USER" >/dev/null; then
+  log "creating system user $QEMU_USER (harden runs qemu as it)"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$QEMU_USER"
+fi
+if getent group kvm >/dev/null && ! id -nG "$QEMU_USER" | tr ' ' '\n' | grep -qx kvm; then
+  usermod -a -G kvm "$QEMU_USER"
+fi
+
 # ---- Docker Engine ---------------------------------------------------------------------------
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2

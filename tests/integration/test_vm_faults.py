@@ -21,8 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def qemu_pids() -> set[str]:
+    """qemu processes started from this checkout (other checkouts run VMs concurrently)."""
     out = subprocess.run(["pgrep", "-f", "qemu-system-x86_64"], capture_output=True, text=True)
-    return set(out.stdout.split())
+    ours = set()
+    for pid in out.stdout.split():
+        try:
+            if Path(f"/proc/{pid}/cwd").resolve() == ROOT:
+                ours.add(pid)
+        except OSError:
+            continue
+    return ours
 
 
 def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_path: Path) -> None:
@@ -64,6 +72,8 @@ def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_
         )
     )
     out_dir = tmp_path / "templates"
+    tmpdir = tmp_path / "tmp"  # harden's temporary directories, apart from concurrent runs
+    tmpdir.mkdir()
     before = qemu_pids()
     r = subprocess.run(
         [
@@ -80,14 +90,16 @@ def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_
         text=True,
         timeout=600,
         cwd=ROOT,
-        env={**os.environ, "HARDEN_TEMPLATES": str(out_dir), "HARDEN_HOME": str(tmp_path / "home")},
+        env={
+            **os.environ,
+            "HARDEN_TEMPLATES": str(out_dir),
+            "HARDEN_HOME": str(tmp_path / "home"),
+            "TMPDIR": str(tmpdir),
+        },
     )
     assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert "SSH connection dropped" in r.stderr
     assert not out_dir.exists() or not list(out_dir.glob("*.qcow2"))
     assert qemu_pids() <= before, "the build left its qemu process running"
-    leftovers = [
-        p for p in Path("/tmp").glob("harden-vm-*") if p.is_dir() and any(p.glob("**/*.qcow2"))
-    ]
-    assert not leftovers, leftovers
+    assert list(tmpdir.iterdir()) == [], "temporary files left behind"

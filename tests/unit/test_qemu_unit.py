@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from builder.qemu import (
     HOST_KEYS_BEGIN,
     HOST_KEYS_END,
+    QemuFds,
     Vm,
     VmImage,
     detect_accel,
     hygiene_script,
     parse_console_host_keys,
+    qemu_user,
     seal,
 )
 from builder.ssh_target import (
@@ -180,6 +183,9 @@ def test_console_incomplete_block_is_not_a_block() -> None:
 
 
 # -- qemu command line ------------------------------------------------------------------------
+FDS = QemuFds(disk=11, overlay=12, console=13, qmp=14, kernel=15, initrd=16)
+
+
 def _vm(tmp_path: Path, kernel: bool = True) -> Vm:
     image = VmImage(
         disk=tmp_path / "base.qcow2",
@@ -189,36 +195,66 @@ def _vm(tmp_path: Path, kernel: bool = True) -> Vm:
     return Vm(image, tmp_path / "vm", accel=("tcg", "test"))
 
 
+def _blockdevs(cmd: list[str]) -> dict[str, dict[str, object]]:
+    nodes = [json.loads(cmd[i + 1]) for i, a in enumerate(cmd) if a == "-blockdev"]
+    return {str(n["node-name"]): n for n in nodes}
+
+
 def test_command_line_is_loopback_only_and_restricted(tmp_path: Path) -> None:
-    cmd = _vm(tmp_path).command(2222)
+    cmd = _vm(tmp_path).command(2222, FDS)
     netdev = cmd[cmd.index("-netdev") + 1]
     assert netdev.startswith("user,")
     assert "restrict=on" in netdev.split(",")
     assert "hostfwd=tcp:127.0.0.1:2222-:22" in netdev
     joined = " ".join(cmd)
-    for forbidden in ("tap", "bridge", "vhost", "0.0.0.0"):
+    for forbidden in ("tap", "bridge", "vhost", "0.0.0.0", "-daemonize", "-pidfile", "-runas"):
         assert forbidden not in joined
     assert cmd.count("-netdev") == 1
-    assert "-daemonize" in cmd
-    assert cmd[cmd.index("-pidfile") + 1].endswith("qemu.pid")
-    assert cmd[cmd.index("-serial") + 1] == f"file:{tmp_path / 'vm' / 'console.log'}"
+    assert cmd[cmd.index("-serial") + 1] == "chardev:console"
+    assert "file,id=console,path=/dev/fdset/3" in cmd
+    assert "fd=13,set=3,opaque=console" in cmd
+    assert "socket,id=qmp,fd=14" in cmd  # QMP over an inherited socketpair: no socket path
     assert "virtio-rng-pci" in cmd
+    assert "-no-user-config" in cmd
+    sandbox = cmd[cmd.index("-sandbox") + 1].split(",")
+    assert sandbox[0] == "on"
+    assert {"spawn=deny", "elevateprivileges=deny"} <= set(sandbox)
 
 
-def test_command_line_writes_only_the_overlay(tmp_path: Path) -> None:
-    cmd = _vm(tmp_path).command(2222)
-    drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
-    assert drives == [f"file={tmp_path / 'vm' / 'overlay.qcow2'},if=virtio,format=qcow2"]
-    assert "base.qcow2" not in " ".join(cmd)
+def test_command_line_opens_no_path_and_no_backing_by_name(tmp_path: Path) -> None:
+    cmd = _vm(tmp_path).command(2222, FDS)
+    assert "-drive" not in cmd
+    nodes = _blockdevs(cmd)
+    assert set(nodes) == {"template", "overlay"}
+    template, overlay = nodes["template"], nodes["overlay"]
+    assert template["driver"] == "qcow2"
+    assert template["backing"] is None  # the template's own backing name is never followed
+    assert template["read-only"] is True
+    assert template["file"] == {"driver": "file", "filename": "/dev/fdset/1", "read-only": True}
+    assert overlay["backing"] == "template"  # explicit, not the name in the overlay's header
+    assert overlay["file"] == {"driver": "file", "filename": "/dev/fdset/2"}
+    assert "fd=11,set=1,opaque=template" in cmd
+    assert "fd=12,set=2,opaque=overlay" in cmd
+    devices = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-device" and "blk" in cmd[i + 1]]
+    assert devices == ["virtio-blk-pci,drive=overlay"]
+    assert str(tmp_path) not in " ".join(cmd)  # every file comes as a descriptor
+
+
+def test_command_line_raw_template(tmp_path: Path) -> None:
+    nodes = _blockdevs(_vm(tmp_path).command(2222, FDS, "raw"))
+    assert nodes["template"]["driver"] == "raw"
+    assert "backing" not in nodes["template"]
 
 
 def test_command_line_tcg_args_and_kernel(tmp_path: Path) -> None:
-    cmd = _vm(tmp_path).command(2222)
+    cmd = _vm(tmp_path).command(2222, FDS)
     assert cmd[cmd.index("-accel") + 1] == "tcg,thread=multi,tb-size=256"
     assert cmd[cmd.index("-cpu") + 1] == "max"
     assert cmd[cmd.index("-append") + 1] == "root=/dev/vda rw console=ttyS0"
-    assert cmd[cmd.index("-initrd") + 1] == str(tmp_path / "initrd.img")
-    kvm = Vm(VmImage(disk=tmp_path / "d.qcow2"), tmp_path, accel=("kvm", "t")).command(1)
+    assert cmd[cmd.index("-kernel") + 1] == "/dev/fd/15"
+    assert cmd[cmd.index("-initrd") + 1] == "/dev/fd/16"
+    no_kernel = dataclasses.replace(FDS, kernel=None, initrd=None)
+    kvm = Vm(VmImage(disk=tmp_path / "d.qcow2"), tmp_path, accel=("kvm", "t")).command(1, no_kernel)
     assert kvm[kvm.index("-accel") + 1] == "kvm"
     assert "-kernel" not in kvm
     assert "-initrd" not in kvm
@@ -233,16 +269,17 @@ def test_start_with_missing_image_is_target_error(tmp_path: Path) -> None:
     assert not (tmp_path / "vm" / "overlay.qcow2").exists()
 
 
-def test_kill_never_touches_a_foreign_pid(tmp_path: Path) -> None:
-    proc = subprocess.Popen(["sleep", "30"])
-    try:
-        vm = _vm(tmp_path)
-        vm.pid = proc.pid  # not a qemu with our pidfile on its command line
-        vm.kill()
-        assert proc.poll() is None
-    finally:
-        proc.kill()
-        proc.wait()
+def test_qemu_never_runs_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("builder.qemu.os.geteuid", lambda: 0)
+    with pytest.raises(TargetError) as e:
+        qemu_user({"HARDEN_QEMU_USER": "root"})
+    assert "never runs qemu as root" in e.value.message
+    with pytest.raises(TargetError) as e:
+        qemu_user({"HARDEN_QEMU_USER": "no-such-user-harden-test"})
+    assert "does not exist" in e.value.message
+    assert "useradd --system" in (e.value.hint or "")
+    monkeypatch.setattr("builder.qemu.os.geteuid", lambda: 1000)
+    assert qemu_user({}) is None  # not root: qemu runs as harden's own user
 
 
 def test_hygiene_script_covers_identity_and_caches() -> None:
@@ -342,3 +379,29 @@ def test_wait_ready_times_out_with_last_error(monkeypatch: pytest.MonkeyPatch) -
         wait_ready(lambda: _FakeTarget([TargetError("refused")] * 100), timeout=3)
     assert "within 3 s" in e.value.message
     assert "refused" in e.value.message
+
+
+def test_boot_files_need_to_be_readable_by_the_qemu_user(tmp_path: Path) -> None:
+    """A hostile manifest naming a private host file as initrd must not get it into the guest."""
+    from builder.qemu import QemuUser, _boot_file_fd
+
+    nobody = QemuUser("harden-test", 65000, 65000, (65000,))
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    secret.chmod(0o600)
+    with pytest.raises(TargetError) as e:
+        _boot_file_fd(secret, nobody)
+    assert "not readable by harden-test" in e.value.message
+    secret.chmod(0o644)
+    fd = _boot_file_fd(secret, nobody)
+    os.close(fd)
+
+
+def test_boot_timeout_default_and_env() -> None:
+    from builder.qemu import default_boot_timeout
+
+    assert default_boot_timeout({}) == 120.0
+    assert default_boot_timeout({"HARDEN_VM_BOOT_TIMEOUT": "600"}) == 600.0
+    for bad in ("soon", "0", "-5"):
+        with pytest.raises(TargetError):
+            default_boot_timeout({"HARDEN_VM_BOOT_TIMEOUT": bad})
