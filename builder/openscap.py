@@ -254,3 +254,51 @@ def scan_directory(
     """An already extracted root (a VM template's file systems copied out by harden)."""
     with private_dir() as work:
         return scan_root(root, profile, work, timeout=timeout, progress=progress)
+
+
+def _kind_of(scheme: str) -> str:
+    return "vm" if scheme == "qcow2" else "container"
+
+
+def scan_ref(
+    ref: str,
+    profile: str | None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: Callable[[str], None] = _noop,
+) -> ScanResult:
+    """``harden verify REF --scan [PROFILE]``: scan what REF names (profile None: the default
+    for its target kind). Images and running containers are exported; a VM template is not
+    yet (its file systems must be copied out read-only first)."""
+    from builder.docker_engine import Engine
+    from harden.errors import UsageError
+    from verifiers.refs import scheme_of
+
+    scheme = scheme_of(ref)
+    chosen = profile or DEFAULT_PROFILE[_kind_of(scheme)]
+    if scheme in ("ssh", "qcow2"):
+        raise UsageError(
+            f"--scan cannot read the file system of {ref} yet",
+            hint="scan a container image, a registry reference or docker://NAME; "
+            "a VM template can be scanned from its extracted root (builder.openscap.scan_directory)",
+        )
+    engine = Engine.connect()
+    if scheme == "docker":
+        return scan_container(
+            engine, ref.removeprefix("docker://"), chosen, timeout=timeout, progress=progress
+        )
+    return scan_image(engine, ref, chosen, timeout=timeout, progress=progress)
+
+
+def check_profile(profile: str) -> str:
+    """A profile name as typed: short (anssi_bp28_high) or a full XCCDF id; else UsageError."""
+    import re
+
+    from harden.errors import UsageError
+
+    if not re.fullmatch(r"[a-z0-9_]{1,80}|xccdf_[A-Za-z0-9_.\-]{1,200}", profile):
+        raise UsageError(
+            f"{profile!r} is not an XCCDF profile",
+            hint="e.g. --scan anssi_bp28_enhanced (minimal, intermediary, enhanced, high)",
+        )
+    return profile

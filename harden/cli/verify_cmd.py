@@ -49,6 +49,17 @@ from verifiers.refs import verify_ref
     default=None,
     help="Private key for an ssh:// target.",
 )
+@click.option(
+    "--scan",
+    "scan_profile",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[PROFILE]",
+    help="Also scan REF with OpenSCAP and the SCAP Security Guide (scripts/openscap.sh) and "
+    "show the score in the report; PROFILE e.g. anssi_bp28_high (default: anssi_bp28_enhanced). "
+    "Put it after REF, or write --scan=PROFILE.",
+)
 def verify(
     ref: str,
     baseline_id: str | None,
@@ -58,6 +69,7 @@ def verify(
     output: Path | None,
     known_hosts: Path | None,
     identity: Path | None,
+    scan_profile: str | None,
 ) -> None:
     """Verify REF against a baseline and report every rule.
 
@@ -71,6 +83,9 @@ def verify(
 
     With --definition the image definition's baseline, parameter overrides and waivers are
     used, exactly as `harden build` verified the image.
+
+    With --scan an OpenSCAP second opinion (docs/scanner-agreement.md) is added to every
+    report format; it does not change the exit code.
 
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
@@ -96,6 +111,16 @@ def verify(
         identity=identity,
         progress=progress,
     )
+    if scan_profile is not None:
+        import dataclasses
+
+        from builder.openscap import check_profile, scan_ref
+
+        scan = scan_ref(
+            ref, check_profile(scan_profile) if scan_profile else None, progress=progress
+        )
+        progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
+        report = dataclasses.replace(report, scan=scan.summary_json())
     render_report(report, fmt, output)
     AuditLog.default(clock).append(
         AuditAction.VERIFY,
