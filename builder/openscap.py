@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harden.errors import EnvironmentProblem, InputError, TargetError
 from harden.scan.arf import parse_arf
-from harden.scan.model import ScanResult, profile_id
+from harden.scan.model import SSG_RULE_PREFIX, RuleOutcome, ScanResult, XccdfResult, profile_id
 from harden.scan.rootfs import read_os_release, unpack_export
 
 DEFAULT_SSG_DIR = Path("/usr/share/harden/ssg")
@@ -105,37 +106,55 @@ def apt_config(root: Path) -> str:
     )
 
 
-def scan_root(
+_RULE_ID = re.compile(
+    rb'<xccdf-1\.2:Rule [^>]*?id="xccdf_org\.ssgproject\.content_rule_([a-z0-9_\-]+)"'
+)
+TAILORED_PROFILE = "xccdf_dev.harden_profile_agreement"
+
+
+def content_rule_ids(content: Path) -> frozenset[str]:
+    """The short ids of every rule the data stream defines (installed, trusted content)."""
+    return frozenset(m.decode() for m in _RULE_ID.findall(content.read_bytes()))
+
+
+def tailoring(rules: Sequence[str]) -> str:
+    """An XCCDF 1.2 tailoring whose one profile selects exactly ``rules`` (short SSG ids).
+
+    It does not ``extends`` the scanned profile: OpenSCAP 1.3.7 ignores the selects of a
+    tailored profile that extends one which deselects them. The rules then run with the data
+    stream's default values, which is why their results are kept apart (``ScanResult.extra``)."""
+    from xml.sax.saxutils import quoteattr
+
+    selects = "\n".join(
+        f'    <xccdf:select idref={quoteattr(SSG_RULE_PREFIX + r)} selected="true"/>'
+        for r in sorted(set(rules))
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<xccdf:Tailoring xmlns:xccdf="http://checklists.nist.gov/xccdf/1.2" '
+        'id="xccdf_dev.harden_tailoring_agreement">\n'
+        '  <xccdf:version time="2026-01-01T00:00:00">1</xccdf:version>\n'
+        f"  <xccdf:Profile id={quoteattr(TAILORED_PROFILE)}>\n"
+        "    <xccdf:title>harden agreement: mapped rules outside the profile</xccdf:title>\n"
+        f"{selects}\n"
+        "  </xccdf:Profile>\n"
+        "</xccdf:Tailoring>\n"
+    )
+
+
+def _run_oscap(
     root: Path,
-    profile: str,
+    content: Content,
+    profile_args: Sequence[str],
     workdir: Path,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
+    name: str,
+    timeout: float,
     html: Path | None = None,
-    progress: Callable[[str], None] = _noop,
-) -> ScanResult:
-    """Scan the unpacked ``root`` with ``profile``; the ARF is written to ``workdir``."""
-    scanner = oscap_version()
-    content = content_for(read_os_release(root))
-    full_profile = profile_id(profile)
-    cache = root / APT_CACHE_DIR
-    if cache.is_symlink() or (cache.exists() and not cache.is_dir()):
-        raise InputError(f"{APT_CACHE_DIR} in the root is not a directory harden made")
-    cache.mkdir(mode=0o700, exist_ok=True)
-    conf = workdir / "apt.conf"
-    conf.write_text(apt_config(root), encoding="utf-8")
-    arf = workdir / "arf.xml"
-    log = workdir / "oscap.log"
-    argv = [
-        "oscap-chroot",
-        str(root),
-        "xccdf",
-        "eval",
-        "--profile",
-        full_profile,
-        "--results-arf",
-        str(arf),
-    ]
+) -> Path:
+    """One ``oscap-chroot ... xccdf eval``; returns the ARF path (errors raised)."""
+    arf = workdir / f"{name}.xml"
+    log = workdir / f"{name}.log"
+    argv = ["oscap-chroot", str(root), "xccdf", "eval", *profile_args, "--results-arf", str(arf)]
     if html is not None:
         argv += ["--report", str(html)]
     argv.append(str(content.path))
@@ -143,10 +162,8 @@ def scan_root(
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "HOME": str(workdir),
-        "APT_CONFIG": str(conf),
+        "APT_CONFIG": str(workdir / "apt.conf"),
     }
-    progress(f"scanning with {scanner}, {content.path.name} {content.version}, {full_profile}")
-    started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(  # a fixed argv, no shell
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -158,7 +175,6 @@ def scan_root(
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise TargetError(f"the OpenSCAP scan did not finish in {timeout:.0f} s") from e
-    seconds = time.monotonic() - started
     text = log.read_bytes()[-1024 * 1024 :].decode("utf-8", "replace")
     if DPKGINFO_FAILED in text:
         raise TargetError(
@@ -170,15 +186,65 @@ def scan_root(
     if rc not in (0, 2) or not arf.is_file():
         tail = " | ".join(line for line in text.splitlines()[-5:] if line.strip())
         raise TargetError(f"oscap-chroot failed (exit {rc}): {tail[:500]}")
+    return arf
+
+
+def scan_root(
+    root: Path,
+    profile: str,
+    workdir: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    html: Path | None = None,
+    extra_rules: Sequence[str] = (),
+    progress: Callable[[str], None] = _noop,
+) -> ScanResult:
+    """Scan the unpacked ``root`` with ``profile``; the ARF is ``workdir/arf.xml``.
+
+    ``extra_rules`` (short SSG ids the data stream defines): those the profile does not select
+    are evaluated too, in a second run with a tailoring, into ``ScanResult.extra`` (not scored).
+    """
+    scanner = oscap_version()
+    content = content_for(read_os_release(root))
+    full_profile = profile_id(profile)
+    cache = root / APT_CACHE_DIR
+    if cache.is_symlink() or (cache.exists() and not cache.is_dir()):
+        raise InputError(f"{APT_CACHE_DIR} in the root is not a directory harden made")
+    cache.mkdir(mode=0o700, exist_ok=True)
+    (workdir / "apt.conf").write_text(apt_config(root), encoding="utf-8")
+    progress(f"scanning with {scanner}, {content.path.name} {content.version}, {full_profile}")
+    started = time.monotonic()
+    arf = _run_oscap(root, content, ["--profile", full_profile], workdir, "arf", timeout, html=html)
     result = parse_arf(arf)
     if result.profile != full_profile:
         raise InputError(f"the ARF is of profile {result.profile}, not {full_profile}")
+    extra: tuple[RuleOutcome, ...] = ()
+    judged = result.by_short_id()
+    missing = [
+        r
+        for r in sorted(set(extra_rules))
+        if r not in judged or judged[r].result is XccdfResult.NOTSELECTED
+    ]
+    if missing:
+        (workdir / "tailoring.xml").write_text(tailoring(missing), encoding="utf-8")
+        progress(f"evaluating {len(missing)} mapped rule(s) outside {result.profile_short}")
+        extra_arf = _run_oscap(
+            root,
+            content,
+            ["--tailoring-file", str(workdir / "tailoring.xml"), "--profile", TAILORED_PROFILE],
+            workdir,
+            "extra",
+            timeout,
+        )
+        wanted = set(missing)
+        extra = tuple(r for r in parse_arf(extra_arf).rules if r.short_id in wanted)
     return replace(
         result,
         content=content.path.name,
         content_version=content.version or result.content_version,
         scanner=scanner if result.scanner == "OpenSCAP" else result.scanner,
-        seconds=seconds,
+        seconds=time.monotonic() - started,
+        extra=extra,
     )
 
 
@@ -201,6 +267,7 @@ def scan_image(
     timeout: float = DEFAULT_TIMEOUT,
     keep_arf: Path | None = None,
     html: Path | None = None,
+    extra_rules: Sequence[str] = (),
     progress: Callable[[str], None] = _noop,
 ) -> ScanResult:
     """Export the file system of image ``ref`` (a created, never started container), unpack it
@@ -218,7 +285,15 @@ def scan_image(
             f"unpacked {unpacked.entries} entries ({unpacked.bytes // (1024 * 1024)} MiB), "
             f"{len(unpacked.skipped)} device nodes skipped"
         )
-        result = scan_root(root, profile, work, timeout=timeout, html=html, progress=progress)
+        result = scan_root(
+            root,
+            profile,
+            work,
+            timeout=timeout,
+            html=html,
+            extra_rules=extra_rules,
+            progress=progress,
+        )
         if keep_arf is not None:
             shutil.copyfile(work / "arf.xml", keep_arf)
         return result

@@ -38,6 +38,17 @@ from harden.imagedef import load_definition
     "attach them to the pushed image as referrers (a VM template: also written beside the "
     "qcow2 as NAME.qcow2.attestations.json).",
 )
+@click.option(
+    "--scan",
+    "scan_profile",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[PROFILE]",
+    help="Scan the built image with OpenSCAP (default profile anssi_bp28_enhanced), show the "
+    "score in the report and, with --key, attach the result as a signed openscap-scan "
+    "attestation (what `promote --min-scan-score` requires). Write --scan=PROFILE.",
+)
 def build(
     definition: Path,
     baseline_dirs: tuple[Path, ...],
@@ -47,6 +58,7 @@ def build(
     fmt: str,
     output: Path | None,
     key_uri: str | None,
+    scan_profile: str | None,
 ) -> None:
     """Build the golden image described by DEFINITION (images/*.yaml).
 
@@ -66,6 +78,19 @@ def build(
 
         signer = load_signer_from_uri(key_uri)  # a bad key fails before the build
     cat = catalogue(baseline_dirs)
+    if scan_profile is not None:
+        from builder.openscap import check_profile, oscap_version
+
+        if scan_profile:
+            check_profile(scan_profile)
+        if defn.doc.target.value == "vm":
+            from harden.errors import UsageError
+
+            raise UsageError(
+                "--scan is not available for vm definitions yet",
+                hint="build the template, then scan its extracted root",
+            )
+        oscap_version()  # a missing scanner fails before the build
     if defn.doc.target.value == "vm":
         _build_vm_template(defn, cat, force, allow_noncompliant, no_push, fmt, output, signer)
         return
@@ -80,10 +105,19 @@ def build(
         push=not no_push,
         progress=progress,
     )
+    scan = _scan_build(result, scan_profile) if scan_profile is not None else None
+    report = result.report
+    if scan is not None:
+        import dataclasses
+
+        report = dataclasses.replace(report, scan=scan.summary_json())
     if fmt == "json":
-        emit(dump_json(result.to_json()), output)
+        doc = result.to_json()
+        if scan is not None:
+            doc["scan"] = scan.summary_json()
+        emit(dump_json(doc), output)
     else:
-        render_report(result.report, fmt, output)
+        render_report(report, fmt, output)
     _audit_build(
         result.reference,
         result.digest,
@@ -104,10 +138,42 @@ def build(
     )
     if signer is not None and result.digest is not None:
         _attest_build(result, defn, definition, signer)
+        if scan is not None:
+            _attest_scan(result, scan, signer)
     elif signer is not None:
         progress("nothing attested: the image was not pushed")
     if not result.compliant:
         raise click.exceptions.Exit(1)
+
+
+def _scan_build(result: Any, profile: str) -> Any:
+    """The OpenSCAP scan of the image just built (by its local image id)."""
+    from builder.docker_engine import Engine
+    from builder.openscap import DEFAULT_PROFILE, scan_image
+
+    scan = scan_image(
+        Engine.connect(),
+        result.image_id,
+        profile or DEFAULT_PROFILE["container"],
+        progress=progress,
+    )
+    progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
+    return scan
+
+
+def _attest_scan(result: Any, scan: Any, signer: Any) -> None:
+    from harden.errors import HardenError
+    from harden.publish import attach_scan_attestation
+
+    try:
+        attach_scan_attestation(
+            result.reference, result.digest, scan.to_json(), signer, SystemClock()
+        )
+    except HardenError as e:
+        progress(e.diagnostics())
+        progress(f"error: the OpenSCAP scan of {result.digest} is not attested")
+        raise click.exceptions.Exit(4) from e
+    progress(f"attached the signed OpenSCAP scan ({scan.profile_short}) to {result.digest}")
 
 
 def _audit_build(image: str, digest: str | None, compliant: bool, details: dict[str, Any]) -> None:

@@ -135,6 +135,8 @@ class ScanResult:
     finished_at: str = ""
     seconds: float = 0.0  # how long the scan took here
     families: dict[Family, FamilyScore] = field(default_factory=dict)
+    # mapped rules the profile does not select, evaluated apart (agreement only, never scored)
+    extra: tuple[RuleOutcome, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.families:
@@ -159,7 +161,12 @@ class ScanResult:
         return self.families[Family.FILE].score
 
     def by_short_id(self) -> dict[str, RuleOutcome]:
-        return {r.short_id: r for r in self.rules}
+        """Every rule's outcome; an ``extra`` result stands in for a notselected one."""
+        out = {r.short_id: r for r in self.rules}
+        for r in self.extra:
+            if r.short_id not in out or out[r.short_id].result is XccdfResult.NOTSELECTED:
+                out[r.short_id] = r
+        return out
 
     def failing(self, family: Family | None = Family.FILE) -> list[RuleOutcome]:
         bad = {XccdfResult.FAIL, XccdfResult.ERROR, XccdfResult.UNKNOWN}
