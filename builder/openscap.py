@@ -346,23 +346,34 @@ def scan_ref(
     for its target kind). Images and running containers are exported; a VM template is not
     yet (its file systems must be copied out read-only first)."""
     from builder.docker_engine import Engine
-    from harden.errors import UsageError
-    from verifiers.refs import scheme_of
 
-    scheme = scheme_of(ref)
+    scheme = check_scan_ref(ref, profile)
     chosen = profile or DEFAULT_PROFILE[_kind_of(scheme)]
-    if scheme in ("ssh", "qcow2"):
-        raise UsageError(
-            f"--scan cannot read the file system of {ref} yet",
-            hint="scan a container image, a registry reference or docker://NAME; "
-            "a VM template can be scanned from its extracted root (builder.openscap.scan_directory)",
-        )
     engine = Engine.connect()
     if scheme == "docker":
         return scan_container(
             engine, ref.removeprefix("docker://"), chosen, timeout=timeout, progress=progress
         )
     return scan_image(engine, ref, chosen, timeout=timeout, progress=progress)
+
+
+def check_scan_ref(ref: str, profile: str | None) -> str:
+    """Before anything runs: REF is something --scan can read, PROFILE is a profile name and the
+    scanner is installed. Returns REF's scheme."""
+    from harden.errors import UsageError
+    from verifiers.refs import scheme_of
+
+    if profile:
+        check_profile(profile)
+    scheme = scheme_of(ref)
+    if scheme in ("ssh", "qcow2"):
+        raise UsageError(
+            f"--scan cannot read the file system of {ref} yet",
+            hint="scan a container image, a registry reference or docker://NAME; "
+            "a VM template can be scanned from its extracted root (builder.openscap.scan_directory)",
+        )
+    oscap_version()
+    return scheme
 
 
 def check_profile(profile: str) -> str:

@@ -90,6 +90,10 @@ def verify(
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
     """
+    if scan_profile is not None:  # a bad profile or target fails before the verification
+        from builder.openscap import check_scan_ref
+
+        check_scan_ref(ref, scan_profile or None)
     cat = catalogue(baseline_dirs)
     clock = SystemClock()
     overrides = None
@@ -114,11 +118,9 @@ def verify(
     if scan_profile is not None:
         import dataclasses
 
-        from builder.openscap import check_profile, scan_ref
+        from builder.openscap import scan_ref
 
-        scan = scan_ref(
-            ref, check_profile(scan_profile) if scan_profile else None, progress=progress
-        )
+        scan = scan_ref(ref, scan_profile or None, progress=progress)
         progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
         report = dataclasses.replace(report, scan=scan.summary_json())
     render_report(report, fmt, output)

@@ -290,15 +290,20 @@ def test_scanning_never_runs_the_images_programs(base_root: Path, tmp_path: Path
     assert result.by_short_id()["package_telnet_removed"].result.value == "pass"
 
 
-def test_a_broken_package_database_is_an_error_not_a_score(base_root: Path, tmp_path: Path) -> None:
-    from builder.openscap import scan_root
+def test_a_failed_dpkginfo_probe_is_an_error_not_a_score(
+    base_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pitfall itself: without the status file and cache directory in the apt.conf (only the
+    architectures, so the image's dpkg still never runs) dpkginfo_init fails, and the real
+    scanner then passes every package_*_removed rule. harden refuses the result."""
+    import builder.openscap as adapter
 
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "os-release").write_text((base_root / "usr/lib/os-release").read_text())
-    (tmp_path / "work").mkdir()
+    def architectures_only(root: Path) -> str:
+        return 'APT::Architecture "amd64";\nAPT::Architectures { "amd64"; };\n'
+
+    monkeypatch.setattr(adapter, "apt_config", architectures_only)
     with pytest.raises(TargetError, match="dpkginfo_init has failed"):
-        scan_root(root, "anssi_bp28_minimal", tmp_path / "work")
+        adapter.scan_root(base_root, "anssi_bp28_minimal", tmp_path)
 
 
 # ---------------------------------------------------------------- the agreement test

@@ -122,7 +122,10 @@ def test_nothing_judged_has_no_score() -> None:
         (_arf("", result_ns="http://checklists.nist.gov/xccdf/1.1"), "no XCCDF 1.2 TestResult"),
         (_arf(_rr("x", "maybe")), "unknown result"),
         (_arf(_rr("x", "pass") + _rr("x", "fail")), "two results"),
-        (_arf('<rule-result idref="a b&lt;"><result>pass</result></rule-result>'), "not an XCCDF id"),
+        (
+            _arf('<rule-result idref="a b&lt;"><result>pass</result></rule-result>'),
+            "not an XCCDF id",
+        ),
         (
             b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>',
             "forbidden XML construct",
@@ -418,8 +421,9 @@ def test_scan_in_every_format() -> None:
     doc = json.loads(render(r, Format.JSON))
     schema = json.loads((ROOT / "docs" / "report.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(doc)
-    assert doc["scan"]["score"] == 53.3 and "accounts_passwords_pam_faillock_deny" in (
-        doc["scan"]["failed_rules"]
+    assert (
+        doc["scan"]["score"] == 53.3
+        and "accounts_passwords_pam_faillock_deny" in (doc["scan"]["failed_rules"])
     )
     bad = json.loads(render(r, Format.JSON))
     bad["scan"]["score"] = 120
