@@ -135,6 +135,24 @@ def test_build_scan_attaches_a_signed_scan(scan_sess: Session, golden: Golden) -
     assert sum(1 for v in judged.values() if v == "fail") == p["counts"]["fail"]
 
 
+def test_evidence_bundle_shows_the_signed_scan(
+    scan_sess: Session, golden: Golden, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(golden.definition, images / "debian12.yaml")
+    out = tmp_path / "bundle"
+    r = scan_sess.harden("evidence", str(images), "--key", str(scan_sess.pub), "-o", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    bundle = json.loads((out / "evidence.json").read_text())
+    (image,) = bundle["images"]
+    scan = image["openscap_scan"]
+    assert scan["score"] == golden.build["scan"]["score"]
+    assert scan["arf_digest"] == golden.build["scan"]["arf_digest"]
+    assert "openscap-scan" in {a["kind"] for a in image["attestations"]}
+    assert "OpenSCAP second opinion" in (out / "index.html").read_text()
+
+
 # ---------------------------------------------------------------- promote --min-scan-score
 
 
