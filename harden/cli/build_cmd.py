@@ -144,19 +144,28 @@ def build(
         progress("nothing attested: the image was not pushed")
     if not result.compliant:
         raise click.exceptions.Exit(1)
+    if scan_profile is not None and scan is None:
+        raise click.exceptions.Exit(4)  # asked for a scan and got none (said above)
 
 
 def _scan_build(result: Any, profile: str) -> Any:
-    """The OpenSCAP scan of the image just built (by its local image id)."""
+    """The OpenSCAP scan of the image just built (by its local image id). A failed scan is
+    said and returns None: the build is still recorded and attested, the exit code is 4."""
     from builder.docker_engine import Engine
     from builder.openscap import DEFAULT_PROFILE, scan_image
+    from harden.errors import HardenError
 
-    scan = scan_image(
-        Engine.connect(),
-        result.image_id,
-        profile or DEFAULT_PROFILE["container"],
-        progress=progress,
-    )
+    try:
+        scan = scan_image(
+            Engine.connect(),
+            result.image_id,
+            profile or DEFAULT_PROFILE["container"],
+            progress=progress,
+        )
+    except HardenError as e:
+        progress(e.diagnostics())
+        progress(f"error: the OpenSCAP scan of {result.image_id[:19]} failed: no scan attestation")
+        return None
     progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
     return scan
 
