@@ -26,11 +26,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harden.errors import EnvironmentProblem, InputError, TargetError
 from harden.scan.arf import parse_arf
 from harden.scan.model import SSG_RULE_PREFIX, RuleOutcome, ScanResult, XccdfResult, profile_id
 from harden.scan.rootfs import read_os_release, unpack_export
+
+if TYPE_CHECKING:
+    from builder.docker_engine import Engine
 
 DEFAULT_SSG_DIR = Path("/usr/share/harden/ssg")
 DEFAULT_TIMEOUT = 600.0
@@ -260,7 +264,7 @@ def private_dir(prefix: str = "harden-scan-") -> Iterator[Path]:
 
 
 def scan_image(
-    engine: object,
+    engine: Engine,
     ref: str,
     profile: str,
     *,
@@ -272,9 +276,8 @@ def scan_image(
 ) -> ScanResult:
     """Export the file system of image ``ref`` (a created, never started container), unpack it
     safely and scan it. ``keep_arf``: copy the ARF there."""
-    from builder.docker_engine import Engine, exported_filesystem
+    from builder.docker_engine import exported_filesystem
 
-    assert isinstance(engine, Engine)
     with private_dir() as work:
         root = work / "root"
         root.mkdir(mode=0o700)
@@ -300,7 +303,7 @@ def scan_image(
 
 
 def scan_container(
-    engine: object,
+    engine: Engine,
     name: str,
     profile: str,
     *,
@@ -308,9 +311,8 @@ def scan_container(
     progress: Callable[[str], None] = _noop,
 ) -> ScanResult:
     """A running container's file system as it is now (``docker export`` of the container)."""
-    from builder.docker_engine import Engine, exported_container
+    from builder.docker_engine import exported_container
 
-    assert isinstance(engine, Engine)
     with private_dir() as work:
         root = work / "root"
         root.mkdir(mode=0o700)

@@ -116,6 +116,8 @@ def unpack_export(stream: Readable, root: Path) -> Unpacked:
                 tf.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
     except tarfile.TarError as e:
         raise UnsafeArchive(f"the export is not a readable tar stream ({e})") from e
+    except OSError as e:  # e.g. a file member where the export already made a directory
+        raise UnsafeArchive(f"cannot unpack the export ({e.strerror}: {e.filename})") from e
     return Unpacked(root, entries, total, tuple(skipped))
 
 

@@ -213,6 +213,14 @@ def test_unpack_keeps_owners_modes_symlinks_and_skips_devices(tmp_path: Path) ->
         ),
         ([(_info("x", tarfile.LNKTYPE, linkname="../../etc/shadow"), None)], "leaves the root"),
         ([(_info("x", tarfile.LNKTYPE, linkname="/etc/shadow"), None)], "absolute path"),
+        (
+            [
+                (_info("d", tarfile.DIRTYPE, mode=0o755), None),
+                (_info("d/f"), b"x"),
+                (_info("d"), b"y"),
+            ],
+            "cannot unpack",
+        ),
     ],
 )
 def test_unpack_refuses_escapes(
