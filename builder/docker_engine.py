@@ -278,3 +278,50 @@ class RunningContainerTarget:
 def dockerfile_label(key: str, value: str) -> str:
     """A ``LABEL`` change line with both parts JSON-quoted (no injection into the change)."""
     return f"LABEL {json.dumps(key)}={json.dumps(value)}"
+
+
+# ---------------------------------------------------------------- file system export (scanners)
+
+
+class _ChunkReader:
+    """A read()-able view of the engine's export chunks (a tar stream)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            try:
+                self._buf += next(self._chunks)
+            except StopIteration:
+                break
+        if n < 0:
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+
+@contextlib.contextmanager
+def exported_filesystem(engine: Engine, ref: str) -> Iterator[_ChunkReader]:
+    """The tar stream of image ``ref``'s file system: ``docker export`` of a container that is
+    created (network none, labelled temporary) and never started, removed afterwards."""
+    container = engine.create(ref, ["/nonexistent-never-started"], network="none")
+    try:
+        try:
+            yield _ChunkReader(iter(container.export(chunk_size=1024 * 1024)))
+        except docker.errors.DockerException as e:
+            raise TargetError(f"cannot export the file system of {ref}: {_short(e)}") from e
+    finally:
+        engine.remove(container)
+
+
+@contextlib.contextmanager
+def exported_container(engine: Engine, name: str) -> Iterator[_ChunkReader]:
+    """The tar stream of a running container's file system as it is now."""
+    container = engine.container(name)
+    try:
+        yield _ChunkReader(iter(container.export(chunk_size=1024 * 1024)))
+    except docker.errors.DockerException as e:
+        raise TargetError(f"cannot export the file system of {name}: {_short(e)}") from e

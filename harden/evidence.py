@@ -37,6 +37,7 @@ from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import (
     HARDEN_COMPLIANCE,
+    HARDEN_OPENSCAP_SCAN,
     HARDEN_REVOCATION,
     SLSA_PROVENANCE,
     TEST_RESULT,
@@ -89,6 +90,7 @@ _SHORT_PREDICATE = {
     TEST_RESULT: "test-result",
     HARDEN_COMPLIANCE: "compliance",
     HARDEN_REVOCATION: "revocation",
+    HARDEN_OPENSCAP_SCAN: "openscap-scan",
 }
 # audit actions and which history list they belong to
 _REBUILD_ACTIONS = frozenset({"build", "rebuild"})
@@ -347,6 +349,7 @@ class ImageEvidence:
     last_rebuild: dt.datetime | None  # the last build that made a new image
     last_build: dt.datetime | None  # the last successful build, reused (inputs unchanged) too
     control_rules: Mapping[str, tuple[str, ...]]  # control key -> the image's rules for it
+    scan: Mapping[str, Any] | None = None  # the latest verified OpenSCAP scan attestation
 
     @property
     def all_verified(self) -> bool:
@@ -374,6 +377,7 @@ class ImageEvidence:
             "last_rebuild": rfc3339(self.last_rebuild) if self.last_rebuild else None,
             "last_build": rfc3339(self.last_build) if self.last_build else None,
             "history": [h.to_json() for h in self.history],
+            "openscap_scan": dict(self.scan) if self.scan is not None else None,
         }
 
 
@@ -566,6 +570,35 @@ def _signed_result(verified: Sequence[tuple[str, Any]]) -> SignedResult | None:
     )
 
 
+def _signed_scan(verified: Sequence[tuple[str, Any]]) -> dict[str, Any] | None:
+    """The latest (by scannedAt) verified OpenSCAP scan attestation, summarised."""
+    best: tuple[Any, str, str] | None = None
+    for referrer, v in verified:
+        if v.statement.predicateType != HARDEN_OPENSCAP_SCAN:
+            continue
+        try:
+            scan = v.statement.openscap_scan()
+        except AttestationError:
+            continue
+        if best is None or scan.scannedAt > best[0].scannedAt:
+            best = (scan, referrer, v.keyid)
+    if best is None:
+        return None
+    scan, referrer, keyid = best
+    return {
+        "profile": scan.profile,
+        "score": scan.score,
+        "xccdf_score": scan.xccdfScore,
+        "content": f"{scan.content} {scan.contentVersion}".strip(),
+        "scanner": scan.scanner,
+        "scanned_at": rfc3339(scan.scannedAt),
+        "failed": sorted(r.id for r in scan.rules if r.result in ("fail", "error", "unknown")),
+        "arf_digest": scan.arfDigest,
+        "attestation": referrer,
+        "keyid": keyid,
+    }
+
+
 def _revoked(verified: Sequence[tuple[str, Any]]) -> str | None:
     for _, v in verified:
         if v.statement.predicateType == HARDEN_REVOCATION:
@@ -746,6 +779,7 @@ def collect(
                 last_rebuild=max((h.at for h in rebuilds), default=None),
                 last_build=max((h.at for h in builds), default=None),
                 control_rules=image_controls[d.name],
+                scan=_signed_scan(verified),
             )
         )
         signed_waivers: set[str] = set()

@@ -21,6 +21,7 @@ from harden.attest.dsse import VerifiedStatement, verify
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import (
     HARDEN_COMPLIANCE,
+    HARDEN_OPENSCAP_SCAN,
     HARDEN_REVOCATION,
     SLSA_PROVENANCE,
     TEST_RESULT,
@@ -42,6 +43,7 @@ __all__ = [
     "NotRevoked",
     "Policy",
     "ResultPassed",
+    "ScanScoreAtLeast",
     "SignatureValid",
     "SubjectMatches",
     "ValidUntilFuture",
@@ -303,6 +305,44 @@ class NotRevoked:
                 f"revoked at {rfc3339(r.revokedAt)} by {r.revokedBy}: {r.reason}{cascade}"
             )
         return reasons
+
+
+@dataclass(frozen=True)
+class ScanScoreAtLeast:
+    """A signed OpenSCAP scan attestation names the subject and its score is at least
+    ``minimum`` (``harden promote --min-scan-score``). No valid scan attestation denies.
+
+    Of several, the latest ``scannedAt`` counts (a newer, lower scan supersedes an older one).
+    The predicate model re-derives the score from the signed counts, so a score that does not
+    match its own counts is malformed, never a pass.
+    """
+
+    minimum: float
+    name: str = "ScanScoreAtLeast"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.minimum <= 100:
+            raise GateConfigError(f"the minimum scan score must be 0..100, got {self.minimum}")
+
+    def check(self, ev: Evidence) -> list[str]:
+        reasons: list[str] = []
+        best = None
+        for s in ev.for_subject(HARDEN_OPENSCAP_SCAN):
+            try:
+                scan = s.statement.openscap_scan()
+            except AttestationError as e:
+                reasons.append(f"scan attestation signed by {s.keyid[:12]}: {e.message}")
+                continue
+            if best is None or scan.scannedAt > best.scannedAt:
+                best = scan
+        if best is None:
+            return [*reasons, f"no valid OpenSCAP scan attestation for {ev.subject_digest}"]
+        if best.score is None or best.score < self.minimum:
+            return [
+                f"OpenSCAP {best.profile} score {best.score} at {rfc3339(best.scannedAt)} is "
+                f"below the minimum {self.minimum:g}"
+            ]
+        return []
 
 
 class AllOf:

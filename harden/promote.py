@@ -23,7 +23,15 @@ from harden.attest.store import fetch_envelopes
 from harden.audit import AuditAction, AuditLog
 from harden.clock import Clock
 from harden.errors import HardenError, UsageError
-from harden.gate import AllOf, Decision, Evidence, decide, default_gate, gather_evidence
+from harden.gate import (
+    AllOf,
+    Decision,
+    Evidence,
+    ScanScoreAtLeast,
+    decide,
+    default_gate,
+    gather_evidence,
+)
 from harden.oci.client import RegistryClient
 from harden.oci.model import Reference, copy_image, resolve
 
@@ -94,17 +102,21 @@ def promote(
     max_age: dt.timedelta | None = None,
     baselines: Sequence[str] = (),
     gate: AllOf | None = None,
+    min_scan_score: float | None = None,
     dry_run: bool = False,
     progress: Callable[[str], None] = _noop,
 ) -> PromoteResult:
     """Decide (always audited) and, when allowed and not ``dry_run``, copy SRC to DST by digest.
 
     A denial is a result (``allowed`` False), not an exception; registry and key problems raise.
+    ``min_scan_score`` adds :class:`~harden.gate.ScanScoreAtLeast` to the gate.
     """
     _check_refs(src, dst)
     if not trusted:
         raise UsageError("no trusted public key", hint="pass --key PATH.pub (repeatable)")
     gate = gate or default_gate(max_age, baselines)
+    if min_scan_score is not None:  # a signed OpenSCAP scan with at least this score
+        gate = AllOf([*gate.policies, ScanScoreAtLeast(min_scan_score)], name=gate.name)
     manifest = resolve(src_client, src)
     digest = manifest.digest
     if dst.digest is not None and dst.digest != digest:

@@ -95,6 +95,8 @@ class VerifyReport:
     finished_at: dt.datetime
     facts_seconds: float = 0.0
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # an OpenSCAP second opinion (`--scan`): harden.scan.model.ScanResult.summary_json()
+    scan: Mapping[str, Any] | None = None
 
     @property
     def compliant(self) -> bool:
@@ -108,6 +110,12 @@ class VerifyReport:
         return [r for r in self.results if r.status == status]
 
     def to_json(self) -> dict[str, Any]:
+        out = self._to_json()
+        if self.scan is not None:
+            out["scan"] = dict(self.scan)
+        return out
+
+    def _to_json(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "image": self.image,

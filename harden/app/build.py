@@ -9,6 +9,7 @@ beside the qcow2) and push it as an OCI artifact. Either way one BUILD audit ent
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from harden.app.context import Context
 from harden.audit import AuditAction
 from harden.baseline.resolve import Catalogue
-from harden.errors import HardenError
+from harden.errors import HardenError, UsageError
 from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
     from harden.oci.types import Descriptor
+    from harden.scan.model import ScanResult
 
 __all__ = ["Built", "build"]
 
@@ -41,11 +43,16 @@ class Built:
     attached: tuple[Descriptor, ...] = ()
     # signing or attaching failed after the push: the image is NOT promotable
     attestation_error: HardenError | None = None
+    scan: ScanResult | None = None  # the OpenSCAP second opinion (build --scan)
+    scan_error: HardenError | None = None  # asked for a scan and got none (or it is not attested)
 
     @property
     def report(self) -> VerifyReport:
         if self.container is not None:
-            return self.container.report
+            report = self.container.report
+            if self.scan is not None:
+                report = dataclasses.replace(report, scan=self.scan.summary_json())
+            return report
         assert self.vm is not None
         return self.vm.report
 
@@ -64,7 +71,10 @@ class Built:
 
     def to_json(self) -> dict[str, Any]:
         if self.container is not None:
-            return self.container.to_json()
+            doc = self.container.to_json()
+            if self.scan is not None:
+                doc["scan"] = self.scan.summary_json()
+            return doc
         assert self.vm is not None
         return self.vm.to_json()
 
@@ -79,12 +89,19 @@ def build(
     allow_noncompliant: bool = False,
     push: bool = True,
     engine: Callable[[], Engine] | None = None,
+    scan_profile: str | None = None,
 ) -> Built:
     """Build, verify, (push,) (sign and attach) the image ``defn`` describes; audit BUILD.
 
     A non-compliant image is a result (``compliant`` False), not an exception. A failure to
     attach attestations after the push is returned as ``attestation_error`` (the image is
-    pushed but not promotable); engine, registry and input problems raise HardenError."""
+    pushed but not promotable); engine, registry and input problems raise HardenError.
+
+    With ``scan_profile`` (``""``: the default profile) the built image is also scanned with
+    OpenSCAP and, with a signer, the scan is attached as a signed openscap-scan attestation; a
+    failed scan is ``scan_error`` (the build is still recorded and attested)."""
+    if scan_profile is not None:
+        _check_scan(defn, scan_profile)
     if defn.doc.target.value == "vm":
         return _build_vm(defn, catalogue, ctx, signer, force, allow_noncompliant, push)
     from builder.container_build import build_container
@@ -113,7 +130,18 @@ def build(
             "pushed": result.pushed,
         },
     )
-    built = Built(defn, container=result, pushed_digest=result.digest if result.pushed else None)
+    scan, scan_error = (
+        _scan(result, scan_profile, ctx, (engine or Engine.connect)())
+        if scan_profile is not None
+        else (None, None)
+    )
+    built = Built(
+        defn,
+        container=result,
+        pushed_digest=result.digest if result.pushed else None,
+        scan=scan,
+        scan_error=scan_error,
+    )
     ctx.progress(
         f"{'reused' if result.reused else 'built'} {built.where}: {_state(result.compliant)}"
         + ("" if result.pushed or not push else " (not pushed)")
@@ -130,11 +158,55 @@ def build(
     try:
         attached = attach_build_attestations(result, defn, signer, ctx.clock, client)
     except HardenError as e:
-        return Built(defn, container=result, pushed_digest=built.pushed_digest, attestation_error=e)
+        return dataclasses.replace(built, attestation_error=e)
     ctx.progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
-    return Built(
-        defn, container=result, pushed_digest=built.pushed_digest, attached=tuple(attached)
-    )
+    built = dataclasses.replace(built, attached=tuple(attached))
+    if scan is not None:
+        from harden.app.publish import attach_scan_attestation
+
+        try:
+            attach_scan_attestation(
+                result.reference, result.digest, scan.to_json(), signer, ctx.clock, client
+            )
+        except HardenError as e:
+            ctx.progress(e.diagnostics())
+            return dataclasses.replace(built, scan_error=e)
+        ctx.progress(f"attached the signed OpenSCAP scan ({scan.profile_short}) to {result.digest}")
+    return built
+
+
+def _check_scan(defn: ImageDefinition, profile: str) -> None:
+    """A bad profile, a vm definition or a missing scanner fails before the build."""
+    from builder.openscap import check_profile, oscap_version
+
+    if profile:
+        check_profile(profile)
+    if defn.doc.target.value == "vm":
+        raise UsageError(
+            "--scan is not available for vm definitions yet",
+            hint="build the template, then scan its extracted root",
+        )
+    oscap_version()
+
+
+def _scan(
+    result: BuildResult, profile: str, ctx: Context, engine: Engine
+) -> tuple[ScanResult | None, HardenError | None]:
+    """The OpenSCAP scan of the image just built (by its local image id)."""
+    from builder.openscap import DEFAULT_PROFILE, scan_image
+
+    try:
+        scan = scan_image(
+            engine, result.image_id, profile or DEFAULT_PROFILE["container"], progress=ctx.progress
+        )
+    except HardenError as e:
+        ctx.progress(e.diagnostics())
+        ctx.progress(
+            f"error: the OpenSCAP scan of {result.image_id[:19]} failed: no scan attestation"
+        )
+        return None, e
+    ctx.progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
+    return scan, None
 
 
 def _build_vm(

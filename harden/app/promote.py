@@ -24,10 +24,12 @@ def promote(
     *,
     max_age: dt.timedelta | None = dt.timedelta(days=30),
     baselines: Sequence[str] = (),
+    min_scan_score: float | None = None,
     dry_run: bool = False,
 ) -> PromoteResult:
     """Decide (always audited) and, when allowed and not ``dry_run``, copy SRC to DST by digest.
-    A denial is a result (``allowed`` False); registry and key problems raise."""
+    A denial is a result (``allowed`` False); registry and key problems raise.
+    ``min_scan_score`` also requires a signed OpenSCAP scan with at least that score."""
     from harden.oci.types import parse_reference
 
     src_ref, dst_ref = parse_reference(src), parse_reference(dst)
@@ -43,6 +45,7 @@ def promote(
         ctx.audit,
         max_age=max_age,
         baselines=baselines,
+        min_scan_score=min_scan_score,
         dry_run=dry_run,
         progress=ctx.progress,
     )

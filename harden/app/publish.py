@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from builder.container_build import BuildResult
@@ -266,3 +266,33 @@ def publish_vm(
     vm_artifact.tag(client, reference.repository, reference.tag or "latest", artifact)
     progress(f"pushed {destination} -> {artifact.digest}")
     return artifact.digest
+
+
+def attach_scan_attestation(
+    reference: str,
+    digest: str,
+    scan: Mapping[str, Any],
+    signer: Signer,
+    clock: Clock,
+    client: RegistryClient | None = None,
+) -> Descriptor:
+    """After ``harden build --scan --key``: sign the OpenSCAP scan of the pushed image
+    (harden openscap-scan v1, ``scan`` = ``ScanResult.to_json()``) and attach it as a referrer."""
+    from harden.attest import dsse
+    from harden.attest.statements import Subject, openscap_scan, serialize
+    from harden.attest.store import SignedStatement
+    from harden.errors import RegistryError
+    from harden.oci import RegistryClient, parse_reference
+
+    ref = parse_reference(reference)
+    client = client or RegistryClient.for_reference(ref)
+    subject = client.head_manifest(ref.repository, digest)
+    if subject is None:
+        raise RegistryError(f"{reference}@{digest} is not in the registry")
+    statement = openscap_scan(
+        Subject(f"{ref.registry}/{ref.repository}", digest), scan, clock.now()
+    )
+    signed = SignedStatement(
+        str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
+    )
+    return attach_signed(client, ref.repository, subject, [signed], clock)[0]

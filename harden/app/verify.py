@@ -8,6 +8,7 @@ why they live here, above both, and not in ``verifiers``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,12 +118,19 @@ def verify_reference(
     known_hosts: Path | None = None,
     identity: Path | None = None,
     suites: Sequence[Suite] = (),
+    scan_profile: str | None = None,
 ) -> VerifyReport:
     """`harden verify REF`: verify and write the VERIFY audit entry.
 
     With ``definition`` its baseline, parameter overrides and waivers are used (as the build
     did) and its testinfra suites run before ``suites``; a ``baseline_id`` that contradicts it
-    is a usage error. Each test is a result beside the baseline's rules."""
+    is a usage error. Each test is a result beside the baseline's rules. With ``scan_profile``
+    (``""``: the default profile) an OpenSCAP second opinion is added to the report; it does not
+    change whether the report is compliant."""
+    if scan_profile is not None:  # a bad profile or target fails before the verification
+        from builder.openscap import check_scan_ref
+
+        check_scan_ref(ref, scan_profile or None)
     overrides = None
     suites = [*(definition.suites() if definition is not None else ()), *suites]
     if suites and scheme_of(ref) == "qcow2":
@@ -152,6 +160,12 @@ def verify_reference(
             suites, ref, known_hosts=known_hosts, identity=identity, progress=ctx.progress
         )
         report = with_results(report, tests)
+    if scan_profile is not None:
+        from builder.openscap import scan_ref
+
+        scan = scan_ref(ref, scan_profile or None, progress=ctx.progress)
+        ctx.progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
+        report = dataclasses.replace(report, scan=scan.summary_json())
     ctx.audit.append(
         AuditAction.VERIFY,
         report.image,

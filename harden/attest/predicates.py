@@ -32,6 +32,7 @@ SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
 HARDEN_COMPLIANCE = "https://harden.dev/attestation/compliance/v1"
 HARDEN_REVOCATION = "https://harden.dev/attestation/revocation/v1"
+HARDEN_OPENSCAP_SCAN = "https://harden.dev/attestation/openscap-scan/v1"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
@@ -213,6 +214,56 @@ class RevocationV1(_Open):
     cascadeFrom: Sha256Ref | None = None
 
 
+class ScanRuleV1(_Open):
+    id: NonEmpty
+    result: Literal[
+        "pass",
+        "fail",
+        "error",
+        "unknown",
+        "notapplicable",
+        "notchecked",
+        "notselected",
+        "informational",
+        "fixed",
+    ]
+    severity: StrictStr = "unknown"
+
+
+class ScanFamilyV1(_Open):
+    score: float | None = None
+    passed: Annotated[StrictInt, Field(ge=0)]
+    judged: Annotated[StrictInt, Field(ge=0)]
+
+
+class OpenscapScanV1(_Open):
+    """An OpenSCAP scan of the subject (``harden build --scan``): the profile and content it
+    ran, harden's score (pass rate over the file-judged rules, docs/scanner-agreement.md), the
+    counts it is computed from, every selected rule's result and the ARF's digest."""
+
+    scannedAt: UtcTime
+    scanner: NonEmpty
+    profile: NonEmpty
+    benchmark: StrictStr = ""
+    content: NonEmpty
+    contentVersion: StrictStr = ""
+    score: Annotated[float, Field(ge=0, le=100)] | None
+    xccdfScore: float | None = None
+    counts: dict[StrictStr, Annotated[StrictInt, Field(ge=0)]]
+    families: dict[StrictStr, ScanFamilyV1] = {}
+    rules: list[ScanRuleV1] = []
+    arfDigest: Sha256Ref
+
+    @model_validator(mode="after")
+    def _score_matches_counts(self) -> OpenscapScanV1:
+        passed = self.counts.get("pass", 0) + self.counts.get("fixed", 0)
+        judged = passed + sum(self.counts.get(k, 0) for k in ("fail", "error", "unknown"))
+        expected = None if judged == 0 else round(100.0 * passed / judged, 1)
+        if expected != self.score:
+            raise ValueError(f"score {self.score} does not match the counts ({expected})")
+        return self
+
+
 # ---------------------------------------------------------------- the statement
 
 _P = TypeVar("_P", bound=BaseModel)
@@ -260,6 +311,9 @@ class Statement(_Open):
 
     def revocation(self) -> RevocationV1:
         return self._typed(HARDEN_REVOCATION, RevocationV1)
+
+    def openscap_scan(self) -> OpenscapScanV1:
+        return self._typed(HARDEN_OPENSCAP_SCAN, OpenscapScanV1)
 
 
 def _first_error(e: ValidationError) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 from harden.attest.predicates import (
     HARDEN_COMPLIANCE,
+    HARDEN_OPENSCAP_SCAN,
     HARDEN_REVOCATION,
     SLSA_PROVENANCE,
     STATEMENT_TYPE,
@@ -78,6 +79,7 @@ ARTIFACT_TYPE_FOR_PREDICATE: dict[str, str] = {
     TEST_RESULT: "application/vnd.in-toto.test-result+dsse",
     HARDEN_COMPLIANCE: "application/vnd.harden.compliance+dsse",
     HARDEN_REVOCATION: "application/vnd.harden.revocation+dsse",
+    HARDEN_OPENSCAP_SCAN: "application/vnd.harden.openscap-scan+dsse",
 }
 # cosign's legacy label for a DSSE layer; readers accept it too
 LEGACY_DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -330,6 +332,27 @@ def revocation(
 
 
 # ---------------------------------------------------------------- bytes
+
+
+def openscap_scan(
+    subject: Subject | Sequence[Subject], scan: Mapping[str, Any], scanned_at: dt.datetime
+) -> dict[str, Any]:
+    """The harden openscap-scan v1 statement from ``ScanResult.to_json()``."""
+    predicate = {
+        "scannedAt": rfc3339(scanned_at),
+        "scanner": scan["scanner"],
+        "profile": scan["profile"],
+        "benchmark": scan["benchmark"],
+        "content": scan["content"],
+        "contentVersion": scan["content_version"],
+        "score": scan["score"],
+        "xccdfScore": scan["xccdf_score"],
+        "counts": dict(scan["counts"]),
+        "families": dict(scan["families"]),
+        "rules": list(scan["rules"]),
+        "arfDigest": scan["arf_digest"],
+    }
+    return _statement(subject, HARDEN_OPENSCAP_SCAN, predicate)
 
 
 def serialize(statement: Mapping[str, Any]) -> bytes:

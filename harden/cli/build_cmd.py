@@ -46,6 +46,17 @@ from harden.imagedef import load_definition
     "attach them to the pushed image as referrers (a VM template: also written beside the "
     "qcow2 as NAME.qcow2.attestations.json).",
 )
+@click.option(
+    "--scan",
+    "scan_profile",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[PROFILE]",
+    help="Scan the built image with OpenSCAP (default profile anssi_bp28_enhanced), show the "
+    "score in the report and, with --key, attach the result as a signed openscap-scan "
+    "attestation (what `promote --min-scan-score` requires). Write --scan=PROFILE.",
+)
 def build(
     definition: Path,
     baseline_dirs: tuple[Path, ...],
@@ -55,6 +66,7 @@ def build(
     fmt: str,
     output: Path | None,
     key_uri: str | None,
+    scan_profile: str | None,
 ) -> None:
     """Build the golden image described by DEFINITION (images/*.yaml).
 
@@ -76,6 +88,7 @@ def build(
         force=force,
         allow_noncompliant=allow_noncompliant,
         push=not no_push,
+        scan_profile=scan_profile,
     )
     if fmt == "json":
         emit(dump_json(built.to_json()), output)
@@ -90,3 +103,5 @@ def build(
         raise click.exceptions.Exit(int(ExitCode.ENVIRONMENT))
     if not built.compliant:
         raise click.exceptions.Exit(int(ExitCode.POLICY))
+    if built.scan_error is not None:  # said above; the build is recorded and attested
+        raise click.exceptions.Exit(int(ExitCode.ENVIRONMENT))

@@ -47,6 +47,13 @@ if TYPE_CHECKING:
     multiple=True,
     help="Allowed baseline id (or id@version); repeatable. Default: any baseline.",
 )
+@click.option(
+    "--min-scan-score",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Also require a signed OpenSCAP scan attestation (harden build --scan) whose score "
+    "is at least this (0-100); no scan attestation denies.",
+)
 @click.option("--dry-run", is_flag=True, help="Decide (and audit the decision) but copy nothing.")
 @click.option(
     "--format",
@@ -63,6 +70,7 @@ def promote(
     keys: tuple[Path, ...],
     max_age: object,
     baselines: tuple[str, ...],
+    min_scan_score: float | None,
     dry_run: bool,
     fmt: str,
     output: Path | None,
@@ -89,6 +97,7 @@ def promote(
         context(),
         max_age=max_age,
         baselines=baselines,
+        min_scan_score=min_scan_score,
         dry_run=dry_run,
     )
     if fmt == "json":

@@ -64,6 +64,17 @@ from harden.testsuite import Suite
     default=None,
     help="Private key for an ssh:// target.",
 )
+@click.option(
+    "--scan",
+    "scan_profile",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[PROFILE]",
+    help="Also scan REF with OpenSCAP and the SCAP Security Guide (scripts/openscap.sh) and "
+    "show the score in the report; PROFILE e.g. anssi_bp28_high (default: anssi_bp28_enhanced). "
+    "Put it after REF, or write --scan=PROFILE.",
+)
 def verify(
     ref: str,
     baseline_id: str | None,
@@ -77,6 +88,7 @@ def verify(
     test_timeout: float,
     known_hosts: Path | None,
     identity: Path | None,
+    scan_profile: str | None,
 ) -> None:
     """Verify REF against a baseline and report every rule.
 
@@ -96,6 +108,9 @@ def verify(
       harden verify 127.0.0.1:5000/staging/app:1 --tests tests/golden/
     An image is tested in one throwaway container (network none): a test that writes to it
     changes nothing that stays.
+
+    With --scan an OpenSCAP second opinion (docs/scanner-agreement.md) is added to every
+    report format; it does not change the exit code.
 
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
     3 for bad input, 4 when the engine, registry or machine cannot be reached.
@@ -121,6 +136,7 @@ def verify(
         known_hosts=known_hosts,
         identity=identity,
         suites=suites,
+        scan_profile=scan_profile,
     )
     render_report(report, fmt, output)
     if not report.compliant:

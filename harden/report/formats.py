@@ -145,6 +145,34 @@ def parse_source(source: str) -> tuple[str, int | None]:
     return source, None
 
 
+def scan_lines(report: VerifyReport) -> list[str]:
+    """The OpenSCAP second opinion in a few human lines (empty without a scan)."""
+    scan = report.scan
+    if scan is None:
+        return []
+    fam = scan.get("families", {})
+    file_fam = fam.get("file", {})
+    profile = str(scan.get("profile", "")).removeprefix("xccdf_org.ssgproject.content_profile_")
+    lines = [
+        f"OpenSCAP second opinion: {clean_line(profile)} score {scan.get('score')} "
+        f"({file_fam.get('passed', 0)} passed of {file_fam.get('judged', 0)} judged on files; "
+        f"OpenSCAP's own XCCDF score {scan.get('xccdf_score')})",
+        f"  {clean_line(str(scan.get('scanner', '')))}, {clean_line(str(scan.get('content', '')))} "
+        f"{clean_line(str(scan.get('content_version', '')))}, ARF {scan.get('arf_digest', '')}",
+    ]
+    for name in ("sysctl", "kernel_config"):
+        f = fam.get(name, {})
+        if f.get("judged"):
+            lines.append(
+                f"  {name} (scored apart: read from the scanning host): "
+                f"{f.get('passed')} passed of {f.get('judged')}"
+            )
+    failed = [clean_line(str(r)) for r in scan.get("failed_rules", [])]
+    if failed:
+        lines.append(f"  failing ({len(failed)}): " + ", ".join(failed))
+    return lines
+
+
 class JsonFormatter:
     """The JSON format is VerifyReport.to_json(); docs/report.schema.json describes it."""
 

@@ -100,6 +100,26 @@ def _controls_view(report: VerifyReport) -> list[dict[str, Any]]:
     return out
 
 
+def _scan_view(report: VerifyReport) -> dict[str, Any] | None:
+    scan = report.scan
+    if scan is None:
+        return None
+    fam = scan.get("families", {})
+    return {
+        "profile": clean_line(str(scan.get("profile", ""))),
+        "score": scan.get("score"),
+        "xccdf_score": scan.get("xccdf_score"),
+        "scanner": clean_line(str(scan.get("scanner", ""))),
+        "content": clean_line(f"{scan.get('content', '')} {scan.get('content_version', '')}"),
+        "arf_digest": clean_line(str(scan.get("arf_digest", ""))),
+        "families": [
+            {"name": clean_line(str(k)), "passed": v.get("passed"), "judged": v.get("judged")}
+            for k, v in sorted(fam.items())
+        ],
+        "failed": [clean_line(str(r)) for r in scan.get("failed_rules", [])],
+    }
+
+
 class HtmlFormatter:
     def render(self, report: VerifyReport, options: RenderOptions) -> str:
         summary = report.summary()
@@ -145,5 +165,6 @@ class HtmlFormatter:
             "rules": rules,
             "waivers": waivers,
             "frameworks": _controls_view(report),
+            "scan": _scan_view(report),
         }
         return _environment().get_template(TEMPLATE).render(**context)

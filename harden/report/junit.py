@@ -52,6 +52,20 @@ class JUnitFormatter:
             ("compliant", "true" if report.compliant else "false"),
         ):
             ET.SubElement(props, "property", {"name": name, "value": clean_xml(value)})
+        if report.scan is not None:
+            for key in (
+                "profile",
+                "score",
+                "xccdf_score",
+                "content",
+                "content_version",
+                "arf_digest",
+            ):
+                ET.SubElement(
+                    props,
+                    "property",
+                    {"name": f"openscap.{key}", "value": clean_xml(str(report.scan.get(key)))},
+                )
 
         for r in report.results:
             case = ET.SubElement(

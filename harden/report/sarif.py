@@ -167,6 +167,7 @@ class SarifFormatter:
                         "target": report.target,
                         "compliant": report.compliant,
                         "summary": report.summary(),
+                        **({"openscap": dict(report.scan)} if report.scan is not None else {}),
                     },
                 }
             ],

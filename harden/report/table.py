@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import io
 
-from harden.report.formats import RenderOptions, clean_line, ordered, short_reason, truncate
+from harden.report.formats import (
+    RenderOptions,
+    clean_line,
+    ordered,
+    scan_lines,
+    short_reason,
+    truncate,
+)
 from harden.results import RuleResult, Status, VerifyReport
 
 HEADERS = ("RULE", "STATUS", "SEVERITY", "EVIDENCE/REASON")
@@ -28,9 +35,11 @@ def _rows(report: VerifyReport) -> list[tuple[RuleResult, list[str]]]:
 class TableFormatter:
     def render(self, report: VerifyReport, options: RenderOptions) -> str:
         rows = _rows(report)
-        if options.color:
-            return _rich_table(rows, options.width)
-        return _plain_table(rows, options.width)
+        text = (
+            _rich_table(rows, options.width) if options.color else _plain_table(rows, options.width)
+        )
+        extra = scan_lines(report)
+        return text + ("\n\n" + "\n".join(extra) if extra else "")
 
 
 def _plain_table(rows: list[tuple[RuleResult, list[str]]], width: int) -> str:

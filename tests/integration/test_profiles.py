@@ -10,7 +10,6 @@ from pathlib import Path
 import docker
 import harden_cli
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_anssi_high_container_profile_builds_and_explains_what_the_host_enforces(
     tmp_path: Path,
 ) -> None:
-    doc = yaml.safe_load((ROOT / "images" / "debian12.yaml").read_text())
+    doc = harden_cli.demo_definition()
     assert doc["baseline"]["id"] == "debian-container-anssi-bp28-high"
     name = f"itest-anssi-{uuid.uuid4().hex[:8]}"
     doc.update(name=name, destination=f"{REGISTRY}/test/{name}:latest")
