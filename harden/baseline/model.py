@@ -289,7 +289,7 @@ class RuleDoc(Strict):
     @classmethod
     def _one_kind(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            kinds = [k for k in KIND_FIELDS if k in data]
+            kinds = [k for k in KIND_FIELDS if data.get(k) is not None]  # `kind: null` is none
             if not kinds:
                 unknown = [k for k in data if k not in cls.model_fields]
                 extra = f" (unknown key(s): {', '.join(unknown)})" if unknown else ""
