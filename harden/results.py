@@ -51,6 +51,7 @@ class RuleResult:
     evidence: tuple[str, ...] = ()  # what was found, one line each
     reason: str = ""  # why not applicable / error message / waiver note
     waiver: WaiverInfo | None = None
+    executed: bool = False  # the result came from running code in the target (a command check)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class RuleResult:
             "reason": self.reason,
             "waiver": self.waiver.to_json() if self.waiver else None,
             "controls": {k: list(v) for k, v in sorted(self.controls.items())},
+            "executed": self.executed,
         }
 
 

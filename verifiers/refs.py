@@ -9,35 +9,85 @@ from pathlib import Path
 
 from harden.baseline.resolve import Catalogue, Overrides, resolve
 from harden.clock import Clock
-from harden.errors import UsageError
+from harden.errors import InputError, UsageError
 from harden.results import VerifyReport
-from harden.target import Target, TargetKind
+from harden.target import CommandResult, Target, TargetKind
+from verifiers.image_layers import ImageFs
 from verifiers.runner import verify
+from verifiers.static_verify import BASELINE_LABEL, verify_image, with_label_check
 
-BASELINE_LABEL = "dev.harden.baseline.id"
 DEFAULT_BASELINE = {TargetKind.CONTAINER: "debian-container", TargetKind.VM: "debian-vm"}
 
 
 @dataclass
 class Opened:
-    target: Target
+    """What an opener found: a target to run the fact script on, or an image read statically
+    (``image``) with a way to run the ``command`` checks (``commands``, in a container)."""
+
+    target: Target | None
     digest: str | None
     recorded_baseline: str | None
+    image: ImageFs | None = None
+    commands: Callable[[str], CommandResult] | None = None
+
+    @property
+    def kind(self) -> TargetKind:
+        return self.target.kind if self.target is not None else TargetKind.CONTAINER
+
+
+def _names_registry(ref: str) -> bool:
+    first = ref.split("/", 1)[0]
+    return "/" in ref and ("." in first or ":" in first or first == "localhost")
 
 
 @contextlib.contextmanager
-def _docker_image(ref: str, **_: object) -> Iterator[Opened]:
-    from builder.docker_engine import Engine, ImageTarget, names_registry
+def _registry_image(
+    ref: str, progress: Callable[[str], None] | None = None, **_: object
+) -> Iterator[Opened]:
+    """A registry reference means the registry: read by harden's OCI client, never an image of
+    the same name in the local engine. The engine is used only to run ``command`` checks."""
+    from verifiers.image_layers import open_registry_image
 
+    if not _names_registry(ref):
+        raise InputError(
+            f"{ref!r} is not a registry reference (it names no registry host)",
+            hint="write HOST[:PORT]/REPO[:TAG][@DIGEST]; to verify an image of the local Docker "
+            "Engine say so: docker-image://NAME or --local",
+        )
+    img = open_registry_image(ref, progress=progress)
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    repo = name.rsplit(":", 1)[0] if ":" in last[-1] else name
+    pinned = f"{repo}@{img.digest}"
+
+    def run(script: str) -> CommandResult:
+        from builder.docker_engine import Engine, ImageTarget
+
+        engine = Engine.connect()
+        if engine.pull(pinned) is None:
+            raise InputError(f"the engine could not pull {pinned} to run the command checks")
+        return ImageTarget(engine, pinned).run(script)
+
+    yield Opened(None, img.digest, img.labels.get(BASELINE_LABEL), img, run)
+
+
+@contextlib.contextmanager
+def _local_image(
+    ref: str, progress: Callable[[str], None] | None = None, **_: object
+) -> Iterator[Opened]:
+    """An image of the local engine (``docker-image://NAME`` or ``--local``), read from its
+    exported layers; only the ``command`` checks run, in a container of it."""
+    from builder.docker_engine import Engine, ImageTarget
+    from verifiers.image_layers import open_local_image
+
+    name = ref.removeprefix("docker-image://")
     engine = Engine.connect()
-    if names_registry(ref):
-        engine.pull(ref)  # a registry reference is pulled; a failed pull falls back to local
-    target = ImageTarget(engine, ref)
-    attrs = target.attrs
-    digests = attrs.get("RepoDigests") or []
-    digest = digests[0].partition("@")[2] if digests else str(attrs.get("Id"))
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    yield Opened(target, digest, labels.get(BASELINE_LABEL))
+    img = open_local_image(engine, name, progress=progress)
+
+    def run(script: str) -> CommandResult:
+        return ImageTarget(engine, img.digest).run(script)
+
+    yield Opened(None, img.digest, img.labels.get(BASELINE_LABEL), img, run)
 
 
 @contextlib.contextmanager
@@ -69,13 +119,16 @@ def _ssh(
 
 
 OPENERS: dict[str, Callable[..., contextlib.AbstractContextManager[Opened]]] = {
-    "docker-image": _docker_image,
+    "registry": _registry_image,
+    "local": _local_image,
     "docker": _docker_container,
     "ssh": _ssh,
 }
 
 
-def scheme_of(ref: str) -> str:
+def scheme_of(ref: str, local: bool = False) -> str:
+    if ref.startswith("docker-image://"):
+        return "local"
     if ref.startswith("docker://"):
         return "docker"
     if ref.startswith("ssh://"):
@@ -85,9 +138,10 @@ def scheme_of(ref: str) -> str:
     if "://" in ref:
         raise UsageError(
             f"unsupported reference {ref!r}",
-            hint="use an image name, a registry reference, docker://NAME, ssh://USER@HOST:PORT or FILE.qcow2",
+            hint="use a registry reference, docker-image://NAME, docker://NAME, "
+            "ssh://USER@HOST:PORT or FILE.qcow2",
         )
-    return "docker-image"
+    return "local" if local else "registry"
 
 
 def verify_ref(
@@ -100,8 +154,11 @@ def verify_ref(
     known_hosts: Path | None = None,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    local: bool = False,
 ) -> VerifyReport:
-    scheme = scheme_of(ref)
+    """Verify ``ref`` against the baseline the caller chose (``baseline_id``, else the default
+    for its kind). A baseline label on the image is only compared: a mismatch is a failure."""
+    scheme = scheme_of(ref, local)
     if scheme == "qcow2":
         from builder.vm_verify import verify_template
 
@@ -112,8 +169,20 @@ def verify_ref(
         return report
     opener = OPENERS[scheme]
     with opener(ref, known_hosts=known_hosts, identity=identity, progress=progress) as opened:
-        bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
+        bid = baseline_id or DEFAULT_BASELINE[opened.kind]
         baseline = resolve(catalogue, bid, overrides)
-        return verify(
-            opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress
-        )
+        if opened.image is not None:
+            report = verify_image(
+                opened.image,
+                baseline,
+                clock,
+                image=ref,
+                run_commands=opened.commands,
+                progress=progress,
+            )
+        else:
+            assert opened.target is not None
+            report = verify(
+                opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress
+            )
+        return with_label_check(report, opened.recorded_baseline, baseline.id)

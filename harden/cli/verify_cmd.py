@@ -21,8 +21,14 @@ from verifiers.refs import verify_ref
     "--baseline",
     "baseline_id",
     default=None,
-    help="Baseline id (default: the one recorded in the image's labels, else debian-container "
-    "for containers and debian-vm for machines).",
+    help="Baseline id (default: debian-container for containers, debian-vm for machines). "
+    "A baseline label on the image is only compared: a mismatch is a failure.",
+)
+@click.option(
+    "--local",
+    is_flag=True,
+    default=False,
+    help="REF names an image of the local Docker Engine (same as docker-image://REF).",
 )
 @click.option(
     "--definition",
@@ -58,22 +64,27 @@ def verify(
     output: Path | None,
     known_hosts: Path | None,
     identity: Path | None,
+    local: bool,
 ) -> None:
     """Verify REF against a baseline and report every rule.
 
     \b
     REF is one of:
-      debian:12                          a local image
-      127.0.0.1:5000/staging/app:1       a registry reference (pulled)
+      127.0.0.1:5000/staging/app:1       a registry reference (read from the registry)
+      docker-image://debian:12           an image of the local engine (or: --local debian:12)
       docker://NAME                      a running container
       ssh://USER@HOST:PORT               a running machine (host key must be pinned)
       template.qcow2                     a VM template (booted in a throwaway overlay)
+
+    Images are read from their layers: nothing in them runs, except the baseline's
+    `command` checks (in a container; the report marks those results as executed).
 
     With --definition the image definition's baseline, parameter overrides and waivers are
     used, exactly as `harden build` verified the image.
 
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
-    3 for bad input, 4 when the engine, registry or machine cannot be reached.
+    3 for bad input, 4 when the engine, registry or machine cannot be reached (a registry
+    reference that cannot be read is exit 4 with the registry's own message).
     """
     cat = catalogue(baseline_dirs)
     clock = SystemClock()
@@ -95,6 +106,7 @@ def verify(
         known_hosts=known_hosts,
         identity=identity,
         progress=progress,
+        local=local,
     )
     render_report(report, fmt, output)
     AuditLog.default(clock).append(

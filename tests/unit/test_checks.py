@@ -437,8 +437,13 @@ def test_one_stat_for_every_pattern_and_one_walk_for_suid_and_world_writable(
     res = run(bl, Facts({**f.sections, "os-release": "ID=debian\nVERSION_ID=12\n"}, f.status))
     assert res["fs.a"].status is Status.FAILED and "a2: mode 0666" in res["fs.a"].evidence[0]
     assert res["fs.b"].status is Status.FAILED
-    walk = parse("\n@@F-n walk\nsuid /usr/bin/su\nww file /tmp/x\nww dir /srv/d\n@@E-n 0\n", "n")
-    assert walk.lines("suid") == ["/usr/bin/su"]
+    walk = parse(
+        b"\n@@F-n walk\nsuid /usr/bin/su\0suid /usr/bin/passwd\netc\0ww file /tmp/x\0"
+        b"ww dir /srv/d\0suid /x\xff\0\n@@E-n 0\n",
+        "n",
+    )
+    # NUL-separated: a newline in a name stays in the name (escaped), never cut at the newline
+    assert walk.lines("suid") == ["/usr/bin/su", "/usr/bin/passwd\\netc", "/x\\xff"]
     assert walk.lines("world-writable") == ["file /tmp/x", "dir /srv/d"]
 
 
