@@ -316,7 +316,7 @@ def _fetch_layer(
     reader = _ChunkReader(client.open_blob(repo, digest), size)
     buffered = io.BufferedReader(reader, 1 << 20)
     if media in _GZIP:
-        stream: IO[bytes] = gzip.GzipFile(fileobj=buffered, mode="rb")
+        stream: IO[bytes] = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
     elif media in _PLAIN:
         stream = buffered
     else:

@@ -67,8 +67,9 @@ def attest(
     from harden.baseline.resolve import resolve as resolve_baseline
     from harden.imagedef import load_definition, parse_duration
     from harden.oci import RegistryClient, parse_reference, resolve
+    from harden.target import TargetKind
     from verifiers.refs import DEFAULT_BASELINE, OPENERS
-    from verifiers.runner import verify
+    from verifiers.static_verify import verify_image, with_label_check
 
     signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
     defn = load_definition(definition) if definition else None
@@ -83,14 +84,18 @@ def attest(
     pinned = f"{reference.registry}/{reference.repository}@{digest}"
     clock = SystemClock()
     progress(f"verifying {pinned}")
-    with OPENERS["docker-image"](pinned) as opened:
+    with OPENERS["registry"](pinned, progress=progress) as opened:
+        assert opened.image is not None
         if defn is not None:
             baseline = defn.resolve_baseline(cat)
         else:
-            bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
+            bid = baseline_id or DEFAULT_BASELINE[TargetKind.CONTAINER]
             baseline = resolve_baseline(cat, bid)
-        labels = (opened.target.image_config() or {}).get("Labels") or {}
-        report = verify(opened.target, baseline, clock, image=pinned, digest=digest)
+        labels = opened.image.labels
+        report = verify_image(
+            opened.image, baseline, clock, image=pinned, run_commands=opened.commands
+        )
+        report = with_label_check(report, opened.recorded_baseline, baseline.id)
     build = None
     if defn is not None:
         from harden.attest.statements import BUILD_TYPE_CONTAINER
