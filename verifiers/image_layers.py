@@ -251,7 +251,8 @@ def open_registry_image(
 
     ref = parse_reference(text)
     cache = cache or LayerCache()
-    client = RegistryClient.for_reference(ref)
+    # a CA named in HARDEN_REGISTRY_CA means TLS, also on loopback
+    client = RegistryClient.for_reference(ref, ca_bundle=os.environ.get("HARDEN_REGISTRY_CA"))
     client.max_retries = 1
     repo = ref.repository
     try:

@@ -87,7 +87,11 @@ def _run(
         result = runner(plan.commands_script(nonce))
     except HardenError as e:
         return None, e.message
-    return parse(result.stdout, nonce), None
+    facts = parse(result.stdout, nonce)
+    if not any(name.startswith("command:") for name in facts.sections):
+        err = result.stderr.decode("utf-8", "replace").strip()[-300:]
+        return None, f"the image could not run them (exit {result.exit_status}): {err}"
+    return facts, None
 
 
 def merge_commands(facts: Facts, command_facts: Facts | None) -> Facts:
