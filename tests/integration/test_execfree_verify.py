@@ -348,6 +348,9 @@ def test_a_200_mb_line_is_an_error_and_memory_stays_bounded(
         class Repeat(io.RawIOBase):
             left = 200 << 20
 
+            def readable(self) -> bool:
+                return True
+
             def readinto(self, b: memoryview) -> int:  # type: ignore[override]
                 n = min(len(b), self.left)
                 b[:n] = b"A" * n
