@@ -184,13 +184,15 @@ def _name(text: str) -> bytes:
 
 
 def index_layer(fileobj: BinaryIO, *, max_entries: int = MAX_ENTRIES) -> list[LayerEntry]:
-    """The members of one uncompressed layer tar, read in stream mode (headers only)."""
+    """The members of one uncompressed layer tar (a seekable file: only the headers are read,
+    the data of every member is skipped with a seek)."""
     entries: list[LayerEntry] = []
     try:
         with tarfile.open(
-            fileobj=fileobj, mode="r|", encoding="utf-8", errors="surrogateescape"
+            fileobj=fileobj, mode="r:", encoding="utf-8", errors="surrogateescape"
         ) as tar:
-            for info in tar:
+            while (info := tar.next()) is not None:
+                tar.members.clear()  # type: ignore[attr-defined]  # the index is all we keep
                 if len(entries) >= max_entries:
                     raise LimitExceeded(f"a layer has more than {max_entries} entries")
                 raw = _name(info.name)
