@@ -465,3 +465,32 @@ def test_command_checks_run_concurrently_and_leave_nothing_behind(tmp_path: Path
     assert f.status["command:c.a"] == 0
     assert f.status["command:c.fails"] == 3 and f.get("command:c.fails") == "nope\n"
     assert set(Path("/dev/shm").iterdir()) == before
+
+
+def test_the_shell_path_marks_a_cut_file_as_a_limit_never_a_pass(tmp_path: Path) -> None:
+    """A line longer than the limit (or too many lines) ends the section as truncated: error."""
+    import subprocess
+
+    conf = tmp_path / "login.defs"
+    conf.write_text("A" * 70_000 + "\nUMASK 077\n")
+    bl = baseline(
+        tmp_path,
+        f"""\
+    - id: login.umask
+      title: umask
+      controls: {{iso27017: [CLD.9.5.2]}}
+      config_line: {{path: {conf}, key: UMASK, value: "077", separator: space}}
+    """,
+    )
+    out = subprocess.run(
+        ["/bin/sh", "-c", FactPlan.for_rules(bl.rules, TargetKind.CONTAINER).script("n1")],
+        capture_output=True,
+        check=True,
+    ).stdout
+    f = parse(out, "n1")
+    assert f"file:{conf}" in f.limits
+    res = run(
+        bl, Facts({**f.sections, "os-release": "ID=debian\nVERSION_ID=12\n"}, f.status, f.limits)
+    )
+    assert res["login.umask"].status is Status.ERROR
+    assert "not read to the end" in res["login.umask"].evidence[0]
