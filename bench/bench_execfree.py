@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
-import statistics
 import tempfile
 import time
 import uuid
