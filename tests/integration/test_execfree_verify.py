@@ -496,3 +496,60 @@ def test_scratch_image_without_a_shell(
     assert rc == 1, err
     errors = {x["rule_id"] for x in report["results"] if x["status"] == "error"}
     assert errors == COMMAND_RULES
+
+
+def test_a_committed_top_layer_read_from_overlay2_equals_the_export(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The build reads its new top layer from the engine's overlay2 directory (whiteouts and
+    opaque directories included); the result is the same file system as `docker save` gives."""
+    from builder.docker_engine import Engine
+    from verifiers.fsview import FILE
+    from verifiers.image_layers import LayerCache, open_local_image
+
+    c = client.containers.create(
+        BASE,
+        [
+            "/bin/sh",
+            "-c",
+            "rm /etc/motd && rm -rf /var/lib/apt/lists && mkdir /var/lib/apt/lists && "
+            "echo new > /var/lib/apt/lists/x && echo hi > /etc/new && chmod 4755 /etc/new && "
+            "ln /etc/new /etc/new-hardlink && ln -s ../etc/new /usr/new-link",
+        ],
+        network_mode="none",
+    )
+    try:
+        c.start()
+        assert c.wait(timeout=120)["StatusCode"] == 0
+        image = c.commit()
+    finally:
+        c.remove(force=True)
+    try:
+        engine = Engine.connect()
+        warm = LayerCache(tmp_path / "warm")
+        open_local_image(engine, BASE, cache=warm)  # the base's layers are cached
+        fast = open_local_image(engine, str(image.id), cache=warm)
+        full = open_local_image(engine, str(image.id), cache=LayerCache(tmp_path / "cold"))
+        assert fast.meta["layers_exported"] == 0 and full.meta["layers_exported"] >= 1
+
+        def snap(img: object) -> dict:
+            fs = img.fs  # type: ignore[attr-defined]
+            return {
+                n.path: (
+                    n.type,
+                    n.mode,
+                    n.uid,
+                    n.gid,
+                    n.link,
+                    fs.read(n, 1 << 24) if n.type == FILE else None,
+                )
+                for n in fs.walk()
+            }
+
+        a, b = snap(fast), snap(full)
+        assert a == b
+        assert b"/etc/motd" not in a and b"/etc/new" in a
+        assert [p for p in a if p.startswith(b"/var/lib/apt/lists/")] == [b"/var/lib/apt/lists/x"]
+        assert a[b"/etc/new"][1] == 0o4755 and a[b"/etc/new-hardlink"][5] == b"hi\n"
+    finally:
+        client.images.remove(str(image.id), force=True)
