@@ -184,7 +184,8 @@ def _run_phase(
         check_remediation(result)
         if labels is None:
             return str(engine.commit(c, changes).id), result.stdout
-        return engine.commit_clean(c, changes, labels), result.stdout
+        golden = engine.commit_clean(c, changes, labels)
+    return golden.result(), result.stdout  # the container was removed meanwhile
 
 
 def _base_config_changes(cfg: Mapping[str, Any]) -> list[str]:

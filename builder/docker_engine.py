@@ -19,6 +19,7 @@ import json
 import re
 import tarfile
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -287,13 +288,14 @@ class Engine:
                 hint="a step that is meant to take longer: raise HARDEN_STEP_TIMEOUT "
                 "(remediation) or HARDEN_CHECK_TIMEOUT (fact collection and command checks)",
             ) from e
+        code = int(status.get("StatusCode", -1))
         try:
             out = container.logs(stdout=True, stderr=False)
             err = container.logs(stdout=False, stderr=True)
-            container.reload()
+            if code != 0:
+                container.reload()
         except docker.errors.DockerException as e:
             raise TargetError(f"container {container.short_id} failed: {_short(e)}") from e
-        code = int(status.get("StatusCode", -1))
         if code != 0 and (container.attrs.get("State") or {}).get("OOMKilled"):
             raise ResourceExhausted(
                 f"container {container.short_id} exceeded its memory limit "
@@ -377,17 +379,25 @@ class Engine:
 
     def commit_clean(
         self, container: Container, changes: list[str], labels: Mapping[str, str]
-    ) -> str:
+    ) -> Future[str]:
         """Commit ``container`` as an image whose labels are exactly ``labels``; its image id.
 
         ``docker commit`` merges the container's own labels (the temporary one) into the image and
         cannot remove a label, and ``Hostname``/``Image`` of the container leak into the config.
         So the committed config is rewritten: the same layers, history and run settings, only
-        ``labels``, loaded back (``docker load`` reuses the layers it has; nothing is copied)."""
+        ``labels``, loaded back (``docker load`` reuses the layers it has; nothing is copied).
+        The rewrite runs in a thread, so the caller removes the container meanwhile."""
         committed = self.commit(container, changes)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harden-commit")
         try:
-            attrs = self.client.api.inspect_image(committed.id)
-            history = self.client.api.history(committed.id)
+            return pool.submit(self._rewrite_labels, str(committed.id), labels)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _rewrite_labels(self, committed: str, labels: Mapping[str, str]) -> str:
+        try:
+            attrs = self.client.api.inspect_image(committed)
+            history = self.client.api.history(committed)
             config = clean_image_config(attrs, history, labels)
             raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
             image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -396,7 +406,8 @@ class Engine:
         except docker.errors.DockerException as e:
             raise TargetError(f"cannot write the image config: {_short(e)}") from e
         finally:
-            self.remove_image(str(committed.id))
+            with contextlib.suppress(docker.errors.DockerException):
+                self.client.api.remove_image(committed, noprune=True)
         return image_id
 
     def container(self, name: str) -> Container:
