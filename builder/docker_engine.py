@@ -401,8 +401,12 @@ class Engine:
             config = clean_image_config(attrs, history, labels)
             raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
             image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
-            self.client.images.load(_load_archive(raw, len(config["rootfs"]["diff_ids"])))
-            self.client.images.get(image_id)
+            loaded = self.client.api.load_image(
+                _load_archive(raw, len(config["rootfs"]["diff_ids"])), quiet=True
+            )
+            said = json.dumps(list(loaded) if not isinstance(loaded, dict) else [loaded])
+            if image_id not in said:  # the engine says "Loaded image ID: ..." or an error
+                raise TargetError(f"docker load of the golden config failed: {said[-300:]}")
         except docker.errors.DockerException as e:
             raise TargetError(f"cannot write the image config: {_short(e)}") from e
         finally:
