@@ -25,6 +25,7 @@ from typing import Any
 
 from builder.debs import DEBS_DIR, STATUS_LIMIT, Fetched, fetch_debs
 from builder.docker_engine import (
+    TEMPORARY_LABEL,
     Engine,
     ImageTarget,
     Step,
@@ -264,7 +265,13 @@ def build_container(
     image_id: str | None = None
     reused = False
     if not force:
-        previous = engine.find_images({LABEL_BUILD_KEY: key})
+        # an image committed before labels were cleaned (it carries the temporary label of its
+        # remediation container) is never reused: it is rebuilt with clean labels
+        previous = [
+            i
+            for i in engine.find_images({LABEL_BUILD_KEY: key})
+            if TEMPORARY_LABEL not in ((i.attrs.get("Config") or {}).get("Labels") or {})
+        ]
         if previous:
             image_id = str(previous[0].id)
             reused = True
