@@ -21,8 +21,9 @@ first boot of any clone undoes several of them on purpose (it makes host keys, a
 random seed). Checked on the running clone they would fail on every correct template; checked on
 the build VM before power-off they would miss what shutdown writes (the random seed). So every
 ``template.*`` rule is evaluated on the sealed file itself: the clone boots with the sealed qcow2
-attached a second time as a read-only disk, which is mounted read-only (``ro,noload``) and the
-facts for those rules are gathered with ``chroot`` into it. Their results replace the clone's own
+attached a second time as a read-only disk, which is mounted read-only (``ro,noload``; a
+partitioned template's other file systems as its own fstab lists them) and the facts for those
+rules are gathered with ``chroot`` into it. Their results replace the clone's own
 results for the same rules and say so in their evidence. Every other rule is judged on the
 running clone, the way an instance will run.
 
@@ -171,12 +172,27 @@ class SealedDiskTarget:
 
     def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
         self.ssh.put_file(script.encode(), REMOTE_FACTS, 0o600)
+        # a partitioned template (root on vda1) also mounts the file systems its fstab names as
+        # /dev/vdaN (vdbN here); mount points are checked so none leaves the sealed tree
         wrapper = f"""set -u
-mkdir -p {SEALED_MOUNT}
-mountpoint -q {SEALED_MOUNT} || mount -o ro,noload {SEALED_DEVICE} {SEALED_MOUNT} || exit 97
-chroot {SEALED_MOUNT} /bin/sh -s <{REMOTE_FACTS}
+M={SEALED_MOUNT}
+D={SEALED_DEVICE}
+mkdir -p "$M"
+if ! mountpoint -q "$M"; then
+  if [ -b "${{D}}1" ]; then root="${{D}}1"; else root="$D"; fi
+  mount -o ro,noload "$root" "$M" || exit 97
+  if [ "$root" != "$D" ] && [ -f "$M/etc/fstab" ]; then
+    awk 'substr($1, 1, 8) == "/dev/vda" && substr($1, 9) ~ "^[0-9]+$" && $2 ~ "^/[A-Za-z0-9_/.-]+$" && index($2, "..") == 0 && $3 == "ext4" {{ print $2, substr($1, 9) }}' "$M/etc/fstab" \\
+      | sort | while read -r mp n; do
+        [ -b "$D$n" ] && [ -d "$M$mp" ] || continue
+        case "$(realpath -e "$M$mp")" in "$M$mp") ;; *) continue ;; esac  # no symlink on the way
+        mount -o ro,noload "$D$n" "$M$mp" || exit 97
+      done || exit 97
+  fi
+fi
+chroot "$M" /bin/sh -s <{REMOTE_FACTS}
 rc=$?
-umount {SEALED_MOUNT}
+umount -R "$M"
 rm -f {REMOTE_FACTS}
 exit $rc
 """

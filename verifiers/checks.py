@@ -36,7 +36,7 @@ from harden.baseline.kinds import (
 )
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
-from verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
+from verifiers.facts import PAM_CONFIG_MODULES, SYSCTL_DIRS, SYSCTL_FILES, Facts
 
 MAX_EVIDENCE = 20  # lines per rule; the rest is summarised
 
@@ -294,7 +294,26 @@ def _config_line(spec: ConfigLine, ctx: CheckContext) -> Outcome:
             return Outcome.ok(f"{spec.key} not set in {path} (default accepted)")
         return Outcome.fail(f"{spec.key} not set in {path} (want {want})")
     ev = f"{source}: {spec.key} {value} (want {want})"
-    return Outcome.ok(ev) if compare(value, spec.value, spec.compare) else Outcome.fail(ev)
+    if not compare(value, spec.value, spec.compare):
+        return Outcome.fail(ev)
+    unused = _pam_module_missing(path, ctx)
+    return Outcome.fail(ev, unused) if unused else Outcome.ok(ev)
+
+
+def _pam_module_missing(path: str, ctx: CheckContext) -> str | None:
+    """On a VM, why a PAM module's configuration has no effect (its module in no stack)."""
+    if ctx.target is not TargetKind.VM or path not in PAM_CONFIG_MODULES:
+        return None
+    module, stacks = PAM_CONFIG_MODULES[path]
+    missing = []
+    for stack in stacks:
+        pam = f"/etc/pam.d/{stack}"
+        lines = (ctx.facts.file(pam) or "").splitlines()
+        if not any(module in ln.split("#", 1)[0].split() for ln in lines):
+            missing.append(pam)
+    if not missing:
+        return None
+    return f"no effect: {module} is not in {', '.join(missing)}"
 
 
 # ---------------------------------------------------------------- kernel
@@ -402,6 +421,17 @@ def _mount_option(spec: MountOption, ctx: CheckContext) -> Outcome:
     ev = f"{spec.mountpoint} ({entry[2]}) mounted {entry[3]}"
     if missing:
         return Outcome.fail(f"{ev}; missing {','.join(missing)}")
+    # on a VM the options in force must also be the ones the next boot mounts with (fstab)
+    if ctx.target is TargetKind.VM and ctx.facts.has("fstab"):
+        for raw in ctx.facts.lines("fstab"):
+            parts = raw.split()
+            if len(parts) >= 4 and not parts[0].startswith("#") and parts[1] == spec.mountpoint:
+                lost = [o for o in spec.options if o not in parts[3].split(",")]
+                if lost:
+                    return Outcome.fail(
+                        ev, f"/etc/fstab: {spec.mountpoint} {parts[3]}; missing {','.join(lost)}"
+                    )
+                return Outcome.ok(ev, f"/etc/fstab: {spec.mountpoint} {parts[3]}")
     return Outcome.ok(ev)
 
 

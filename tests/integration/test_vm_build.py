@@ -75,10 +75,13 @@ def built(
     defs.mkdir()
     text = DEFINITION.read_text()
     assert "destination: 127.0.0.1:5000/staging/debian12-vm:latest" in text
+    # the definition names the default cache; build from the template the fixture made
+    cache = str(vm_template.manifest_path.parent.parent / "current")
+    assert "/var/cache/harden/vm/current/" in text
     (defs / "debian12-vm.yaml").write_text(
         text.replace(
             "destination: 127.0.0.1:5000/staging/debian12-vm:latest", f"destination: {ref}"
-        )
+        ).replace("/var/cache/harden/vm/current", cache)
     )
     report = d / "build.json"
     t0 = time.monotonic()

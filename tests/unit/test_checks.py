@@ -460,3 +460,83 @@ def test_command_checks_run_concurrently_and_leave_nothing_behind(tmp_path: Path
     assert f.status["command:c.a"] == 0
     assert f.status["command:c.fails"] == 3 and f.get("command:c.fails") == "nope\n"
     assert set(Path("/dev/shm").iterdir()) == before
+
+
+FAILLOCK_RULE = """\
+- id: pam.faillock-deny
+  title: faillock deny
+  controls: {iso27017: [CLD.9.5.2]}
+  config_line: {path: /etc/security/faillock.conf, key: deny, value: 3, compare: le, match: last, separator: equals}
+"""
+COMMON_AUTH_WITH_FAILLOCK = (
+    "auth requisite pam_faillock.so preauth\n"
+    "auth [success=1 default=ignore] pam_unix.so nullok\n"
+    "auth [default=die] pam_faillock.so authfail\n"
+)
+
+
+def test_pam_setting_without_its_module_in_the_stack_fails_on_a_vm(tmp_path: Path) -> None:
+    """faillock.conf says deny=3, but a file nobody loads locks nothing (issue 11)."""
+    bl = baseline(tmp_path, FAILLOCK_RULE)
+    plan = FactPlan.for_rules(bl.rules, TargetKind.VM)
+    assert {"/etc/pam.d/common-auth", "/etc/pam.d/common-account"} <= plan.files
+    conf = {"file:/etc/security/faillock.conf": "deny = 3\n"}
+    unused = facts(
+        **conf,  # type: ignore[arg-type]
+        **{
+            "file:/etc/pam.d/common-auth": "auth [success=1 default=ignore] pam_unix.so\n",
+            "file:/etc/pam.d/common-account": "account required pam_unix.so\n",
+        },
+    )
+    r = run(bl, unused, TargetKind.VM)["pam.faillock-deny"]
+    assert r.status is Status.FAILED
+    assert any(
+        "no effect: pam_faillock.so is not in /etc/pam.d/common-auth" in e for e in r.evidence
+    )
+    # a commented-out module line is no module either
+    commented = facts(
+        **conf,  # type: ignore[arg-type]
+        **{
+            "file:/etc/pam.d/common-auth": "# auth required pam_faillock.so preauth\n",
+            "file:/etc/pam.d/common-account": "account required pam_faillock.so\n",
+        },
+    )
+    assert run(bl, commented, TargetKind.VM)["pam.faillock-deny"].status is Status.FAILED
+    in_force = facts(
+        **conf,  # type: ignore[arg-type]
+        **{
+            "file:/etc/pam.d/common-auth": COMMON_AUTH_WITH_FAILLOCK,
+            "file:/etc/pam.d/common-account": "account required pam_faillock.so\n",
+        },
+    )
+    assert run(bl, in_force, TargetKind.VM)["pam.faillock-deny"].status is Status.PASSED
+    # the wrong value still fails first, with the value as evidence
+    too_high = facts(**{**in_force.sections, "file:/etc/security/faillock.conf": "deny = 9\n"})  # type: ignore[arg-type]
+    r = run(bl, too_high, TargetKind.VM)["pam.faillock-deny"]
+    assert r.status is Status.FAILED and "deny 9" in r.evidence[0]
+
+
+MOUNT_RULE = """\
+- id: mount.var-tmp-options
+  title: var tmp
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  mount_option: {mountpoint: /var/tmp, options: [nodev, nosuid, noexec]}
+"""
+
+
+def test_mount_options_in_force_must_also_be_in_fstab_on_a_vm(tmp_path: Path) -> None:
+    """Options only remounted at run time are lost at the next boot: both views must agree."""
+    bl = baseline(tmp_path, MOUNT_RULE)
+    mounts = "/dev/vda7 /var/tmp ext4 rw,nosuid,nodev,noexec,relatime 0 0\n"
+    good = facts(mounts=mounts, fstab="/dev/vda7 /var/tmp ext4 rw,nodev,nosuid,noexec 0 2\n")
+    r = run(bl, good, TargetKind.VM)["mount.var-tmp-options"]
+    assert r.status is Status.PASSED and any(e.startswith("/etc/fstab:") for e in r.evidence)
+    lost = facts(mounts=mounts, fstab="/dev/vda7 /var/tmp ext4 rw,nodev 0 2\n")
+    r = run(bl, lost, TargetKind.VM)["mount.var-tmp-options"]
+    assert r.status is Status.FAILED and "missing nosuid,noexec" in r.evidence[-1]
+    not_in_force = facts(
+        mounts="/dev/vda7 /var/tmp ext4 rw,relatime 0 0\n",
+        fstab="/dev/vda7 /var/tmp ext4 rw,nodev,nosuid,noexec 0 2\n",
+    )
+    assert run(bl, not_in_force, TargetKind.VM)["mount.var-tmp-options"].status is Status.FAILED
