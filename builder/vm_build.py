@@ -66,6 +66,9 @@ from verifiers.runner import verify
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"
 REMEDIATION_TIMEOUT = 1800.0
+# a partitioned template mounts eleven file systems at boot; under TCG on a busy host (2 shared
+# cores) that took up to 150 s here, so the build waits longer than Vm's default
+BOOT_TIMEOUT = 300.0
 SEALED_RULE_PREFIX = "template."
 REMOTE_SCRIPT = "/run/harden-remediation.sh"
 REMOTE_FACTS = "/run/harden-sealed-facts.sh"
@@ -255,7 +258,9 @@ def verify_clone(
     clone_image = dataclasses.replace(boot, disk=sealed.absolute())
     with (
         tempfile.TemporaryDirectory(prefix="harden-vm-clone-") as work,
-        _VmWithSealedDisk(clone_image, Path(work), sealed, on_progress=progress) as vm,
+        _VmWithSealedDisk(
+            clone_image, Path(work), sealed, boot_timeout=BOOT_TIMEOUT, on_progress=progress
+        ) as vm,
     ):
         with _timed(timings, "clone_boot"):
             target = vm.connect(user, key)
@@ -386,7 +391,7 @@ def build_vm(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="harden-vm-build-") as work,
-            Vm(base, Path(work), on_progress=progress) as vm,
+            Vm(base, Path(work), boot_timeout=BOOT_TIMEOUT, on_progress=progress) as vm,
         ):
             with _timed(timings, "boot"):
                 target = vm.connect(src.ssh_user, ssh_key)
