@@ -72,13 +72,22 @@ mkdir -p "$ROOT/proc"
 cp "$WORK/mounts" "$ROOT/proc/mounts"
 rm -f "$WORK/disk.raw"
 
+# dpkginfo (libapt) prepends the probe root to these paths; naming the architectures keeps apt
+# from running the template's own dpkg, and the empty parts keep the host's apt.conf.d out
+# (the same configuration as builder/openscap.py of the scan work)
+mkdir -p "$ROOT/.harden-apt-cache"
 cat >"$WORK/apt.conf" <<EOF
-Dir::State::status "$ROOT/var/lib/dpkg/status";
-Dir::Etc::SourceParts "$WORK/empty";
-Dir::Etc::SourceList "$WORK/empty/none";
-Dir::State::Lists "$WORK/empty";
+Dir::State::status "/var/lib/dpkg/status";
+Dir::Etc::SourceList "";
+Dir::Etc::SourceParts "";
+Dir::Etc::Parts "";
+Dir::Etc::Main "";
+Dir::Etc::Preferences "";
+Dir::Etc::PreferencesParts "";
+APT::Architecture "amd64";
+APT::Architectures { "amd64"; };
+Dir::Cache "/.harden-apt-cache";
 EOF
-mkdir -p "$WORK/empty"
 for profile in "${PROFILES[@]}"; do
   APT_CONFIG="$WORK/apt.conf" oscap-chroot "$ROOT" xccdf eval \
     --profile "xccdf_org.ssgproject.content_profile_$profile" \
@@ -96,6 +105,8 @@ excluded = 0
 for rr in ET.parse(arf).getroot().iter(ns + "rule-result"):
     rid = rr.get("idref").replace("xccdf_org.ssgproject.content_rule_", "")
     res = rr.find(ns + "result").text
+    if res == "notselected":
+        continue
     if re.match(r"^(kernel_config_|sysctl_)", rid):
         excluded += 1
         continue
