@@ -3,9 +3,10 @@
 #
 #   scripts/vm-oscap.sh TEMPLATE.qcow2 OUTDIR [PROFILE...]   (default: the four ANSSI-BP28 levels)
 #
-# No loop device, no mount: the disk is converted to a sparse raw file, each ext4 file system of
-# its partition table is copied out with `debugfs rdump` (ownership and modes kept) and placed at
-# the mount point the template's own /etc/fstab names; a whole-disk file system is the root.
+# The disk is converted to a private sparse raw file; each ext4 file system of its partition table
+# is loop-mounted read-only (ro,noload) at the mount point the template's own /etc/fstab names; a
+# whole-disk file system is the root. (`debugfs rdump` would avoid the mounts but drops setuid and
+# sticky bits, which several rules judge.)
 # `oscap-chroot` then evaluates that tree. Two things a tree cannot show are supplied:
 #   - ROOT/proc/mounts is written from the template's fstab, so OpenSCAP's partition probe sees
 #     the file systems (and options) the template mounts at boot (harden checks the options in
@@ -23,8 +24,8 @@ OUTDIR=$2
 shift 2
 PROFILES=("$@")
 [ "${#PROFILES[@]}" -gt 0 ] || PROFILES=(anssi_bp28_minimal anssi_bp28_intermediary anssi_bp28_enhanced anssi_bp28_high)
-[ "$(id -u)" = 0 ] || { echo "error: $0 must run as root (rdump keeps ownership)" >&2; exit 4; }
-for tool in oscap-chroot qemu-img sfdisk debugfs python3; do
+[ "$(id -u)" = 0 ] || { echo "error: $0 must run as root (loop mounts)" >&2; exit 4; }
+for tool in oscap-chroot qemu-img sfdisk python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed" >&2; echo "hint: scripts/openscap.sh; apt-get install fdisk" >&2; exit 4; }
 done
 [ -s "$DS" ] || { echo "error: no SSG content at $DS" >&2; echo "hint: sudo scripts/openscap.sh" >&2; exit 4; }
@@ -48,34 +49,34 @@ else
   echo "1 0" >"$WORK/parts"
 fi
 off() { awk -v n="$1" '$1 == n { print $2 }' "$WORK/parts"; }
-rdump() { # PARTITION-OFFSET DEST
-  mkdir -p "$2"
-  debugfs -R "rdump / $2" "$WORK/disk.raw?offset=$1" >/dev/null 2>"$WORK/debugfs.err" \
-    || { cat "$WORK/debugfs.err" >&2; exit 4; }
-}
-rdump "$(off 1)" "$ROOT"
+# read-only loop mounts of a private copy (debugfs rdump would drop setuid and sticky bits)
+mountfs() { mount -t ext4 -o "ro,noload,nodev,nosuid,noexec,loop,offset=$1" "$WORK/disk.raw" "$2"; }
+cleanup() { umount -R "$ROOT" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+mountfs "$(off 1)" "$ROOT"
 : >"$WORK/mounts"
 # the template's fstab: /dev/vdaN (partition N) at a mount point, parents before children
 if [ -f "$ROOT/etc/fstab" ]; then
-  awk '$1 !~ /^#/ && NF >= 4 { print }' "$ROOT/etc/fstab" | sort -k2,2 | while read -r dev mp fstype opts _rest; do
+  awk '$1 !~ /^#/ && NF >= 4 { print }' "$ROOT/etc/fstab" | sort -k2,2 >"$WORK/fstab"
+  while read -r dev mp fstype opts _rest; do
     case "$dev" in
       /dev/vda[0-9]*)
         n=${dev#/dev/vda}
-        [ "$mp" = / ] || rdump "$(off "$n")" "$ROOT$mp"
+        [ "$mp" = / ] || mountfs "$(off "$n")" "$ROOT$mp"
         printf '%s %s %s %s 0 0\n' "$dev" "$mp" "$fstype" "$opts" >>"$WORK/mounts" ;;
       tmpfs) printf 'tmpfs %s tmpfs %s 0 0\n' "$mp" "$opts" >>"$WORK/mounts" ;;
       /dev/vda) printf '/dev/vda / %s %s 0 0\n' "$fstype" "$opts" >>"$WORK/mounts" ;;
     esac
-  done
+  done <"$WORK/fstab"
 fi
-mkdir -p "$ROOT/proc"
+# ROOT/proc: a small tmpfs with the mounts the template makes at boot, and apt's cache
+mount -t tmpfs -o size=64m,mode=0755 harden-oscap-proc "$ROOT/proc"
 cp "$WORK/mounts" "$ROOT/proc/mounts"
-rm -f "$WORK/disk.raw"
+mkdir -p "$ROOT/proc/.harden-apt-cache"
 
 # dpkginfo (libapt) prepends the probe root to these paths; naming the architectures keeps apt
 # from running the template's own dpkg, and the empty parts keep the host's apt.conf.d out
 # (the same configuration as builder/openscap.py of the scan work)
-mkdir -p "$ROOT/.harden-apt-cache"
 cat >"$WORK/apt.conf" <<EOF
 Dir::State::status "/var/lib/dpkg/status";
 Dir::Etc::SourceList "";
@@ -86,7 +87,7 @@ Dir::Etc::Preferences "";
 Dir::Etc::PreferencesParts "";
 APT::Architecture "amd64";
 APT::Architectures { "amd64"; };
-Dir::Cache "/.harden-apt-cache";
+Dir::Cache "/proc/.harden-apt-cache";
 EOF
 for profile in "${PROFILES[@]}"; do
   APT_CONFIG="$WORK/apt.conf" oscap-chroot "$ROOT" xccdf eval \
