@@ -36,21 +36,22 @@ ROOT="$WORK/root"
 mkdir -p "$ROOT"
 
 qemu-img convert -O raw "$TEMPLATE" "$WORK/disk.raw"
-# partition number -> byte offset (no table: one whole-disk file system at offset 0)
+# partition number -> byte offset and size (no table: one whole-disk file system)
 if sfdisk -J "$WORK/disk.raw" >"$WORK/table.json" 2>/dev/null; then
   python3 - "$WORK/table.json" >"$WORK/parts" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))["partitiontable"]
 for p in t["partitions"]:
     n = p["node"].rsplit("raw", 1)[1]
-    print(n, p["start"] * t.get("sectorsize", 512))
+    sector = t.get("sectorsize", 512)
+    print(n, p["start"] * sector, p["size"] * sector)
 PY
 else
-  echo "1 0" >"$WORK/parts"
+  echo "1 0 $(stat -c %s "$WORK/disk.raw")" >"$WORK/parts"
 fi
-off() { awk -v n="$1" '$1 == n { print $2 }' "$WORK/parts"; }
+off() { awk -v n="$1" '$1 == n { print "offset=" $2 ",sizelimit=" $3 }' "$WORK/parts"; }
 # read-only loop mounts of a private copy (debugfs rdump would drop setuid and sticky bits)
-mountfs() { mount -t ext4 -o "ro,noload,nodev,nosuid,noexec,loop,offset=$1" "$WORK/disk.raw" "$2"; }
+mountfs() { mount -t ext4 -o "ro,noload,nodev,nosuid,noexec,loop,$1" "$WORK/disk.raw" "$2"; }
 cleanup() { umount -R "$ROOT" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 mountfs "$(off 1)" "$ROOT"
