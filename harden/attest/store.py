@@ -147,9 +147,8 @@ def fetch_envelopes(
     labelled with the referrer's digest; an unreachable registry raises RegistryError.
     """
     referrers = list_attestations(client, repository, digest)
-    envelopes: list[tuple[str, bytes]] = []
-    problems: list[str] = []
-    for referrer in referrers:
+
+    def read(referrer: Descriptor) -> tuple[str, bytes | None, str | None]:
         label = f"referrer {referrer.digest}"
         try:
             layer = _layer(client, repository, referrer)
@@ -157,11 +156,19 @@ def fetch_envelopes(
                 raise InputError(
                     f"envelope is {layer.size} bytes, more than the limit of {max_bytes}"
                 )
-            envelopes.append((label, client.get_blob(repository, layer.digest, max_bytes)))
+            return label, client.get_blob(repository, layer.digest, max_bytes), None
         except RegistryError:
             raise
         except HardenError as e:  # DigestMismatch, InputError: bad content, not a broken registry
-            problems.append(f"{label}: {e.message}")
+            return label, None, f"{label}: {e.message}"
+
+    envelopes: list[tuple[str, bytes]] = []
+    problems: list[str] = []
+    for label, envelope, problem in client.map_concurrently(read, referrers):
+        if envelope is not None:
+            envelopes.append((label, envelope))
+        if problem is not None:
+            problems.append(problem)
     return FetchedEnvelopes(envelopes, problems, referrers)
 
 

@@ -451,6 +451,12 @@ def list_referrers(
                 f"{repository}:{referrers_tag(subject_digest)} is not an image index",
                 hint="that tag is reserved for the OCI referrers tag schema",
             )
+    from harden.oci.client import check_referrer_count
+
+    entries = index.json().get("manifests")
+    check_referrer_count(
+        len(entries) if isinstance(entries, list) else 0, f"{repository}@{subject_digest}"
+    )
     found = index.manifests
     if artifact_type is not None:
         found = [d for d in found if d.artifact_type == artifact_type]
@@ -553,7 +559,7 @@ class _Copier:
             self.note(f"blob {short} already present")
             return
         self.dst.upload_blob(
-            self.dst_repo, self.src.open_blob(self.src_repo, blob.digest), blob.digest
+            self.dst_repo, self.src.open_blob(self.src_repo, blob.digest, blob.size), blob.digest
         )
         self.note(f"blob {short} copied ({blob.size} bytes)")
 
@@ -561,7 +567,13 @@ class _Copier:
         found = list_referrers(self.src, self.src_repo, subject_digest)
         if not found:
             return
-        _parallel(lambda r: self.manifest(self.src.get_manifest(self.src_repo, r.digest)), found)
+        # read (and verify) the referrer manifests on a small pool; they are cached by digest,
+        # so the sequential writes below do not read them again
+        manifests = self.src.map_concurrently(
+            lambda r: self.src.get_manifest(self.src_repo, r.digest), found
+        )
+        for m in manifests:
+            self.manifest(m)
         if not self.dst_has_referrers_api(subject_digest):
             add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
         self.note(f"{len(found)} referrer(s) of {subject_digest[:19]} copied")
