@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harden.attest import revlist
 from harden.attest.keys import PublicKey
 from harden.attest.store import fetch_envelopes
 from harden.audit import AuditAction, AuditLog
@@ -112,6 +113,7 @@ def promote(
     progress(f"{src} is {digest}")
     fetched = fetch_envelopes(src_client, src.repository, digest)
     progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
+    revocation_list = revlist.fetch_for(src_client, trusted)
     gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
     evidence = Evidence(
         subject_digest=gathered.subject_digest,
@@ -119,6 +121,7 @@ def promote(
         rejected=[*fetched.problems, *gathered.rejected],
         revocations=gathered.revocations,
         now=gathered.now,
+        revocation_list=revocation_list,
     )
     decision = decide(gate, evidence)
     result = PromoteResult(

@@ -122,6 +122,10 @@ def attest(
         build=build,
     )
     attached = attach_signed(client, reference.repository, manifest.descriptor(), signed, clock)
+    if not report.compliant:  # a failure must not be hidden by dropping it from the index
+        from harden.attest.revlist import record_failed_verification
+
+        record_failed_verification(client, signer, digest, reference.repository, report)
     AuditLog.default(clock).append(
         AuditAction.ATTEST,
         ref,

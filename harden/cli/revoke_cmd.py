@@ -40,7 +40,7 @@ def revoke_digest(
     cascade_from: str | None = None,
 ) -> dict[str, Any]:
     """Sign a revocation of ``digest`` and attach it as a referrer in ``ref_text``'s repo."""
-    from harden.attest import dsse
+    from harden.attest import dsse, revlist
     from harden.attest.predicates import HARDEN_REVOCATION
     from harden.attest.statements import Subject, revocation, serialize
     from harden.attest.store import attach
@@ -53,6 +53,7 @@ def revoke_digest(
     if subject is None:
         raise RegistryError(f"{ref.registry}/{ref.repository}@{digest} is not in the registry")
     now = clock.now()
+    repo_name = f"{ref.registry}/{ref.repository}"
     statement = revocation(
         Subject(f"{ref.registry}/{ref.repository}", digest),
         reason=reason,
@@ -61,8 +62,17 @@ def revoke_digest(
         cascade_from=cascade_from,
     )
     envelope = dsse.sign(serialize(statement), signer)
+    # the signed revocation list first (by digest, every repository): it is what the gate
+    # trusts; the referrer is for humans and tools reading the repository
+    entry = revlist.Entry(digest, "revoked", now, reason, by, repo_name, cascade_from)
+    list_version = revlist.record(client, signer, entry, now)
     referrer = attach(client, ref.repository, subject, envelope, HARDEN_REVOCATION, now)
-    details: dict[str, Any] = {"reason": reason, "by": by, "referrer": referrer.digest}
+    details: dict[str, Any] = {
+        "reason": reason,
+        "by": by,
+        "referrer": referrer.digest,
+        "revocation_list_version": list_version,
+    }
     if cascade_from:
         details["cascade_from"] = cascade_from
     audit.append("revoke", f"{ref.registry}/{ref.repository}", digest, "revoked", details)

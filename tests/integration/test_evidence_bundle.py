@@ -40,7 +40,11 @@ class World:
     digest: str
 
     def harden(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
+        env = {
+            "HARDEN_HOME": str(self.home),
+            "HARDEN_KEY_PASSWORD": PASSWORD,
+            "HARDEN_REVOCATIONS": self.dest.rsplit("/staging/", 1)[0] + "/revocations:current",
+        }
         return harden_cli.run(*args, env=env, timeout=timeout)
 
 
@@ -62,6 +66,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, local_registry: object) -> W
     for prefix in ("trusted", "other"):
         r = w.harden("keygen", "--out", str(d / prefix))
         assert r.returncode == 0, r.stderr
+    r = w.harden("revocations", "init", REGISTRY, "--key", f"file:{d / 'trusted.key'}")
+    assert r.returncode == 0, r.stderr
     w.images.mkdir()
     (w.images / "golden.yaml").write_text(
         json.dumps(

@@ -76,6 +76,8 @@ class World:
             "HARDEN_HOME": str(self.home),
             "HARDEN_KEY_PASSWORD": PASSWORD,
             "HARDEN_BASELINES": str(self.baselines),
+            # this run's signed revocation list (the gate requires one)
+            "HARDEN_REVOCATIONS": f"{REGISTRY}/{self.base_repo.rsplit('/', 1)[0]}/revocations:current",
             **extra,
         }
 
@@ -159,6 +161,8 @@ def world(
         prod=f"{prefix}/prod/parent:1",
     )
     r = w.harden("keygen", "--out", str(d / "signing"))
+    assert r.returncode == 0, r.stderr
+    r = w.harden("revocations", "init", REGISTRY, "--key", f"file:{w.key}")
     assert r.returncode == 0, r.stderr
     w.images.mkdir()
     w.baselines.mkdir()
