@@ -26,7 +26,7 @@ from harden.clock import Clock
 from harden.errors import HardenError, UsageError
 from harden.gate import AllOf, Decision, Evidence, decide, default_gate, gather_evidence
 from harden.oci.client import RegistryClient
-from harden.oci.model import Reference, copy_image, resolve
+from harden.oci.model import Reference, check_not_reserved, copy_image, resolve
 
 __all__ = ["SCHEMA_VERSION", "PromoteResult", "promote"]
 
@@ -81,6 +81,7 @@ def _check_refs(src: Reference, dst: Reference) -> None:
         )
     if dst.digest is not None and src.digest is not None and dst.digest != src.digest:
         raise UsageError(f"DST pins {dst.digest} but SRC is {src.digest}")
+    check_not_reserved(dst.tag)
 
 
 def promote(

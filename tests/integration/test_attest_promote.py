@@ -664,3 +664,12 @@ def test_revocation_list_missing_expired_or_rolled_back_denies(
     client.put_manifest(loc.repository, "current", old.data, old.media_type)  # replay v1
     r = _promote(sess, ref, env)
     assert r.returncode == 1 and "rolled back" in r.stdout, r.stdout
+
+
+def test_promoting_to_a_referrers_tag_name_is_refused(sess: Session, golden: Golden) -> None:
+    repo = sess.repo("prod/reserved")
+    tag = "sha256-" + golden.digest.removeprefix("sha256:")
+    r = sess.harden("promote", golden.ref, f"{REGISTRY}/{repo}:{tag}", "--key", str(sess.pub))
+    assert r.returncode == ExitCode.INVALID_INPUT, r.stdout + r.stderr
+    assert "reserved for the OCI referrers tag schema" in r.stderr and "Traceback" not in r.stderr
+    assert RegistryClient(REGISTRY).head_manifest(repo, tag) is None

@@ -282,3 +282,18 @@ def test_writers_never_recreate_a_list_that_is_gone(reg: Any, keys: Any) -> None
         revlist.append(client, LIST, signer, [entry], NOW)
     with pytest.raises(InputError, match="existed before"):
         revlist.init(client, LIST, signer, NOW)
+
+
+@pytest.mark.parametrize("tag_of", [lambda d: "sha256-" + d[7:], lambda d: "sha512-abc"])
+def test_reserved_referrers_tag_is_refused_as_target(
+    reg: Any, keys: Any, tmp_path: Path, tag_of: Any
+) -> None:
+    fake, client, digest, subject = reg
+    signer, pub, _ = keys
+    _good(client, subject, signer)
+    dst = parse_reference(f"reg.test:5000/prod/app:{tag_of(digest)}")
+    audit = AuditLog(tmp_path / "audit.db", FixedClock(NOW))
+    with pytest.raises(InputError, match="reserved for the OCI referrers tag schema") as e:
+        promote(client, SRC, client, dst, [load_public_key(pub)], FixedClock(NOW), audit)
+    assert e.value.exit_code == 3
+    assert "prod/app" not in fake.tags and audit.entries() == []
