@@ -147,6 +147,15 @@ def entry_hash(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
+    """A file that is not (or no longer) a harden audit database, as opposed to a locked,
+    read-only or failing one (OperationalError for those, except a missing table)."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return True
+    text = str(e).lower()
+    return "no such table" in text or "no such column" in text or "malformed" in text
+
+
 class AuditLog:
     """An append-only, hash-chained log in one SQLite file."""
 
@@ -187,6 +196,11 @@ class AuditLog:
                 conn.executescript(_SCHEMA)
             yield conn
         except sqlite3.DatabaseError as e:
+            if _is_corrupt(e):  # bad content, not a broken environment: exit 3
+                raise AuditLogCorrupt(
+                    f"the audit log {self.path} is not a harden audit log or is damaged: {e}",
+                    hint="restore it from a backup (or move it away to start a new log)",
+                ) from e
             raise AuditLogError(
                 f"the audit log {self.path} failed: {e}",
                 hint="run `harden audit verify`; restore the file from a backup if it is damaged",

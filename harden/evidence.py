@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,13 +197,13 @@ class AuditFacts:
 
 def read_audit(log: AuditLog, since: dt.datetime | None) -> AuditFacts:
     """The audit log's entries (from ``since``) and its integrity check."""
-    problems = list(log.verify())
     try:
+        problems = list(log.verify())
         entries = log.entries(since=since)
-    except AuditLogCorrupt as e:
-        problems.append(e.message)
-        entries = []
-    return AuditFacts(str(log.path), tuple(entries), tuple(problems), log.head(), log.path.exists())
+        head = log.head()
+    except AuditLogCorrupt as e:  # a damaged log is evidence of a problem, not a crash
+        return AuditFacts(str(log.path), (), (e.message,), (0, GENESIS), log.path.exists())
+    return AuditFacts(str(log.path), tuple(entries), tuple(problems), head, log.path.exists())
 
 
 # ---------------------------------------------------------------- the bundle model
@@ -863,33 +862,74 @@ def render_html(bundle: Bundle) -> str:
     )
 
 
-def write_bundle(bundle: Bundle, outdir: Path) -> Path:
-    """Write OUTDIR/index.html and OUTDIR/evidence.json atomically (temp dir, then rename).
+MARKER = ".harden-evidence"  # in every bundle harden writes: what may be replaced
+_BUNDLE_FILES = frozenset({MARKER, INDEX, JSON_FILE})
 
-    An existing OUTDIR is replaced only when it is empty or a previous bundle (it holds
-    evidence.json); anything else is refused (InputError) rather than deleted.
+
+def _check_target(outdir: Path) -> None:
+    """OUTDIR may be replaced only when absent, empty, or a bundle harden wrote (its marker and
+    nothing but its own files); anything else is refused, never deleted."""
+    if outdir.is_symlink() or (outdir.exists() and not outdir.is_dir()):
+        raise InputError(f"--output {outdir} exists and is not a directory")
+    if not outdir.exists():
+        return
+    names = {p.name for p in outdir.iterdir()}
+    if not names:
+        return
+    if MARKER not in names:
+        raise InputError(
+            f"--output {outdir} is a non-empty directory harden did not write "
+            f"(it holds {', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''})",
+            hint="pick a new or empty directory; harden replaces only a bundle it wrote",
+        )
+    foreign = sorted(names - _BUNDLE_FILES)
+    if foreign:
+        raise InputError(
+            f"--output {outdir} holds files harden did not write ({', '.join(foreign[:3])})",
+            hint="move them away or pick another directory; harden deletes nothing of yours",
+        )
+
+
+def _remove_bundle(path: Path) -> None:
+    """Remove a previous bundle file by file (never a tree): a file that appeared meanwhile
+    stays, with its directory."""
+    for name in _BUNDLE_FILES:
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def write_bundle(bundle: Bundle, outdir: Path) -> Path:
+    """Write OUTDIR/index.html and OUTDIR/evidence.json atomically: a new directory beside it,
+    then renamed into place.
+
+    OUTDIR is replaced only when it is absent, empty or a bundle harden wrote before
+    (recognised by its marker file and holding nothing else); anything else is refused
+    (InputError, exit 3) rather than deleted. A path that cannot be written is refused the same.
     """
     html = render_html(bundle)
     data = json.dumps(bundle.to_json(), indent=2, ensure_ascii=False) + "\n"
     outdir = outdir.absolute()
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"--output {outdir} exists and is not a directory")
-    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / JSON_FILE).is_file():
+    try:
+        _check_target(outdir)
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    except OSError as e:
         raise InputError(
-            f"--output {outdir} is a non-empty directory that is not an evidence bundle",
-            hint="pick a new or empty directory; harden replaces only a previous bundle",
-        )
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+            f"cannot write the evidence bundle to {outdir}: {e.strerror or e}",
+            hint="pick a directory you can write to (--output)",
+        ) from e
     old: Path | None = None
     try:
-        for name, text in ((INDEX, html), (JSON_FILE, data)):
+        marker = "written by harden evidence; this directory is replaced by the next run\n"
+        for name, text in ((INDEX, html), (JSON_FILE, data), (MARKER, marker)):
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o755)  # noqa: S103  # a report for readers, like any written file
         if outdir.exists():
+            _check_target(outdir)  # again, just before the swap
             old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
             os.rename(outdir, old)
         try:
@@ -899,9 +939,15 @@ def write_bundle(bundle: Bundle, outdir: Path) -> Path:
                 os.rename(old, outdir)
                 old = None
             raise
+    except OSError as e:
+        _remove_bundle(tmp)
+        raise InputError(
+            f"cannot write the evidence bundle to {outdir}: {e.strerror or e}",
+            hint="pick a directory you can write to (--output)",
+        ) from e
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_bundle(tmp)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_bundle(old)
     return outdir

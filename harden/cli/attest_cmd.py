@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, dump_json, emit, plain_table, progress
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    dump_json,
+    duration,
+    emit,
+    plain_table,
+    progress,
+)
 from harden.clock import SystemClock
 from harden.publish import attach_signed, build_info, sign_for_report
 
@@ -47,14 +55,19 @@ def _table(rows: list[list[str]]) -> str:
 )
 @click.option("--baseline", "baseline_id", default=None, help="Baseline id (without --definition).")
 @baselines_option
-@click.option("--valid-for", default=None, help="Validity window (default: max_age or 30d).")
+@click.option(
+    "--valid-for",
+    default=None,
+    callback=duration,
+    help="Validity window, e.g. 12h, 30d, 4w (default: max_age or 30d).",
+)
 def attest(
     ref: str,
     key_uri: str,
     definition: Path | None,
     baseline_id: str | None,
     baseline_dirs: tuple[Path, ...],
-    valid_for: str | None,
+    valid_for: dt.timedelta | None,
 ) -> None:
     """Verify the registry image REF now, sign the result and attach it as referrers.
 
@@ -65,16 +78,14 @@ def attest(
     """
     from harden.audit import AuditAction, AuditLog
     from harden.baseline.resolve import resolve as resolve_baseline
-    from harden.imagedef import load_definition, parse_duration
+    from harden.imagedef import load_definition
     from harden.oci import RegistryClient, parse_reference, resolve
     from verifiers.refs import DEFAULT_BASELINE, OPENERS
     from verifiers.runner import verify
 
     signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
     defn = load_definition(definition) if definition else None
-    validity = (
-        parse_duration(valid_for) if valid_for else defn.max_age if defn else DEFAULT_VALIDITY
-    )
+    validity = valid_for if valid_for else defn.max_age if defn else DEFAULT_VALIDITY
     cat = catalogue(baseline_dirs)
     reference = parse_reference(ref)
     client = RegistryClient.for_reference(reference)

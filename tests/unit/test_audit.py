@@ -301,3 +301,21 @@ def test_cli_usage_errors(log: AuditLog) -> None:
     assert "error: --since 'yesterday' is not a date" in bad_date.stderr
     bad_head = _harden(log.path.parent, "audit", "verify", "--expect-head", "nope")
     assert bad_head.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["audit", "show"]])
+def test_a_garbage_audit_file_is_invalid_input_not_an_environment_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    from harden.cli import main
+
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path))
+    (tmp_path / "audit.db").write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(SystemExit) as e:
+        main(command)
+    assert e.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: the audit log") and "hint:" in err and "Traceback" not in err
