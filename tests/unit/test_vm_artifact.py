@@ -164,7 +164,7 @@ def test_push_sign_attach_tag_then_promote_by_digest(
 
 
 def test_a_statement_for_the_file_only_does_not_pass_the_gate(
-    files: dict[str, Path], tmp_path: Path
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeRegistry()
     client, _ = client_for(fake, max_retries=0)
