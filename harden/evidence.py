@@ -22,6 +22,7 @@ Shape (data flows one way):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -193,12 +194,21 @@ class AuditFacts:
     problems: tuple[str, ...]  # AuditLog.verify(); () = intact
     head: tuple[int, str]
     exists: bool
+    gaps: tuple[str, ...] = ()  # the log cannot evidence what exists (missing, empty)
 
 
-def read_audit(log: AuditLog, since: dt.datetime | None) -> AuditFacts:
-    """The audit log's entries (from ``since``) and its integrity check."""
+def read_audit(
+    log: AuditLog, since: dt.datetime | None, trusted: Sequence[PublicKey] = ()
+) -> AuditFacts:
+    """The audit log's entries (from ``since``) and its integrity check, against the latest
+    signed checkpoint too when HARDEN_AUDIT_ANCHOR is set (:mod:`harden.attest.checkpoint`)."""
+    from harden.attest import checkpoint
+
     try:
-        problems = list(log.verify())
+        if checkpoint.anchor_from_env() is not None and not trusted:
+            problems = [*log.verify(), "the audit checkpoints cannot be checked: no --key given"]
+        else:
+            problems = checkpoint.verify_log(log, trusted)
         entries = log.entries(since=since)
         head = log.head()
     except AuditLogCorrupt as e:  # a damaged log is evidence of a problem, not a crash
@@ -413,7 +423,7 @@ class Bundle:
         ]
         if self.audit.problems:
             out.append(f"the audit log is TAMPERED ({len(self.audit.problems)} problem(s))")
-        return out
+        return [*self.audit.gaps, *out]  # a log that cannot evidence anything comes first
 
     @property
     def ok(self) -> bool:
@@ -498,6 +508,7 @@ class Bundle:
                 "exists": self.audit.exists,
                 "intact": self.audit_intact,
                 "problems": list(self.audit.problems),
+                "gaps": list(self.audit.gaps),
                 "head": {"seq": seq, "hash": head} if head != GENESIS else None,
                 "entries": len(self.audit.entries),
             },
@@ -781,6 +792,16 @@ def collect(
                     in_signed_result=rule_id in signed_waivers,
                 )
             )
+    present = [i.name for i in images if i.digest]
+    if present and audit.head[0] == 0 and not audit.problems:
+        what = "does not exist" if not audit.exists else "is empty"
+        gap = (
+            f"the audit log {audit.path} {what}, but {len(present)} golden image(s) exist "
+            f"({', '.join(present[:3])}{', ...' if len(present) > 3 else ''}): their builds, "
+            "promotions and revocations are not evidenced (an ephemeral runner? keep "
+            "$HARDEN_HOME, and anchor the log with HARDEN_AUDIT_ANCHOR)"
+        )
+        audit = dataclasses.replace(audit, gaps=(*audit.gaps, gap))
     return Bundle(
         generated_at=now,
         since=since,

@@ -36,19 +36,13 @@ from harden.attest import dsse
 from harden.attest.keys import PublicKey, Signer, signer_public_key
 from harden.attest.predicates import HARDEN_REVOCATION_LIST, RevocationListV1
 from harden.attest.statements import STATEMENT_TYPE, serialize
+from harden.attest.store import push_signed_artifact, read_signed_artifact
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
 from harden.gate import RevocationListView
 from harden.oci.client import RegistryClient, RegistryNotFound
 from harden.oci.model import (
     CREATED_ANNOTATION,
-    EMPTY_DATA,
-    EMPTY_DIGEST,
-    EMPTY_MEDIA_TYPE,
-    OCI_MANIFEST,
-    Descriptor,
     Reference,
-    canonical_json,
-    compute_digest,
     parse_reference,
 )
 from harden.paths import harden_home
@@ -171,16 +165,11 @@ def _read(
     """The current version, verified; or why it cannot be used (missing, unsigned, malformed)."""
     where = str(location)
     try:
-        manifest = client.get_manifest(location.repository, location.tag or CURRENT_TAG)
-    except RegistryNotFound:
-        return f"the revocation list {where} is missing"
-    layers = manifest.layers
-    if manifest.is_index or len(layers) != 1:
-        return f"the revocation list {where} is not a single-envelope artifact"
-    if layers[0].size > MAX_LIST_BYTES:
-        return f"the revocation list {where} is larger than {MAX_LIST_BYTES} bytes"
-    try:
-        envelope = client.get_blob(location.repository, layers[0].digest, MAX_LIST_BYTES)
+        envelope = read_signed_artifact(
+            client, location.repository, location.tag or CURRENT_TAG, MAX_LIST_BYTES
+        )
+        if envelope is None:
+            return f"the revocation list {where} is missing"
         verified = dsse.verify(envelope, trusted)
         if verified.statement.predicateType != HARDEN_REVOCATION_LIST:
             raise AttestationError(f"predicate type is {verified.statement.predicateType}")
@@ -270,27 +259,14 @@ def _push(
     envelope: bytes,
     now: dt.datetime,
 ) -> None:
-    repo = location.repository
-    blob = Descriptor(ARTIFACT_TYPE, compute_digest(envelope), len(envelope))
-    data = canonical_json(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": ARTIFACT_TYPE,
-            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": 2},
-            "layers": [blob.to_json()],
-            "annotations": {
-                CREATED_ANNOTATION: rfc3339(now),
-                "dev.harden.revocation-list.version": str(version),
-            },
-        }
+    push_signed_artifact(
+        client,
+        location.repository,
+        [f"v{version}", location.tag or CURRENT_TAG],  # v<N>: history, for restores
+        ARTIFACT_TYPE,
+        envelope,
+        {CREATED_ANNOTATION: rfc3339(now), "dev.harden.revocation-list.version": str(version)},
     )
-    for content, digest in ((EMPTY_DATA, EMPTY_DIGEST), (envelope, blob.digest)):
-        if not client.blob_exists(repo, digest):
-            client.upload_blob(repo, content, digest)
-    client.put_manifest(repo, compute_digest(data), data, OCI_MANIFEST)
-    client.put_manifest(repo, f"v{version}", data, OCI_MANIFEST)  # history, for restores
-    client.put_manifest(repo, location.tag or CURRENT_TAG, data, OCI_MANIFEST)
 
 
 def _write(

@@ -80,7 +80,7 @@ def evidence(
         definitions,
         catalogue(baseline_dirs),
         OciRegistryView(),
-        read_audit(AuditLog.default(clock), when),
+        read_audit(AuditLog.default(clock), when, trusted),
         trusted,
         clock,
         images_dir=str(directory),
