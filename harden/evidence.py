@@ -177,6 +177,34 @@ class OciRegistryView:
             ),
         )
 
+    def production_problems(self, reference: str, trusted: Sequence[PublicKey]) -> list[str]:
+        """What the signed revocation list says of the digest ``reference`` (a production tag)
+        serves: each revocation or failed verification, or why the list cannot be trusted."""
+        from harden.attest import revlist
+        from harden.oci import RegistryClient, parse_reference
+
+        ref = parse_reference(reference)
+        client = self._clients.get(ref.registry)
+        if client is None:
+            client = self._clients[ref.registry] = RegistryClient.for_reference(ref)
+        head = client.head_manifest(ref.repository, ref.digest or ref.tag or "latest")
+        if head is None or not trusted:
+            return []
+        view = revlist.fetch_for(client, trusted)
+        if view.problem is not None:
+            return [f"production {reference}: the gate would deny every promotion: {view.problem}"]
+        out = [
+            f"production {reference} serves {head.digest}, revoked at {rfc3339(e.at)} by "
+            f"{e.by}: {e.reason}"
+            for e in view.for_digest(head.digest, "revoked")
+        ]
+        out += [
+            f"production {reference} serves {head.digest}, whose verification at "
+            f"{rfc3339(e.at)} failed: {e.reason}"
+            for e in view.for_digest(head.digest, "failed")
+        ]
+        return out
+
 
 def _referrer(label: str) -> str:
     return label.removeprefix("referrer ").strip()
@@ -407,6 +435,7 @@ class Bundle:
     history: tuple[HistoryEvent, ...]  # every audit entry from --since on
     waivers: tuple[WaiverEvidence, ...]
     audit: AuditFacts
+    serving: tuple[str, ...] = ()  # production tags serving a revoked or failed digest
 
     @property
     def audit_intact(self) -> bool:
@@ -423,7 +452,8 @@ class Bundle:
         ]
         if self.audit.problems:
             out.append(f"the audit log is TAMPERED ({len(self.audit.problems)} problem(s))")
-        return [*self.audit.gaps, *out]  # a log that cannot evidence anything comes first
+        # production serving a revoked digest first, then a log that cannot evidence anything
+        return [*self.serving, *self.audit.gaps, *out]
 
     @property
     def ok(self) -> bool:
@@ -476,6 +506,7 @@ class Bundle:
             "trusted_keys": list(self.trusted_keys),
             "ok": self.ok,
             "problems": self.problems,
+            "serving_revoked": list(self.serving),
             "summary": self.summary(),
             "controls": [
                 {
@@ -792,6 +823,12 @@ def collect(
                     in_signed_result=rule_id in signed_waivers,
                 )
             )
+    serving: list[str] = []
+    production_of = getattr(registry, "production_problems", None)
+    if production_of is not None:
+        for d in golden:
+            if d.doc.promote_to:
+                serving += production_of(d.doc.promote_to, trusted)
     present = [i.name for i in images if i.digest]
     if present and audit.head[0] == 0 and not audit.problems:
         what = "does not exist" if not audit.exists else "is empty"
@@ -813,6 +850,7 @@ def collect(
         history=history,
         waivers=tuple(waivers),
         audit=audit,
+        serving=tuple(serving),
     )
 
 
