@@ -274,6 +274,9 @@ def test_03_baseline_edit_outdates_both(world: World) -> None:
 
 def test_04_revoked_parent_cascades_to_child(world: World, tmp_path: Path) -> None:
     all_fresh(world)
+    # production serves the parent that is about to be revoked
+    p = world.harden("promote", world.parent, world.prod, "--key", str(world.pub))
+    assert p.returncode == 0, p.stderr
     r = world.harden(
         "revoke",
         world.parent,
@@ -292,9 +295,10 @@ def test_04_revoked_parent_cascades_to_child(world: World, tmp_path: Path) -> No
     code, images, _ = world.status()
     assert code == 1
     assert {n: i["state"] for n, i in images.items()} == {
-        "fresh-parent": "revoked",
+        "fresh-parent": "serving-revoked",  # revoked, and production serves it
         "fresh-child": "revoked",
     }
+    assert images["fresh-parent"]["needs_rebuild"] is True
     assert "cascaded from " + revoked[0]["digest"] in images["fresh-child"]["reasons"][0]
     # the gate denies the revoked child
     p = world.harden(
