@@ -232,6 +232,11 @@ def test_equal_verified_at_is_decided_the_same_in_either_order_and_fails_closed(
     d = decide(GATE, ev(*pair))
     assert not d.allowed
     assert any(r.startswith("ResultPassed: ") and "not compliant" in r for r in d.reasons)
+    # status and the evidence bundle pick through the same function: the same answer there
+    from harden.attest.verification import newest_compliance
+
+    newest, _ = newest_compliance(ev(*pair).statements)
+    assert newest is not None and newest[1].compliant is False
 
 
 def test_equal_verified_at_between_passes_picks_the_one_expiring_first() -> None:
