@@ -68,12 +68,21 @@ def _golden(home: Path) -> tuple[str, Path]:
 
 
 def run() -> list[Result]:
+    from harden.attest import revlist
+    from harden.attest.keys import load_signer
+
     with tempfile.TemporaryDirectory(prefix="harden-bench-promote-") as tmp:
         home = Path(tmp)
         src, pub = _golden(home)
         trusted = [load_public_key(pub)]
         client = RegistryClient(REGISTRY)
         clock = SystemClock()
+        # the gate requires a signed revocation list: one of this run's own
+        location = f"{REGISTRY}/bench/revocations-{uuid.uuid4().hex[:8]}:current"
+        os.environ[revlist.LOCATION_ENV] = location
+        os.environ["HARDEN_HOME"] = str(home)
+        signer = load_signer(f"file:{home / 'bench.key'}", b"bench")
+        revlist.init(client, parse_reference(location), signer, clock.now())
         audit = AuditLog(home / "audit.db", clock)
         src_ref = parse_reference(src)
         run_id = uuid.uuid4().hex[:8]

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -147,18 +147,39 @@ def entry_hash(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
+    """A file that is not (or no longer) a harden audit database, as opposed to a locked,
+    read-only or failing one (OperationalError for those, except a missing table)."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return True
+    text = str(e).lower()
+    return "no such table" in text or "no such column" in text or "malformed" in text
+
+
 class AuditLog:
     """An append-only, hash-chained log in one SQLite file."""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, on_append: Callable[[int, str], None] | None = None
+    ) -> None:
+        """``on_append(seq, hash)`` runs after each committed entry (e.g. to publish a signed
+        checkpoint of the head: :mod:`harden.attest.checkpoint`)."""
         self.path = path
         self._clock = clock
+        self._on_append = on_append
 
     @classmethod
     def default(cls, clock: Clock) -> AuditLog:
+        """The log under $HARDEN_HOME; anchored by signed checkpoints in a registry when
+        HARDEN_AUDIT_ANCHOR and HARDEN_AUDIT_KEY are set."""
         from harden.paths import harden_home
 
-        return cls(harden_home() / "audit.db", clock)
+        hook = None
+        if os.environ.get("HARDEN_AUDIT_ANCHOR"):
+            from harden.attest.checkpoint import anchor_hook
+
+            hook = anchor_hook(clock.now)
+        return cls(harden_home() / "audit.db", clock, hook)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -187,6 +208,11 @@ class AuditLog:
                 conn.executescript(_SCHEMA)
             yield conn
         except sqlite3.DatabaseError as e:
+            if _is_corrupt(e):  # bad content, not a broken environment: exit 3
+                raise AuditLogCorrupt(
+                    f"the audit log {self.path} is not a harden audit log or is damaged: {e}",
+                    hint="restore it from a backup (or move it away to start a new log)",
+                ) from e
             raise AuditLogError(
                 f"the audit log {self.path} failed: {e}",
                 hint="run `harden audit verify`; restore the file from a backup if it is damaged",
@@ -238,6 +264,8 @@ class AuditLog:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        if self._on_append is not None:
+            self._on_append(seq, digest_)
         return AuditEntry(
             seq=seq,
             at=parse_time(at),
@@ -283,6 +311,14 @@ class AuditLog:
         with self._connect(create=False) as conn:
             row = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def chain(self) -> list[tuple[int, str]]:
+        """``(seq, hash)`` of every entry in chain order (what a checkpoint is checked against)."""
+        if not self.path.exists():
+            return []
+        with self._connect(create=False) as conn:
+            rows = conn.execute("SELECT seq, hash FROM entries ORDER BY rowid").fetchall()
+        return [(int(seq), str(h)) for seq, h in rows]
 
     # -- checking --------------------------------------------------------------------------------
 

@@ -22,10 +22,10 @@ Shape (data flows one way):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +53,7 @@ from harden.results import rfc3339
 
 if TYPE_CHECKING:
     from harden.oci.client import RegistryClient
+    from harden.oci.types import Reference
 
 __all__ = [
     "DEFAULT_FOCUS",
@@ -153,19 +154,25 @@ class OciRegistryView:
     """:class:`RegistryView` over harden's OCI client (one client per registry host)."""
 
     def __init__(self, client_factory: Callable[[str], RegistryClient] | None = None) -> None:
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, RegistryClient] = {}
         self._factory = client_factory  # registry host -> client; default: docker config
 
-    def facts(self, reference: str) -> ImageFacts:
-        from harden.attest.store import fetch_envelopes
-        from harden.oci import RegistryClient, parse_reference
+    def _client(self, ref: Reference) -> RegistryClient:
+        from harden.oci import RegistryClient
 
-        ref = parse_reference(reference)
         client = self._clients.get(ref.registry)
         if client is None:
             client = self._clients[ref.registry] = (
                 self._factory(ref.registry) if self._factory else RegistryClient.for_reference(ref)
             )
+        return client
+
+    def facts(self, reference: str) -> ImageFacts:
+        from harden.attest.store import fetch_envelopes
+        from harden.oci import parse_reference
+
+        ref = parse_reference(reference)
+        client = self._client(ref)
         target = ref.digest or ref.tag or "latest"
         head = client.head_manifest(ref.repository, target)
         if head is None:
@@ -179,6 +186,32 @@ class OciRegistryView:
             ),
         )
 
+    def production_problems(self, reference: str, trusted: Sequence[PublicKey]) -> list[str]:
+        """What the signed revocation list says of the digest ``reference`` (a production tag)
+        serves: each revocation or failed verification, or why the list cannot be trusted."""
+        from harden.attest import revlist
+        from harden.oci import parse_reference
+
+        ref = parse_reference(reference)
+        client = self._client(ref)
+        head = client.head_manifest(ref.repository, ref.digest or ref.tag or "latest")
+        if head is None or not trusted:
+            return []
+        view = revlist.fetch_for(client, trusted)
+        if view.problem is not None:
+            return [f"production {reference}: the gate would deny every promotion: {view.problem}"]
+        out = [
+            f"production {reference} serves {head.digest}, revoked at {rfc3339(e.at)} by "
+            f"{e.by}: {e.reason}"
+            for e in view.for_digest(head.digest, "revoked")
+        ]
+        out += [
+            f"production {reference} serves {head.digest}, whose verification at "
+            f"{rfc3339(e.at)} failed: {e.reason}"
+            for e in view.for_digest(head.digest, "failed")
+        ]
+        return out
+
 
 @dataclass(frozen=True)
 class AuditFacts:
@@ -187,17 +220,26 @@ class AuditFacts:
     problems: tuple[str, ...]  # AuditLog.verify(); () = intact
     head: tuple[int, str]
     exists: bool
+    gaps: tuple[str, ...] = ()  # the log cannot evidence what exists (missing, empty)
 
 
-def read_audit(log: AuditLog, since: dt.datetime | None) -> AuditFacts:
-    """The audit log's entries (from ``since``) and its integrity check."""
-    problems = list(log.verify())
+def read_audit(
+    log: AuditLog, since: dt.datetime | None, trusted: Sequence[PublicKey] = ()
+) -> AuditFacts:
+    """The audit log's entries (from ``since``) and its integrity check, against the latest
+    signed checkpoint too when HARDEN_AUDIT_ANCHOR is set (:mod:`harden.attest.checkpoint`)."""
+    from harden.attest import checkpoint
+
     try:
+        if checkpoint.anchor_from_env() is not None and not trusted:
+            problems = [*log.verify(), "the audit checkpoints cannot be checked: no --key given"]
+        else:
+            problems = checkpoint.verify_log(log, trusted)
         entries = log.entries(since=since)
-    except AuditLogCorrupt as e:
-        problems.append(e.message)
-        entries = []
-    return AuditFacts(str(log.path), tuple(entries), tuple(problems), log.head(), log.path.exists())
+        head = log.head()
+    except AuditLogCorrupt as e:  # a damaged log is evidence of a problem, not a crash
+        return AuditFacts(str(log.path), (), (e.message,), (0, GENESIS), log.path.exists())
+    return AuditFacts(str(log.path), tuple(entries), tuple(problems), head, log.path.exists())
 
 
 # ---------------------------------------------------------------- the bundle model
@@ -393,6 +435,7 @@ class Bundle:
     history: tuple[HistoryEvent, ...]  # every audit entry from --since on
     waivers: tuple[WaiverEvidence, ...]
     audit: AuditFacts
+    serving: tuple[str, ...] = ()  # production tags serving a revoked or failed digest
 
     @property
     def audit_intact(self) -> bool:
@@ -409,7 +452,8 @@ class Bundle:
         ]
         if self.audit.problems:
             out.append(f"the audit log is TAMPERED ({len(self.audit.problems)} problem(s))")
-        return out
+        # production serving a revoked digest first, then a log that cannot evidence anything
+        return [*self.serving, *self.audit.gaps, *out]
 
     @property
     def ok(self) -> bool:
@@ -462,6 +506,7 @@ class Bundle:
             "trusted_keys": list(self.trusted_keys),
             "ok": self.ok,
             "problems": self.problems,
+            "serving_revoked": list(self.serving),
             "summary": self.summary(),
             "controls": [
                 {
@@ -494,6 +539,7 @@ class Bundle:
                 "exists": self.audit.exists,
                 "intact": self.audit_intact,
                 "problems": list(self.audit.problems),
+                "gaps": list(self.audit.gaps),
                 "head": {"seq": seq, "hash": head} if head != GENESIS else None,
                 "entries": len(self.audit.entries),
             },
@@ -799,6 +845,22 @@ def collect(
                     in_signed_result=rule_id in signed_waivers,
                 )
             )
+    serving: list[str] = []
+    production_of = getattr(registry, "production_problems", None)
+    if production_of is not None:
+        for d in golden:
+            if d.doc.promote_to:
+                serving += production_of(d.doc.promote_to, trusted)
+    present = [i.name for i in images if i.digest]
+    if present and audit.head[0] == 0 and not audit.problems:
+        what = "does not exist" if not audit.exists else "is empty"
+        gap = (
+            f"the audit log {audit.path} {what}, but {len(present)} golden image(s) exist "
+            f"({', '.join(present[:3])}{', ...' if len(present) > 3 else ''}): their builds, "
+            "promotions and revocations are not evidenced (an ephemeral runner? keep "
+            "$HARDEN_HOME, and anchor the log with HARDEN_AUDIT_ANCHOR)"
+        )
+        audit = dataclasses.replace(audit, gaps=(*audit.gaps, gap))
     return Bundle(
         generated_at=now,
         since=since,
@@ -810,6 +872,7 @@ def collect(
         history=history,
         waivers=tuple(waivers),
         audit=audit,
+        serving=tuple(serving),
     )
 
 
@@ -880,33 +943,74 @@ def render_html(bundle: Bundle) -> str:
     )
 
 
-def write_bundle(bundle: Bundle, outdir: Path) -> Path:
-    """Write OUTDIR/index.html and OUTDIR/evidence.json atomically (temp dir, then rename).
+MARKER = ".harden-evidence"  # in every bundle harden writes: what may be replaced
+_BUNDLE_FILES = frozenset({MARKER, INDEX, JSON_FILE})
 
-    An existing OUTDIR is replaced only when it is empty or a previous bundle (it holds
-    evidence.json); anything else is refused (InputError) rather than deleted.
+
+def _check_target(outdir: Path) -> None:
+    """OUTDIR may be replaced only when absent, empty, or a bundle harden wrote (its marker and
+    nothing but its own files); anything else is refused, never deleted."""
+    if outdir.is_symlink() or (outdir.exists() and not outdir.is_dir()):
+        raise InputError(f"--output {outdir} exists and is not a directory")
+    if not outdir.exists():
+        return
+    names = {p.name for p in outdir.iterdir()}
+    if not names:
+        return
+    if MARKER not in names:
+        raise InputError(
+            f"--output {outdir} is a non-empty directory harden did not write "
+            f"(it holds {', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''})",
+            hint="pick a new or empty directory; harden replaces only a bundle it wrote",
+        )
+    foreign = sorted(names - _BUNDLE_FILES)
+    if foreign:
+        raise InputError(
+            f"--output {outdir} holds files harden did not write ({', '.join(foreign[:3])})",
+            hint="move them away or pick another directory; harden deletes nothing of yours",
+        )
+
+
+def _remove_bundle(path: Path) -> None:
+    """Remove a previous bundle file by file (never a tree): a file that appeared meanwhile
+    stays, with its directory."""
+    for name in _BUNDLE_FILES:
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def write_bundle(bundle: Bundle, outdir: Path) -> Path:
+    """Write OUTDIR/index.html and OUTDIR/evidence.json atomically: a new directory beside it,
+    then renamed into place.
+
+    OUTDIR is replaced only when it is absent, empty or a bundle harden wrote before
+    (recognised by its marker file and holding nothing else); anything else is refused
+    (InputError, exit 3) rather than deleted. A path that cannot be written is refused the same.
     """
     html = render_html(bundle)
     data = json.dumps(bundle.to_json(), indent=2, ensure_ascii=False) + "\n"
     outdir = outdir.absolute()
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"--output {outdir} exists and is not a directory")
-    if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / JSON_FILE).is_file():
+    try:
+        _check_target(outdir)
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    except OSError as e:
         raise InputError(
-            f"--output {outdir} is a non-empty directory that is not an evidence bundle",
-            hint="pick a new or empty directory; harden replaces only a previous bundle",
-        )
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+            f"cannot write the evidence bundle to {outdir}: {e.strerror or e}",
+            hint="pick a directory you can write to (--output)",
+        ) from e
     old: Path | None = None
     try:
-        for name, text in ((INDEX, html), (JSON_FILE, data)):
+        marker = "written by harden evidence; this directory is replaced by the next run\n"
+        for name, text in ((INDEX, html), (JSON_FILE, data), (MARKER, marker)):
             with open(tmp / name, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o755)  # noqa: S103  # a report for readers, like any written file
         if outdir.exists():
+            _check_target(outdir)  # again, just before the swap
             old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
             os.rename(outdir, old)
         try:
@@ -916,9 +1020,15 @@ def write_bundle(bundle: Bundle, outdir: Path) -> Path:
                 os.rename(old, outdir)
                 old = None
             raise
+    except OSError as e:
+        _remove_bundle(tmp)
+        raise InputError(
+            f"cannot write the evidence bundle to {outdir}: {e.strerror or e}",
+            hint="pick a directory you can write to (--output)",
+        ) from e
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_bundle(tmp)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_bundle(old)
     return outdir

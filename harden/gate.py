@@ -7,7 +7,15 @@ never a pass.
 
 Which compliance attestation counts: of the verified compliance statements whose subject is the
 promoted digest, the one with the latest ``verifiedAt`` (a newer failing verification supersedes
-an older pass).
+an older pass). Equal ``verifiedAt`` are decided without looking at their order in the index (an
+attacker chooses it): a failing result wins the tie, then the one that expires first, then the
+larger statement hash (:func:`harden.attest.verification.newest_compliance`).
+
+Nothing here decides from the absence of a record in the referrers index (which whoever can push
+to the repository can rewrite): revocations and failed verifications also come from the signed,
+expiring, versioned revocation list (:mod:`harden.attest.revlist`), keyed by digest across all
+repositories, and a missing, expired, unverifiable or rolled-back list denies
+(:class:`RevocationListCurrent`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from harden.attest.predicates import (
     SLSA_PROVENANCE,
     TEST_RESULT,
     ComplianceV1,
+    RevocationListEntry,
 )
 from harden.attest.verification import newest_compliance
 from harden.errors import AttestationError, UsageError
@@ -39,10 +48,13 @@ __all__ = [
     "Evidence",
     "GateConfigError",
     "KnownPredicate",
+    "NoLaterFailure",
     "NotOlderThan",
     "NotRevoked",
     "Policy",
     "ResultPassed",
+    "RevocationListCurrent",
+    "RevocationListView",
     "ScanScoreAtLeast",
     "SignatureValid",
     "SubjectMatches",
@@ -63,12 +75,30 @@ class GateConfigError(UsageError, ValueError):
 
 
 @dataclass(frozen=True)
+class RevocationListView:
+    """The revocation list as read and checked (signature, version, rollback) by
+    :func:`harden.attest.revlist.fetch`; ``problem`` says why it cannot be trusted."""
+
+    location: str
+    version: int = 0
+    issued_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    entries: tuple[RevocationListEntry, ...] = ()
+    keyid: str = ""
+    problem: str | None = None
+
+    def for_digest(self, digest: str, kind: str) -> list[RevocationListEntry]:
+        return [e for e in self.entries if e.digest == digest and e.kind == kind]
+
+
+@dataclass(frozen=True)
 class Evidence:
     subject_digest: str  # the digest being promoted, sha256:<hex>
     statements: Sequence[VerifiedStatement]  # only the ones that verified against trusted keys
     rejected: Sequence[str]  # why other envelopes were rejected (bad signature, malformed, ...)
     revocations: Sequence[VerifiedStatement]
     now: dt.datetime
+    revocation_list: RevocationListView | None = None  # None: no list was consulted (deny)
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
@@ -279,13 +309,67 @@ class BaselineAllowed:
 
 
 @dataclass(frozen=True)
+class RevocationListCurrent:
+    """A revocation list was read, verified against a trusted key, is unexpired and is not
+    older than a version seen before. Missing, stale or rolled back: deny."""
+
+    name: str = "RevocationListCurrent"
+
+    def check(self, ev: Evidence) -> list[str]:
+        rl = ev.revocation_list
+        if rl is None:
+            return ["no revocation list was consulted"]
+        if rl.problem is not None:
+            return [rl.problem]
+        if rl.expires_at is None or rl.expires_at <= ev.now:
+            when = rfc3339(rl.expires_at) if rl.expires_at else "?"
+            return [f"the revocation list {rl.location} (version {rl.version}) expired at {when}"]
+        if rl.issued_at is not None and rl.issued_at > ev.now + CLOCK_SKEW:
+            return [f"the revocation list {rl.location} was issued in the future"]
+        return []
+
+
+@dataclass(frozen=True)
+class NoLaterFailure:
+    """No failed verification of the digest recorded in the revocation list at or after the
+    latest passing compliance result (the index may no longer list that failure)."""
+
+    name: str = "NoLaterFailure"
+
+    def check(self, ev: Evidence) -> list[str]:
+        rl = ev.revocation_list
+        if rl is None or rl.problem is not None:
+            return []  # RevocationListCurrent denies
+        failures = rl.for_digest(ev.subject_digest, "failed")
+        if not failures:
+            return []
+        c, _ = latest_compliance(ev)
+        return [
+            f"verification at {rfc3339(f.at)} failed ({f.reason}), recorded in the revocation "
+            f"list version {rl.version}"
+            for f in failures
+            if c is None or f.at >= c.verifiedAt
+        ]
+
+
+@dataclass(frozen=True)
 class NotRevoked:
-    """No verified revocation names the promoted digest."""
+    """No verified revocation names the promoted digest: neither a referrer signed by a trusted
+    key nor an entry of the revocation list (which covers every repository)."""
 
     name: str = "NotRevoked"
 
     def check(self, ev: Evidence) -> list[str]:
         reasons = []
+        rl = ev.revocation_list
+        if rl is not None and rl.problem is None:
+            for e in rl.for_digest(ev.subject_digest, "revoked"):
+                where = f" in {e.repository}" if e.repository else ""
+                cascade = f", cascaded from {e.cascadeFrom}" if e.cascadeFrom else ""
+                reasons.append(
+                    f"revoked{where} at {rfc3339(e.at)} by {e.by}: {e.reason}{cascade} "
+                    f"(revocation list version {rl.version})"
+                )
         seen: set[bytes] = set()
         for s in [*ev.revocations, *ev.statements]:
             st = s.statement
@@ -390,7 +474,8 @@ class Decision:
 
 
 def default_gate(max_age: dt.timedelta | None, baselines: Sequence[str]) -> AllOf:
-    """Signature, subject, known predicate, passed result, validity, not revoked; plus
+    """Signature, subject, known predicate, passed result, validity, a current revocation list,
+    no later failure, not revoked; plus
     NotOlderThan when ``max_age`` is given and BaselineAllowed when ``baselines`` is not empty."""
     policies: list[Policy] = [
         SignatureValid(),
@@ -403,7 +488,7 @@ def default_gate(max_age: dt.timedelta | None, baselines: Sequence[str]) -> AllO
         policies.append(NotOlderThan(max_age))
     if baselines:
         policies.append(BaselineAllowed(baselines))
-    policies.append(NotRevoked())
+    policies += [RevocationListCurrent(), NoLaterFailure(), NotRevoked()]
     return AllOf(policies, name="default")
 
 
@@ -423,6 +508,7 @@ def gather_evidence(
     trusted: Sequence[PublicKey],
     subject_digest: str,
     now: dt.datetime,
+    revocation_list: RevocationListView | None = None,
 ) -> Evidence:
     """Verify ``(label, envelope bytes)`` pairs into :class:`Evidence` (no I/O; pure crypto).
 
@@ -442,7 +528,7 @@ def gather_evidence(
             revocations.append(v)
         else:
             statements.append(v)
-    return Evidence(subject_digest, statements, rejected, revocations, now)
+    return Evidence(subject_digest, statements, rejected, revocations, now, revocation_list)
 
 
 def _fmt_delta(d: dt.timedelta) -> str:

@@ -20,6 +20,7 @@ recreated empty and refilled from the registry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harden import labels
-from harden.attest import dsse
+from harden.attest import dsse, revlist
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import _utc_timestamp
 from harden.attest.store import (
@@ -46,11 +47,12 @@ from harden.baseline.resolve import Catalogue
 from harden.clock import Clock
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
 from harden.files import sha256_file
-from harden.gate import gather_evidence, latest_compliance
+from harden.gate import RevocationListView, gather_evidence, latest_compliance
 from harden.imagedef import ImageDefinition
 from harden.lifecycle import ImageFacts, Revocation, Verification
 from harden.oci.client import RegistryClient, RegistryNotFound
 from harden.oci.model import Reference, parse_reference
+from harden.results import rfc3339
 
 __all__ = [
     "DEFAULT_JOBS",
@@ -224,6 +226,7 @@ class Inventory:
         self._local = threading.local()
         self._baselines: dict[str, str] = {}
         self._baseline_lock = threading.Lock()
+        self._revocation_lists: dict[str, RevocationListView] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------
     def client(self, registry: str) -> RegistryClient:
@@ -361,6 +364,7 @@ class Inventory:
                         prod.repository, prod.tag or "latest"
                     )
                     facts = _replace(facts, production_digest=found.digest if found else None)
+            facts = self._with_revocation_list(facts, dest.registry)
         except RegistryError as e:
             unreachable.append(e.message)
         return _replace(
@@ -420,6 +424,60 @@ class Inventory:
             verification=verification,
             attestation_problems=tuple(problems),
             revocations=tuple(revocations),
+        )
+
+    def _revocation_list(self, registry: str) -> RevocationListView | None:
+        """The signed revocation list governing ``registry`` (read once per registry)."""
+        if not self.trusted:
+            return None
+        with self._baseline_lock:
+            if registry in self._revocation_lists:
+                return self._revocation_lists[registry]
+        view = revlist.fetch_for(self.client(registry), self.trusted)
+        with self._baseline_lock:
+            self._revocation_lists[registry] = view
+        return view
+
+    def _with_revocation_list(self, facts: ImageFacts, registry: str) -> ImageFacts:
+        """What the signed revocation list (by digest, every repository) says of the image and
+        of the digest its production tag serves: the gate's view, not only the referrers."""
+        rl = self._revocation_list(registry)
+        if rl is None or facts.digest is None:
+            return facts
+        if rl.problem is not None:
+            return _replace(facts, notes=(*facts.notes, f"the gate would deny: {rl.problem}"))
+        revocations = list(facts.revocations)
+        known = {(r.reason, r.revoked_at) for r in revocations}
+        for e in rl.for_digest(facts.digest, "revoked"):
+            if (e.reason, e.at) not in known:
+                revocations.append(Revocation(e.reason, e.at, e.by, e.cascadeFrom))
+        verification = facts.verification
+        problems = list(facts.attestation_problems)
+        for e in rl.for_digest(facts.digest, "failed"):
+            if verification is not None and e.at >= verification.verified_at:
+                verification = dataclasses.replace(verification, compliant=False)
+                problems.append(f"a verification at {rfc3339(e.at)} failed: {e.reason}")
+        production: list[str] = []
+        served = facts.production_digest
+        if served is not None and served != facts.digest:
+            for e in rl.for_digest(served, "revoked"):
+                production.append(
+                    f"production {facts.production} still serves {served}, revoked at "
+                    f"{rfc3339(e.at)} by {e.by}: {e.reason}"
+                )
+            for e in rl.for_digest(served, "failed"):
+                production.append(
+                    f"production {facts.production} still serves {served}, whose verification "
+                    f"at {rfc3339(e.at)} failed: {e.reason}"
+                )
+        elif served is not None and revocations:
+            production.append(f"production {facts.production} serves {served}, which is revoked")
+        return _replace(
+            facts,
+            revocations=tuple(revocations),
+            verification=verification,
+            attestation_problems=tuple(problems),
+            production_problems=tuple(production),
         )
 
     def _labels(self, client: RegistryClient, repo: str, digest: str) -> dict[str, str]:

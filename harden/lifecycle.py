@@ -4,6 +4,9 @@ Pure: :func:`assess` takes the facts an adapter fetched (:mod:`harden.inventory`
 clock, and decides one :class:`State` per image, with every reason in words:
 
 - ``unknown``  a registry (the image's or its base's) could not be asked: never fresh;
+- ``serving-revoked`` the production tag (``promote_to``) serves a digest the signed revocation
+  list revokes (or whose latest verification failed), whatever the staging image's state:
+  re-promote a good image; exits 1 even when the staging image is fresh;
 - ``missing``  no image at the definition's destination;
 - ``revoked``  a revocation signed by a trusted key names the image's digest;
 - ``stale``    no verified compliance attestation (missing, unverifiable, not compliant), or
@@ -58,6 +61,7 @@ class State(StrEnum):
     REVOKED = "revoked"
     MISSING = "missing"
     UNKNOWN = "unknown"
+    SERVING_REVOKED = "serving-revoked"
 
     @property
     def needs_rebuild(self) -> bool:
@@ -110,6 +114,7 @@ class ImageFacts:
     notes: tuple[str, ...] = ()  # worth saying, but no state (e.g. the base tag is gone)
     # pending updates of the packages in the image's SBOM; None = not checked (no SBOM/archive)
     pending_updates: tuple[PendingUpdate, ...] | None = None
+    production_problems: tuple[str, ...] = ()  # what the revocation list says of production
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class ImageStatus:
 
     @property
     def needs_rebuild(self) -> bool:
+        if self.state is State.SERVING_REVOKED:  # the staging image may need one too
+            return any(s.needs_rebuild for s in self.all_states)
         return self.state.needs_rebuild
 
     @property
@@ -167,6 +174,7 @@ class ImageStatus:
             "digest": f.digest,
             "production": f.production,
             "production_digest": f.production_digest,
+            "production_problems": list(f.production_problems),
             "built_at": t(f.created),
             "verified_at": t(v.verified_at if v else None),
             "valid_until": t(v.valid_until if v else None),
@@ -215,6 +223,7 @@ class ImageStatus:
 
 _ORDER = (
     State.UNKNOWN,
+    State.SERVING_REVOKED,
     State.MISSING,
     State.REVOKED,
     State.STALE,
@@ -252,6 +261,7 @@ def assess(facts: ImageFacts, clock: Clock, warn_within: dt.timedelta) -> ImageS
     expires_at: dt.datetime | None = None
 
     found[State.UNKNOWN] += list(facts.unreachable)
+    found[State.SERVING_REVOKED] += list(facts.production_problems)
     if not facts.unreachable and facts.digest is None:
         found[State.MISSING].append(f"no image at {facts.destination}")
     if facts.digest is not None:
@@ -331,7 +341,7 @@ def exit_code(statuses: Iterable[ImageStatus]) -> ExitCode:
     items = list(statuses)
     if any(s.state is State.UNKNOWN for s in items):
         return ExitCode.ENVIRONMENT
-    if any(s.needs_rebuild for s in items):
+    if any(s.needs_rebuild or State.SERVING_REVOKED in s.all_states for s in items):
         return ExitCode.POLICY
     return ExitCode.OK
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harden.attest import revlist
 from harden.attest.keys import PublicKey
 from harden.attest.store import fetch_envelopes
 from harden.audit import AuditAction, AuditLog
@@ -33,7 +34,7 @@ from harden.gate import (
     gather_evidence,
 )
 from harden.oci.client import RegistryClient
-from harden.oci.model import Reference, copy_image, resolve
+from harden.oci.model import Reference, check_not_reserved, copy_image, resolve
 
 __all__ = ["SCHEMA_VERSION", "PromoteResult", "promote"]
 
@@ -88,6 +89,7 @@ def _check_refs(src: Reference, dst: Reference) -> None:
         )
     if dst.digest is not None and src.digest is not None and dst.digest != src.digest:
         raise UsageError(f"DST pins {dst.digest} but SRC is {src.digest}")
+    check_not_reserved(dst.tag)
 
 
 def promote(
@@ -124,6 +126,7 @@ def promote(
     progress(f"{src} is {digest}")
     fetched = fetch_envelopes(src_client, src.repository, digest)
     progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
+    revocation_list = revlist.fetch_for(src_client, trusted)
     gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
     evidence = Evidence(
         subject_digest=gathered.subject_digest,
@@ -131,6 +134,7 @@ def promote(
         rejected=[*fetched.problems, *gathered.rejected],
         revocations=gathered.revocations,
         now=gathered.now,
+        revocation_list=revocation_list,
     )
     decision = decide(gate, evidence)
     result = PromoteResult(

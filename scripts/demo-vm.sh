@@ -20,7 +20,15 @@ if [ "$rc" -ne 1 ]; then echo "demo-vm: expected the base template to be non-com
 
 say "build the hardened template (boot, remediate over SSH, reboot, verify, seal, verify a clone),"
 say "sign it and push it as an OCI artifact to 127.0.0.1:5000/staging/debian12-vm"
-if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; fi
+if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; rm -f "$HARDEN_HOME/revocations-ref"; fi
+# the signed revocation list the gate requires (harden revocations): one per demo key
+if [ ! -f "$HARDEN_HOME/revocations-ref" ]; then
+  echo "127.0.0.1:5000/demo/revocations-$(od -An -N4 -tx4 /dev/urandom | tr -d ' '):current" \
+    >"$HARDEN_HOME/revocations-ref"
+fi
+export HARDEN_REVOCATIONS="$(cat "$HARDEN_HOME/revocations-ref")"
+harden revocations refresh 127.0.0.1:5000 --key "file:$KEY.key" 2>/dev/null \
+  || harden revocations init 127.0.0.1:5000 --key "file:$KEY.key"
 harden build images/debian12-vm.yaml --force --key "file:$KEY.key"
 
 say "verify the sealed template from scratch, with the definition's waivers (expected: compliant)"

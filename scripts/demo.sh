@@ -30,7 +30,15 @@ PY
 say "build, verify and push the hardened image (images/debian12.yaml)"
 export HARDEN_KEY_PASSWORD=${HARDEN_KEY_PASSWORD:-demo}
 KEY="$HARDEN_HOME/demo-signing"
-if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; fi
+if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; rm -f "$HARDEN_HOME/revocations-ref"; fi
+# the signed revocation list the gate requires (harden revocations): one per demo key
+if [ ! -f "$HARDEN_HOME/revocations-ref" ]; then
+  echo "127.0.0.1:5000/demo/revocations-$(od -An -N4 -tx4 /dev/urandom | tr -d ' '):current" \
+    >"$HARDEN_HOME/revocations-ref"
+fi
+export HARDEN_REVOCATIONS="$(cat "$HARDEN_HOME/revocations-ref")"
+harden revocations refresh 127.0.0.1:5000 --key "file:$KEY.key" 2>/dev/null \
+  || harden revocations init 127.0.0.1:5000 --key "file:$KEY.key"
 harden build images/debian12.yaml --force --key "file:$KEY.key" --scan
 
 say "verify the pushed golden image from its layers, nothing in it runs (expected: compliant, suites pass)"

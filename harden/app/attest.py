@@ -76,7 +76,9 @@ def attest(
 ) -> Attested:
     """Verify the registry image ``ref`` now, sign the result, attach it; audit ATTEST.
 
-    A FAILED verification is attested too (the signed statement says so). ``validity`` defaults
+    A FAILED verification is attested too (the signed statement says so) and recorded in the
+    registry's signed revocation list as ``failed``, so dropping it from the referrers index
+    cannot hide it from the gate. ``validity`` defaults
     to the definition's max_age, else 30 days. ``open_image`` opens the pinned reference as a
     image (default: the registry opener of :mod:`harden.app.verify`: read from its layers)."""
     from harden.app.publish import attach_signed, build_info, sign_for_report
@@ -150,13 +152,17 @@ def attest(
         build=build,
     )
     attached = attach_signed(client, reference.repository, manifest.descriptor(), signed, ctx.clock)
-    ctx.audit.append(
-        AuditAction.ATTEST,
-        ref,
-        digest,
-        compliance_word(report.compliant),
-        {"referrers": [d.digest for d in attached], "baseline": baseline.id},
-    )
+    details: dict[str, object] = {
+        "referrers": [d.digest for d in attached],
+        "baseline": baseline.id,
+    }
+    if not report.compliant:  # a failure must not be hidden by dropping it from the index
+        from harden.attest.revlist import record_failed_verification
+
+        details["revocation_list_version"] = record_failed_verification(
+            client, signer, digest, reference.repository, report
+        )
+    ctx.audit.append(AuditAction.ATTEST, ref, digest, compliance_word(report.compliant), details)
     ctx.progress(f"attached {len(attached)} attestation(s) to {pinned}")
     return Attested(
         ref,

@@ -39,7 +39,7 @@ def evidence(
         load_definitions(directory),
         catalogue,
         OciRegistryView(ctx.registry),
-        read_audit(ctx.audit, since),
+        read_audit(ctx.audit, since, trusted),
         trusted,
         ctx.clock,
         images_dir=str(directory),

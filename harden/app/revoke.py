@@ -53,8 +53,9 @@ def revoke_digest(
     by: str,
     cascade_from: str | None = None,
 ) -> Revoked:
-    """Sign a revocation of ``digest`` and attach it as a referrer in ``ref_text``'s repo."""
-    from harden.attest import dsse
+    """Record ``digest`` in the signed revocation list, then sign a revocation and attach it as
+    a referrer in ``ref_text``'s repo."""
+    from harden.attest import dsse, revlist
     from harden.attest.predicates import HARDEN_REVOCATION
     from harden.attest.statements import Subject, revocation, serialize
     from harden.attest.store import attach
@@ -75,11 +76,20 @@ def revoke_digest(
         cascade_from=cascade_from,
     )
     envelope = dsse.sign(serialize(statement), signer)
+    image = f"{ref.registry}/{ref.repository}"
+    # the signed revocation list first (by digest, every repository): it is what the gate
+    # trusts; the referrer is for humans and tools reading the repository
+    entry = revlist.Entry(digest, "revoked", now, reason, by, image, cascade_from)
+    list_version = revlist.record(client, signer, entry, now)
     referrer = attach(client, ref.repository, subject, envelope, HARDEN_REVOCATION, now)
-    details: dict[str, Any] = {"reason": reason, "by": by, "referrer": referrer.digest}
+    details: dict[str, Any] = {
+        "reason": reason,
+        "by": by,
+        "referrer": referrer.digest,
+        "revocation_list_version": list_version,
+    }
     if cascade_from:
         details["cascade_from"] = cascade_from
-    image = f"{ref.registry}/{ref.repository}"
     ctx.audit.append(AuditAction.REVOKE, image, digest, "revoked", details)
     return Revoked(image, digest, referrer.digest, cascade_from)
 

@@ -33,6 +33,7 @@ TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
 HARDEN_COMPLIANCE = "https://harden.dev/attestation/compliance/v1"
 HARDEN_REVOCATION = "https://harden.dev/attestation/revocation/v1"
 HARDEN_OPENSCAP_SCAN = "https://harden.dev/attestation/openscap-scan/v1"
+HARDEN_REVOCATION_LIST = "https://harden.dev/attestation/revocation-list/v1"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
@@ -264,6 +265,40 @@ class OpenscapScanV1(_Open):
         return self
 
 
+class RevocationListEntry(_Open):
+    """One digest the list says must not be used: ``revoked`` (always), or ``failed`` (a
+    verification at ``at`` failed: no passing result verified at or before ``at`` counts)."""
+
+    digest: Sha256Ref
+    kind: Literal["revoked", "failed"]
+    at: UtcTime
+    reason: NonEmpty
+    by: NonEmpty
+    repository: StrictStr | None = None
+    cascadeFrom: Sha256Ref | None = None
+
+
+class RevocationListV1(_Open):
+    """The signed, expiring, append-only revocation list (all repositories, by digest).
+
+    ``version`` grows by one with every change; ``previous`` is the sha256 (hex) of the previous
+    version's statement bytes, so a version that drops entries cannot pass for a successor."""
+
+    version: StrictInt = Field(ge=1)
+    previous: StrictStr | None = None
+    issuedAt: UtcTime
+    expiresAt: UtcTime
+    entries: list[RevocationListEntry] = Field(max_length=100_000)
+
+    @model_validator(mode="after")
+    def _window(self) -> RevocationListV1:
+        if self.expiresAt <= self.issuedAt:
+            raise ValueError("expiresAt must be after issuedAt")
+        if (self.version == 1) != (self.previous is None):
+            raise ValueError("previous is required from version 2 on (and only there)")
+        return self
+
+
 # ---------------------------------------------------------------- the statement
 
 _P = TypeVar("_P", bound=BaseModel)
@@ -314,6 +349,9 @@ class Statement(_Open):
 
     def openscap_scan(self) -> OpenscapScanV1:
         return self._typed(HARDEN_OPENSCAP_SCAN, OpenscapScanV1)
+
+    def revocation_list(self) -> RevocationListV1:
+        return self._typed(HARDEN_REVOCATION_LIST, RevocationListV1)
 
 
 def _first_error(e: ValidationError) -> str:

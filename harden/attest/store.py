@@ -192,21 +192,29 @@ def fetch_envelopes(
     labelled with the referrer's digest; an unreachable registry raises RegistryError.
     """
     referrers = list_attestations(client, repository, digest)
-    items: list[FetchedEnvelope] = []
-    problems: list[AttestationProblem] = []
-    for referrer in referrers:
+
+    def read(referrer: Descriptor) -> FetchedEnvelope | AttestationProblem:
         try:
             layer = _layer(client, repository, referrer)
             if layer.size > max_bytes:
                 raise InputError(
                     f"envelope is {layer.size} bytes, more than the limit of {max_bytes}"
                 )
-            blob = client.get_blob(repository, layer.digest, max_bytes)
-            items.append(FetchedEnvelope(referrer.digest, blob))
+            return FetchedEnvelope(
+                referrer.digest, client.get_blob(repository, layer.digest, max_bytes)
+            )
         except RegistryError:
             raise
         except HardenError as e:  # DigestMismatch, InputError: bad content, not a broken registry
-            problems.append(AttestationProblem(referrer.digest, ProblemKind.UNREADABLE, e.message))
+            return AttestationProblem(referrer.digest, ProblemKind.UNREADABLE, e.message)
+
+    items: list[FetchedEnvelope] = []
+    problems: list[AttestationProblem] = []
+    for found in client.map_concurrently(read, referrers):  # in the order of ``referrers``
+        if isinstance(found, FetchedEnvelope):
+            items.append(found)
+        else:
+            problems.append(found)
     return FetchedEnvelopes(tuple(items), tuple(problems), tuple(referrers))
 
 
@@ -242,3 +250,63 @@ def sign_statements(
         SignedStatement(str(s["predicateType"]), dsse.sign(serialize(s), signer))
         for s in statements
     ]
+
+
+# ---- signed artifacts at a tag (the revocation list, audit checkpoints) -------------------------
+def push_signed_artifact(
+    client: RegistryClient,
+    repository: str,
+    tags: Sequence[str],
+    artifact_type: str,
+    envelope: bytes,
+    annotations: Mapping[str, str],
+) -> str:
+    """Push one DSSE envelope as an OCI artifact (empty config, one layer) and tag it with each
+    of ``tags`` in order; returns the manifest digest."""
+    from harden.oci.model import (
+        EMPTY_DATA,
+        EMPTY_DIGEST,
+        EMPTY_MEDIA_TYPE,
+        OCI_MANIFEST,
+        canonical_json,
+        compute_digest,
+    )
+
+    blob = Descriptor(artifact_type, compute_digest(envelope), len(envelope))
+    data = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": EMPTY_DIGEST, "size": 2},
+            "layers": [blob.to_json()],
+            "annotations": dict(annotations),
+        }
+    )
+    for content, digest in ((EMPTY_DATA, EMPTY_DIGEST), (envelope, blob.digest)):
+        if not client.blob_exists(repository, digest):
+            client.upload_blob(repository, content, digest)
+    digest = compute_digest(data)
+    client.put_manifest(repository, digest, data, OCI_MANIFEST)
+    for tag in tags:
+        client.put_manifest(repository, tag, data, OCI_MANIFEST)
+    return digest
+
+
+def read_signed_artifact(
+    client: RegistryClient, repository: str, tag: str, max_bytes: int
+) -> bytes | None:
+    """The envelope of the artifact at ``tag`` (None when the tag does not exist); bad content
+    raises InputError (or DigestMismatch), an unreachable registry RegistryError."""
+    from harden.oci.client import RegistryNotFound
+
+    try:
+        manifest = client.get_manifest(repository, tag)
+    except RegistryNotFound:
+        return None
+    layers = manifest.layers
+    if manifest.is_index or len(layers) != 1:
+        raise InputError(f"{repository}:{tag} is not a single-envelope artifact")
+    if layers[0].size > max_bytes:
+        raise InputError(f"{repository}:{tag} is larger than {max_bytes} bytes")
+    return client.get_blob(repository, layers[0].digest, max_bytes)

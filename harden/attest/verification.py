@@ -8,8 +8,11 @@ Each referrer becomes one :class:`CheckedAttestation`: a verified statement, or 
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harden.attest.dsse import VerifiedStatement, verify
 from harden.attest.keys import PublicKey
@@ -60,9 +63,13 @@ def newest_compliance(
 ) -> tuple[tuple[VerifiedStatement, ComplianceV1] | None, list[str]]:
     """The one choice of "the latest compliance": among verified statements (already about the
     right subject), the compliance predicate with the newest ``verifiedAt``, and the malformed
-    ones found on the way. The promotion gate, status and the evidence bundle all use it."""
+    ones found on the way. The promotion gate, status and the evidence bundle all use it.
+
+    Equal ``verifiedAt`` are decided by :func:`_precedence`, never by the order of the
+    statements (the order of a referrers index, which whoever can push chooses): ties fail
+    closed."""
     problems: list[str] = []
-    best: tuple[VerifiedStatement, ComplianceV1] | None = None
+    best: tuple[tuple[Any, ...], VerifiedStatement, ComplianceV1] | None = None
     for s in statements:
         if s.statement.predicateType != HARDEN_COMPLIANCE:
             continue
@@ -71,9 +78,24 @@ def newest_compliance(
         except AttestationError as e:
             problems.append(f"compliance attestation signed by {s.keyid[:12]}: {e.message}")
             continue
-        if best is None or c.verifiedAt > best[1].verifiedAt:
-            best = (s, c)
-    return best, problems
+        key = _precedence(c, s.payload)
+        if best is None or key > best[0]:
+            best = (key, s, c)
+    return (best[1], best[2]) if best else None, problems
+
+
+def _precedence(c: ComplianceV1, payload: bytes) -> tuple[Any, ...]:
+    """Order of compliance results, independent of where they sit in the index: the latest
+    verifiedAt; on a tie the failing one, then the one expiring first (validUntil, waivers),
+    then the larger statement hash (arbitrary, but the same every time)."""
+    first_waiver = min((w.expires for w in c.waivers), default=dt.date.max)
+    return (
+        c.verifiedAt,
+        not c.compliant,
+        -c.validUntil.timestamp(),
+        -first_waiver.toordinal(),
+        hashlib.sha256(payload).hexdigest(),
+    )
 
 
 def check_attestations(

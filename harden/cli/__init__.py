@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "rebuild": "harden.cli.rebuild_cmd:rebuild",
     "plan": "harden.cli.rebuild_cmd:plan",
     "revoke": "harden.cli.revoke_cmd:revoke",
+    "revocations": "harden.cli.revocations_cmd:revocations",
 }
 
 

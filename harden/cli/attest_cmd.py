@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from harden.cli.common import (
     compliance_state,
     context,
     dump_json,
+    duration,
     emit,
     load_signer_from_uri,
     load_trusted,
@@ -41,14 +43,19 @@ def _table(rows: list[list[str]]) -> str:
 )
 @click.option("--baseline", "baseline_id", default=None, help="Baseline id (without --definition).")
 @baselines_option
-@click.option("--valid-for", default=None, help="Validity window (default: max_age or 30d).")
+@click.option(
+    "--valid-for",
+    default=None,
+    callback=duration,
+    help="Validity window, e.g. 12h, 30d, 4w (default: max_age or 30d).",
+)
 def attest(
     ref: str,
     key_uri: str,
     definition: Path | None,
     baseline_id: str | None,
     baseline_dirs: tuple[Path, ...],
-    valid_for: str | None,
+    valid_for: dt.timedelta | None,
 ) -> None:
     """Verify the registry image REF now, sign the result and attach it as referrers.
 
@@ -58,11 +65,10 @@ def attest(
     verification found: a FAILED result is attested too), 3 bad input, 4 registry/key problems.
     """
     from harden.app.attest import attest as run_attest
-    from harden.imagedef import load_definition, parse_duration
+    from harden.imagedef import load_definition
 
     signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
     defn = load_definition(definition) if definition else None
-    validity = parse_duration(valid_for) if valid_for else None
     done = run_attest(
         ref,
         signer,
@@ -70,7 +76,7 @@ def attest(
         context(),
         definition=defn,
         baseline_id=baseline_id,
-        validity=validity,
+        validity=valid_for,
     )
     state = compliance_state(done.compliant)
     emit(_table([[a.referrer, a.predicate_type, state] for a in done.attached]), None)

@@ -56,12 +56,27 @@ def audit() -> None:
     default=None,
     help="A head recorded earlier (e.g. in a CI log); fail if it is no longer in the chain.",
 )
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trusted public key for the signed checkpoints at $HARDEN_AUDIT_ANCHOR; repeatable.",
+)
 @click.pass_context
-def verify(ctx: click.Context, expect_head: str | None) -> None:
-    """Check the hash chain; exit 1 and list each problem when the log was tampered with."""
+def verify(ctx: click.Context, expect_head: str | None, keys: tuple[Path, ...]) -> None:
+    """Check the hash chain; exit 1 and list each problem when the log was tampered with.
+
+    With HARDEN_AUDIT_ANCHOR set, the log is also checked against the latest signed checkpoint
+    there (--key): a cut tail or an entry appended without the audit key is detected."""
+    from harden.attest.checkpoint import verify_log
+    from harden.attest.keys import load_public_key
+
     anchor = _parse_head(expect_head) if expect_head else None
     log = _log()
-    problems = log.verify(expected_head=anchor)
+    problems = verify_log(log, [load_public_key(k) for k in keys])
+    if anchor is not None:
+        problems += [p for p in log.verify(expected_head=anchor) if p not in problems]
     if problems:
         emit("\n".join(problems), None)
         progress(f"audit log TAMPERED: {len(problems)} problem(s) in {log.path}")

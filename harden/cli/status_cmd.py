@@ -177,7 +177,7 @@ def junit_xml(statuses: Sequence[ImageStatus], checked_at: str) -> str:
         name = f"{st.name} ({st.label})"
         if st.state is State.UNKNOWN:
             cases.append(Case(name, error="; ".join(st.reasons) or "unknown"))
-        elif st.needs_rebuild:
+        elif st.needs_rebuild or st.state is State.SERVING_REVOKED:
             cases.append(Case(name, tuple(st.reasons) or (st.label,), failure_type=st.state.value))
         else:
             cases.append(Case(name))

@@ -12,21 +12,28 @@ bad content, not a broken environment, so :class:`DigestMismatch` exits with
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import ipaddress
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
 
-from harden.errors import InputError, RegistryError
+from harden.errors import HardenError, InputError, RegistryError
 from harden.oci.auth import Credentials, load_docker_credentials
 from harden.oci.types import (
     ALL_MANIFEST_TYPES,
@@ -57,10 +64,150 @@ _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
 _DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 
+#: the overall deadline of one registry operation (a manifest read, a referrers listing with
+#: every page, a blob streamed or uploaded), in seconds; the environment variable overrides it
+DEADLINE_ENV = "HARDEN_REGISTRY_DEADLINE"
+DEFAULT_DEADLINE = 600.0
+#: seconds without a single byte from the registry before a read is given up
+READ_TIMEOUT_ENV = "HARDEN_REGISTRY_READ_TIMEOUT"
+DEFAULT_READ_TIMEOUT = 30.0
+_CONNECT_TIMEOUT = 10.0
+MAX_REDIRECTS = 5
+MAX_REFERRER_PAGES = 32
+MAX_REFERRERS = 1000
+#: parallel reads of referrer manifests and envelopes (small: a registry is shared)
+FETCH_WORKERS = 4
+
+_T = TypeVar("_T")
+
+
+# ---- bounded time: one deadline per operation, enforced on the socket ------------------------
+@dataclass
+class _Operation:
+    """One registry operation: its deadline, and the connection it is reading from now.
+
+    A watchdog timer shuts the connection's socket down when the deadline passes, so a server
+    that trickles one byte at a time (each byte resets the per-read timeout) is still cut off."""
+
+    deadline: float
+    what: str = ""
+    expired: bool = False
+    connection: Any = None
+    timer: threading.Timer | None = field(default=None, repr=False)
+
+    def expire(self) -> None:
+        self.expired = True
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+_CURRENT = threading.local()  # .op: the _Operation this thread is running, if any
+
+
+def _current_op() -> _Operation | None:
+    return getattr(_CURRENT, "op", None)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        op = _current_op()
+        if op is not None:
+            op.connection = self
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        op = _current_op()
+        if op is not None:
+            op.connection = self
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections tell the running operation which socket to cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise InputError(
+            f"{name}={raw!r} is not a positive number of seconds",
+            hint=f"e.g. {name}={int(default)}",
+        )
+    return value
+
+
+def _timeout_error(what: str, registry: str, deadline: float) -> RegistryError:
+    return RegistryTimeout(
+        f"{what}: {registry} did not finish within {deadline:g} s",
+        hint=f"check the registry's load and network, or raise {DEADLINE_ENV} "
+        f"(seconds, now {deadline:g})",
+    )
+
+
+def _operation(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a client method as one operation with one deadline (nested calls share it)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RegistryClient, *args: Any, **kwargs: Any) -> _T:
+        if _current_op() is not None:
+            return method(self, *args, **kwargs)
+        op = self._start_operation(method.__name__)
+        _CURRENT.op = op
+        try:
+            return method(self, *args, **kwargs)
+        except (HardenError, requests.RequestException, OSError) as e:
+            if op.expired:
+                raise _timeout_error(op.what, self.registry, self.deadline) from e
+            if isinstance(e, HardenError):
+                raise
+            _raise_for(op.what, self.registry, exc=e)
+        finally:
+            _CURRENT.op = None
+            self._end_operation(op)
+
+    return wrapper
+
 
 # ---- errors ----------------------------------------------------------------------------------
 class RegistryAuthError(RegistryError):
     """401/403: missing, wrong or insufficient credentials."""
+
+
+class RegistryTimeout(RegistryError):
+    """The registry did not finish an operation within its deadline (exit 4)."""
+
+
+class RegistryProtocolError(InputError):
+    """The registry's answer breaks the protocol in a way no healthy registry does (a
+    pagination loop, too many pages or entries, a blob longer than its descriptor): exit 3."""
 
 
 class RegistryNotFound(RegistryError):
@@ -104,9 +251,32 @@ def _raise_for(
                 hint="pass the registry's CA certificate (ca_bundle or HARDEN_REGISTRY_CA)",
             ) from exc
         if isinstance(exc, requests.exceptions.Timeout):
+            raise RegistryTimeout(
+                f"{what}: {registry} sent nothing for too long",
+                hint=f"check the registry's load and network, or raise {READ_TIMEOUT_ENV} "
+                "(seconds without a byte)",
+            ) from exc
+        if isinstance(exc, requests.exceptions.TooManyRedirects):
             raise RegistryError(
-                f"{what}: {registry} did not answer in time",
-                hint="check the registry's load and network, or raise the timeout",
+                f"{what}: {registry} redirected more than {MAX_REDIRECTS} times",
+                hint="the registry (or a proxy in front of it) redirects in a loop",
+            ) from exc
+        if isinstance(
+            exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError
+        ):
+            raise RegistryError(
+                f"{what}: {registry} broke off the answer (body cut short or malformed)",
+                hint="retry; if it persists, look at the registry and any proxy in between",
+            ) from exc
+        if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+            raise RegistryError(
+                f"{what}: {registry} pointed harden at an invalid URL",
+                hint="the registry's Location or Link headers are broken",
+            ) from exc
+        if not isinstance(exc, requests.ConnectionError | OSError):
+            raise RegistryError(
+                f"{what}: the exchange with {registry} failed ({type(exc).__name__})",
+                hint="retry; if it persists, look at the registry and the network",
             ) from exc
         raise RegistryError(
             f"{what}: cannot connect to {registry}",
@@ -145,13 +315,20 @@ def _read_bounded(
         response.close()
         raise InputError(f"{what} is {length} bytes, more than the limit of {max_bytes}")
     buf = bytearray()
-    for chunk in response.iter_content(65536):
-        buf += chunk
-        if len(buf) > max_bytes:
-            response.close()
-            if not strict:
-                return bytes(buf[:max_bytes])
-            raise InputError(f"{what} is larger than the limit of {max_bytes} bytes")
+    try:
+        for chunk in response.iter_content(65536):
+            buf += chunk
+            if len(buf) > max_bytes:
+                response.close()
+                if not strict:
+                    return bytes(buf[:max_bytes])
+                raise InputError(f"{what} is larger than the limit of {max_bytes} bytes")
+    except requests.RequestException as e:
+        response.close()
+        _raise_for(f"read {what}", urlsplit(str(response.url)).netloc, exc=e)
+    op = _current_op()
+    if op is not None and op.expired:  # the watchdog cut the socket: what we have is partial
+        raise RegistryTimeout(f"read {what}: the deadline passed while reading")
     return bytes(buf)
 
 
@@ -198,6 +375,34 @@ def _with_query(url: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+MAX_TAG_PAGES = 1000
+
+
+def _check_page(url: str, seen: set[str], what: str, max_pages: int) -> None:
+    """Refuse a pagination loop (a Link rel=next seen before) and more than ``max_pages``."""
+    key = urlsplit(url)._replace(scheme="", netloc="").geturl()
+    if key in seen:
+        raise RegistryProtocolError(
+            f"{what}: the registry's pagination loops (Link rel=next back to a page it gave)",
+            hint="do not trust this registry's answers",
+        )
+    if len(seen) >= max_pages:
+        raise RegistryProtocolError(
+            f"{what}: more than {max_pages} pages",
+            hint="harden reads at most that many pages; clean up the repository",
+        )
+    seen.add(key)
+
+
+def check_referrer_count(count: int, what: str) -> None:
+    """More than MAX_REFERRERS referrers of one manifest is refused, not read one by one."""
+    if count > MAX_REFERRERS:
+        raise RegistryProtocolError(
+            f"{what} has more than {MAX_REFERRERS} referrers",
+            hint="harden reads at most that many; delete stale referrers or attestations",
+        )
+
+
 def _next_link(response: requests.Response) -> str | None:
     link = response.headers.get("Link")
     if not link:
@@ -216,23 +421,39 @@ class RegistryClient:
         credentials: Credentials | None = None,
         ca_bundle: str | None = None,
         insecure_http: bool | None = None,
-        timeout: float = 30,
+        timeout: float | None = None,
+        deadline: float | None = None,
         max_retries: int = 4,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``insecure_http=None`` means plain http for loopback (127.0.0.0/8, localhost, ::1)
-        unless a ``ca_bundle`` is given, https otherwise."""
+        unless a ``ca_bundle`` is given, https otherwise.
+
+        ``timeout`` is how long a read may wait for a single byte (default
+        :data:`READ_TIMEOUT_ENV` or 30 s); ``deadline`` bounds a whole operation, however slowly
+        the bytes trickle in (default :data:`DEADLINE_ENV` or 600 s)."""
         self.registry = registry
         if insecure_http is None:
             insecure_http = ca_bundle is None and _is_loopback(registry)
         self.base_url = f"{'http' if insecure_http else 'https'}://{registry}"
-        self.timeout = timeout
+        self.timeout = (
+            timeout if timeout is not None else _env_seconds(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT)
+        )
+        self.deadline = (
+            deadline if deadline is not None else _env_seconds(DEADLINE_ENV, DEFAULT_DEADLINE)
+        )
         self.max_retries = max_retries
         self.sleep = sleep
         self._credentials = credentials
         self._verify: bool | str = ca_bundle or os.environ.get("HARDEN_REGISTRY_CA") or True
-        self._session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            adapter = _WatchedAdapter(pool_maxsize=2 * FETCH_WORKERS)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        session.max_redirects = MAX_REDIRECTS
+        self._session = session
         self._lock = threading.Lock()
         self._no_referrers_api = False  # learned from a 404 without an error body
         self._manifests: dict[tuple[str, str], Manifest] = {}  # (repo, digest): immutable
@@ -249,6 +470,31 @@ class RegistryClient:
             ref.registry, credentials=load_docker_credentials(ref.registry), ca_bundle=ca_bundle
         )
 
+    # ---- operations and their deadline ---------------------------------------------------
+    def _start_operation(self, what: str) -> _Operation:
+        op = _Operation(deadline=time.monotonic() + self.deadline, what=what)
+        timer = threading.Timer(self.deadline, op.expire)
+        timer.daemon = True
+        op.timer = timer
+        timer.start()
+        return op
+
+    @staticmethod
+    def _end_operation(op: _Operation) -> None:
+        if op.timer is not None:
+            op.timer.cancel()
+
+    def map_concurrently(
+        self, fn: Callable[[Any], _T], items: Sequence[Any], workers: int = FETCH_WORKERS
+    ) -> list[_T]:
+        """``[fn(x) for x in items]`` on a small bounded pool, results in order; the first
+        exception (in item order) is raised after every call has finished."""
+        if len(items) <= 1 or workers <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            futures = [pool.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+
     # ---- transport ---------------------------------------------------------------------------
     def _url(self, path_or_url: str) -> str:
         return urljoin(self.base_url + "/", path_or_url)
@@ -262,12 +508,22 @@ class RegistryClient:
         headers: dict[str, str],
         data: bytes | Iterable[bytes] | None = None,
         stream: bool = False,
+        redirects: bool | None = None,
     ) -> requests.Response:
-        """One request with bounded retries on 429, 5xx and connection errors."""
+        """One request with bounded retries on 429, 5xx and connection errors, within the
+        running operation's deadline; redirects only for GET/HEAD, at most MAX_REDIRECTS."""
         resendable = data is None or isinstance(data, bytes)
+        follow = method in ("GET", "HEAD") if redirects is None else redirects
+        op = _current_op()
         attempt = 0
         while True:
             log.debug("%s %s", method, urlsplit(url).path)
+            read_timeout = self.timeout
+            if op is not None:
+                left = op.remaining()
+                if left <= 0 or op.expired:
+                    raise _timeout_error(what, self.registry, self.deadline)
+                read_timeout = min(read_timeout, left)
             try:
                 response = self._session.request(
                     method,
@@ -275,16 +531,20 @@ class RegistryClient:
                     headers=headers,
                     data=data,
                     stream=stream,
-                    timeout=self.timeout,
+                    timeout=(min(_CONNECT_TIMEOUT, read_timeout), read_timeout),
                     verify=self._verify,
-                    allow_redirects=method in ("GET", "HEAD"),
+                    allow_redirects=follow,
                 )
             except requests.exceptions.SSLError as e:
                 _raise_for(what, self.registry, exc=e)
             except (requests.ConnectionError, requests.Timeout) as e:
+                if op is not None and op.expired:
+                    raise _timeout_error(what, self.registry, self.deadline) from e
                 if attempt >= self.max_retries or not resendable:
                     _raise_for(what, self.registry, exc=e)
                 delay = self._backoff(attempt)
+            except requests.RequestException as e:  # redirect loop, invalid URL, ...
+                _raise_for(what, self.registry, exc=e)
             else:
                 if response.status_code not in _RETRY_STATUS or attempt >= self.max_retries:
                     return response
@@ -293,6 +553,8 @@ class RegistryClient:
                 delay = self._retry_after(response) or self._backoff(attempt)
                 response.close()
             attempt += 1
+            if op is not None and delay >= op.remaining():
+                raise _timeout_error(what, self.registry, self.deadline)
             log.debug("retrying %s in %.2fs (attempt %d)", what, delay, attempt)
             self.sleep(delay)
 
@@ -391,13 +653,21 @@ class RegistryClient:
             form["scope"] = " ".join(sorted(set(scopes)))
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             response = self._send(
-                "POST", realm, f"{what} (token)", headers=headers, data=urlencode(form).encode()
+                "POST",
+                realm,
+                f"{what} (token)",
+                headers=headers,
+                data=urlencode(form).encode(),
+                redirects=False,
             )
         else:
             if creds is not None and (creds.username or creds.password):
                 headers["Authorization"] = self._basic()
             url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
-            response = self._send("GET", url, f"{what} (token)", headers=headers, stream=True)
+            # credentials go to the realm the registry named and nowhere else: no redirects
+            response = self._send(
+                "GET", url, f"{what} (token)", headers=headers, stream=True, redirects=False
+            )
         if response.status_code != 200:
             _raise_for(
                 f"{what} (token from {urlsplit(realm).netloc})", self.registry, response=response
@@ -420,10 +690,12 @@ class RegistryClient:
     def _push(repo: str) -> list[str]:
         return [f"repository:{repo}:pull,push"]
 
+    @_operation
     def ping(self) -> None:
         """GET /v2/: the registry speaks the API and accepts our credentials."""
         self._request("GET", "/v2/", f"ping {self.registry}").close()
 
+    @_operation
     def get_manifest(
         self,
         repo: str,
@@ -477,6 +749,7 @@ class RegistryClient:
         found = self.head_manifest_with_etag(repo, ref)
         return found[0] if found else None
 
+    @_operation
     def head_manifest_with_etag(self, repo: str, ref: str) -> tuple[Descriptor, str | None] | None:
         """Descriptor and ETag (for If-Match) of a manifest, or None when it does not exist."""
         what = f"head manifest {repo}:{ref}"
@@ -503,6 +776,7 @@ class RegistryClient:
             return self.get_manifest(repo, ref).descriptor(), etag
         return Descriptor(media_type=media_type, digest=digest, size=int(length)), etag
 
+    @_operation
     def put_manifest(
         self,
         repo: str,
@@ -541,6 +815,7 @@ class RegistryClient:
             etag=response.headers.get("ETag"),
         )
 
+    @_operation
     def delete_manifest(self, repo: str, digest: str) -> None:
         self._request(
             "DELETE",
@@ -550,6 +825,7 @@ class RegistryClient:
             ok=(200, 202),
         ).close()
 
+    @_operation
     def blob_exists(self, repo: str, digest: str) -> bool:
         response = self._request(
             "HEAD",
@@ -561,6 +837,7 @@ class RegistryClient:
         response.close()
         return response.status_code == 200
 
+    @_operation
     def get_blob(self, repo: str, digest: str, max_bytes: int) -> bytes:
         """A whole blob, at most ``max_bytes``, verified against its digest."""
         what = f"get blob {repo}@{digest}"
@@ -572,23 +849,59 @@ class RegistryClient:
         verify_digest(data, digest, what)
         return data
 
-    def open_blob(self, repo: str, digest: str) -> Iterator[bytes]:
-        """Stream a blob in chunks; raises DigestMismatch after the last chunk if it is wrong."""
+    def open_blob(self, repo: str, digest: str, size: int | None = None) -> Iterator[bytes]:
+        """Stream a blob in chunks; raises DigestMismatch after the last chunk if it is wrong.
+
+        ``size`` (the descriptor's) caps the stream: a registry that sends more is cut off at
+        once (RegistryProtocolError), not after the extra gigabytes. The stream is one
+        operation with its own deadline, however the consumer interleaves it with other calls.
+        """
         what = f"get blob {repo}@{digest}"
         hasher = new_hasher(digest)
-        response = self._request(
-            "GET", f"/v2/{repo}/blobs/{digest}", what, scopes=self._pull(repo), stream=True
-        )
+        op = self._start_operation(what)
+        outer = _current_op()
+        _CURRENT.op = op
         try:
-            for chunk in response.iter_content(_READ_CHUNK):
-                hasher.update(chunk)
-                yield chunk
-        except requests.RequestException as e:
-            _raise_for(what, self.registry, exc=e)
+            try:
+                response = self._request(
+                    "GET", f"/v2/{repo}/blobs/{digest}", what, scopes=self._pull(repo), stream=True
+                )
+            finally:
+                _CURRENT.op = outer
+            length = response.headers.get("Content-Length", "")
+            if size is not None and length.isdigit() and int(length) > size:
+                response.close()
+                raise RegistryProtocolError(
+                    f"{what}: the registry announces {length} bytes, the descriptor says {size}"
+                )
+            received = 0
+            try:
+                for chunk in response.iter_content(_READ_CHUNK):
+                    received += len(chunk)
+                    if size is not None and received > size:
+                        raise RegistryProtocolError(
+                            f"{what}: the registry sent more than the descriptor's {size} bytes",
+                            hint="do not trust this registry's answer",
+                        )
+                    hasher.update(chunk)
+                    yield chunk
+            except requests.RequestException as e:
+                if op.expired:
+                    raise _timeout_error(what, self.registry, self.deadline) from e
+                _raise_for(what, self.registry, exc=e)
+            finally:
+                response.close()
+            if op.expired:
+                raise _timeout_error(what, self.registry, self.deadline)
+            if size is not None and received != size:
+                raise RegistryProtocolError(
+                    f"{what}: the registry sent {received} bytes, the descriptor says {size}"
+                )
+            check_hasher(hasher, digest, what)
         finally:
-            response.close()
-        check_hasher(hasher, digest, what)
+            self._end_operation(op)
 
+    @_operation
     def upload_blob(self, repo: str, data: bytes | Iterable[bytes], digest: str) -> None:
         """POST an upload, then one monolithic PUT (bytes) or PATCH chunks + PUT (iterable).
 
@@ -604,33 +917,30 @@ class RegistryClient:
             "POST", f"/v2/{repo}/blobs/uploads/", what, scopes=scopes, ok=(202,), data=b""
         )
         response.close()
-        location = self._location(response, what)
-        if isinstance(data, bytes):
-            final = data
-        else:
-            try:
-                location, final, hasher = self._patch_chunks(location, data, hasher, scopes, what)
-            except BaseException:
-                self._cancel_upload(location, scopes, what)
-                raise
-            try:
+        upload = [self._location(response, what)]  # the current upload URL, kept up to date
+        try:
+            if isinstance(data, bytes):
+                final = data
+            else:
+                final, hasher = self._patch_chunks(upload, data, hasher, scopes, what)
                 check_hasher(hasher, digest, what)
-            except DigestMismatch:
-                self._cancel_upload(location, scopes, what)
-                raise
-        self._request(
-            "PUT",
-            _with_query(self._url(location), digest=digest),
-            what,
-            scopes=scopes,
-            headers={"Content-Type": "application/octet-stream"},
-            data=final,
-            ok=(201, 204),
-        ).close()
+            self._request(
+                "PUT",
+                _with_query(self._url(upload[0]), digest=digest),
+                what,
+                scopes=scopes,
+                headers={"Content-Type": "application/octet-stream"},
+                data=final,
+                ok=(201, 204),
+            ).close()
+        except BaseException:
+            # never leave a half-written upload behind on the destination
+            self._cancel_upload(upload[0], scopes, what)
+            raise
 
     def _patch_chunks(
-        self, location: str, data: Iterable[bytes], hasher: Any, scopes: list[str], what: str
-    ) -> tuple[str, bytes, Any]:
+        self, upload: list[str], data: Iterable[bytes], hasher: Any, scopes: list[str], what: str
+    ) -> tuple[bytes, Any]:
         buf = bytearray()
         offset = 0
         for chunk in data:
@@ -641,7 +951,7 @@ class RegistryClient:
                 del buf[:UPLOAD_CHUNK]
                 response = self._request(
                     "PATCH",
-                    location,
+                    upload[0],
                     what,
                     scopes=scopes,
                     headers={
@@ -653,8 +963,8 @@ class RegistryClient:
                 )
                 response.close()
                 offset += len(part)
-                location = self._location(response, what)
-        return location, bytes(buf), hasher
+                upload[0] = self._location(response, what)
+        return bytes(buf), hasher
 
     def _location(self, response: requests.Response, what: str) -> str:
         location = response.headers.get("Location")
@@ -663,13 +973,22 @@ class RegistryClient:
         return self._url(location)
 
     def _cancel_upload(self, location: str, scopes: list[str], what: str) -> None:
+        """DELETE an unfinished upload, in an operation of its own (the failed one may be out
+        of time); failing to cancel is logged, never raised over the original error."""
+        outer = _current_op()
+        op = self._start_operation(f"{what} (cancel)")
+        _CURRENT.op = op
         try:
             self._request(
                 "DELETE", location, f"{what} (cancel)", scopes=scopes, ok=(200, 202, 204, 404)
             ).close()
-        except RegistryError:
+        except (HardenError, requests.RequestException, OSError):
             log.debug("could not cancel upload for %s", what)
+        finally:
+            _CURRENT.op = outer
+            self._end_operation(op)
 
+    @_operation
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Cross-repository mount: True when mounted (201), False when the registry refused."""
         what = f"mount blob {digest} from {from_repo} into {repo}"
@@ -689,11 +1008,14 @@ class RegistryClient:
             self._cancel_upload(self._url(response.headers["Location"]), scopes, what)
         return False
 
+    @_operation
     def list_tags(self, repo: str) -> list[str]:
         """All tags of a repository (follows pagination); empty when the repository is unknown."""
         tags: list[str] = []
         url: str | None = f"/v2/{repo}/tags/list?n=1000"
+        seen: set[str] = set()
         while url:
+            _check_page(url, seen, f"tag list of {repo}", MAX_TAG_PAGES)
             response = self._request(
                 "GET",
                 url,
@@ -710,6 +1032,7 @@ class RegistryClient:
             url = _next_link(response)
         return tags
 
+    @_operation
     def referrers_api(
         self, repo: str, digest: str, artifact_type: str | None = None
     ) -> Manifest | None:
@@ -723,7 +1046,9 @@ class RegistryClient:
         url: str | None = first
         entries: list[Any] = []
         pages: list[bytes] = []
+        seen: set[str] = set()
         while url:
+            _check_page(url, seen, f"referrers of {repo}@{digest}", MAX_REFERRER_PAGES)
             response = self._request(
                 "GET",
                 url,
@@ -743,9 +1068,13 @@ class RegistryClient:
                 return None
             data = _read_bounded(response, MAX_MANIFEST_BYTES, f"referrers of {digest}")
             try:
-                entries += json.loads(data).get("manifests") or []
+                page = json.loads(data).get("manifests") or []
             except (ValueError, AttributeError) as e:
                 raise InputError(f"{what}: the referrers response is not an image index") from e
+            if not isinstance(page, list):
+                raise InputError(f"{what}: the referrers response is not an image index")
+            entries += page
+            check_referrer_count(len(entries), f"{repo}@{digest}")
             pages.append(data)
             url = _next_link(response)
         if len(pages) == 1:

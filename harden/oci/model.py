@@ -36,8 +36,10 @@ from harden.oci.types import (
     Reference,
     canonical_json,
     check_hasher,
+    check_not_reserved,
     compute_digest,
     is_digest,
+    is_reserved_tag,
     new_hasher,
     parse_reference,
     referrers_tag,
@@ -66,9 +68,11 @@ __all__ = [
     "add_to_referrers_index",
     "canonical_json",
     "check_hasher",
+    "check_not_reserved",
     "compute_digest",
     "copy_image",
     "is_digest",
+    "is_reserved_tag",
     "list_referrers",
     "new_hasher",
     "parse_reference",
@@ -231,6 +235,12 @@ def list_referrers(
                 f"{repository}:{referrers_tag(subject_digest)} is not an image index",
                 hint="that tag is reserved for the OCI referrers tag schema",
             )
+    from harden.oci.client import check_referrer_count
+
+    entries = index.json().get("manifests")
+    check_referrer_count(
+        len(entries) if isinstance(entries, list) else 0, f"{repository}@{subject_digest}"
+    )
     found = index.manifests
     if artifact_type is not None:
         found = [d for d in found if d.artifact_type == artifact_type]
@@ -266,6 +276,8 @@ def copy_image(
     """
     if tag is not None and not _TAG_RE.match(tag):
         raise InputError(f"not a valid tag: {tag!r}")
+    if tag is not None:
+        check_not_reserved(tag)
     copier = _Copier(src, src_repo, dst, dst_repo, progress or (lambda _message: None))
     manifest = src.get_manifest(src_repo, digest)
     copier.manifest(manifest)
@@ -333,7 +345,7 @@ class _Copier:
             self.note(f"blob {short} already present")
             return
         self.dst.upload_blob(
-            self.dst_repo, self.src.open_blob(self.src_repo, blob.digest), blob.digest
+            self.dst_repo, self.src.open_blob(self.src_repo, blob.digest, blob.size), blob.digest
         )
         self.note(f"blob {short} copied ({blob.size} bytes)")
 
@@ -341,7 +353,13 @@ class _Copier:
         found = list_referrers(self.src, self.src_repo, subject_digest)
         if not found:
             return
-        _parallel(lambda r: self.manifest(self.src.get_manifest(self.src_repo, r.digest)), found)
+        # read (and verify) the referrer manifests on a small pool; they are cached by digest,
+        # so the sequential writes below do not read them again
+        manifests = self.src.map_concurrently(
+            lambda r: self.src.get_manifest(self.src_repo, r.digest), found
+        )
+        for m in manifests:
+            self.manifest(m)
         if not self.dst_has_referrers_api(subject_digest):
             add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
         self.note(f"{len(found)} referrer(s) of {subject_digest[:19]} copied")

@@ -105,6 +105,24 @@ def referrers_tag(digest: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", tag)
 
 
+_RESERVED_TAG_RE = re.compile(r"^(?:sha\d+-.*|[a-z0-9]{1,32}-[a-f0-9]{64})$")
+
+
+def is_reserved_tag(tag: str) -> bool:
+    """A tag the OCI referrers tag schema owns (``sha256-<hex>``, any ``<alg>-<64 hex>``, any
+    ``sha*-``): writing an image there would replace a digest's referrers index."""
+    return bool(_RESERVED_TAG_RE.match(tag))
+
+
+def check_not_reserved(tag: str) -> None:
+    if is_reserved_tag(tag):
+        raise InputError(
+            f"tag {tag!r} is reserved for the OCI referrers tag schema (the referrers index of a "
+            "digest)",
+            hint="promote to an ordinary tag such as 1.0 or latest",
+        )
+
+
 # ---- references --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Reference:

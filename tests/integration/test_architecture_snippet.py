@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = "127.0.0.1:5000"
 MARKER = "<!-- snippet: no-click -->"
+HARDEN = [sys.executable, "-c", "from harden.cli import main; main()"]
 
 
 def snippet() -> str:
@@ -62,7 +63,18 @@ def test_the_snippet_builds_verifies_and_promotes(
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "HARDEN_HOME": str(tmp_path / "home"),
         "HARDEN_KEY_PASSWORD": "snippet-pw",
+        # this run's signed revocation list, created once as a setup would (the gate requires it)
+        "HARDEN_REVOCATIONS": f"{REGISTRY}/harden-test/{run}/revocations:current",
     }
+    init = subprocess.run(
+        [*HARDEN, "revocations", "init", REGISTRY, "--key", f"file:{tmp_path / 'signing.key'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert init.returncode == 0, init.stderr
     r = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -88,7 +100,7 @@ def test_the_snippet_builds_verifies_and_promotes(
         )
         assert referrers.ok or tag_index is not None
         audit = subprocess.run(
-            [sys.executable, "-c", "from harden.cli import main; main()", "audit", "show"],
+            [*HARDEN, "audit", "show"],
             cwd=ROOT,
             env=env,
             capture_output=True,

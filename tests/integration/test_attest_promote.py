@@ -70,10 +70,21 @@ class Session:
     run: str  # unique repo prefix
 
     def env(self) -> dict[str, str]:
-        return {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
+        return {
+            "HARDEN_HOME": str(self.home),
+            "HARDEN_KEY_PASSWORD": PASSWORD,
+            "HARDEN_REVOCATIONS": self.revocations,
+        }
 
-    def harden(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return harden_cli.run(*args, env=self.env(), timeout=timeout)
+    @property
+    def revocations(self) -> str:
+        """This session's signed revocation list (the gate requires one)."""
+        return f"{REGISTRY}/harden-test/{self.run}/revocations:current"
+
+    def harden(
+        self, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return harden_cli.run(*args, env={**self.env(), **(env or {})}, timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -98,6 +109,8 @@ def sess(tmp_path_factory: pytest.TempPathFactory) -> Session:
     for prefix in ("trusted", "other"):
         r = s.harden("keygen", "--out", str(d / prefix))
         assert r.returncode == 0, r.stderr
+    r = s.harden("revocations", "init", REGISTRY, "--key", f"file:{s.key}")
+    assert r.returncode == 0, r.stderr
     return s
 
 
@@ -476,3 +489,187 @@ def test_bad_key_and_dead_registry_exit_4_malformed_ref_exit_3(
     assert r.returncode == 3, r.stderr
     r = sess.harden("build", "images/debian12.yaml", "--key", f"file:{tmp_path}/missing.key")
     assert r.returncode == 4 and "hint:" in r.stderr, r.stderr
+
+
+# ---- decisions that do not depend on absence (the signed revocation list) ---------------------
+@pytest.fixture
+def own_list(sess: Session) -> dict[str, str]:
+    """A revocation list of this test's own (revoking the golden digest in the session's list
+    would deny every later test); returns the env that points harden at it."""
+    env = {
+        "HARDEN_REVOCATIONS": f"{REGISTRY}/{sess.repo('revlist-' + uuid.uuid4().hex[:6])}:current"
+    }
+    r = sess.harden("revocations", "init", REGISTRY, "--key", f"file:{sess.key}", env=env)
+    assert r.returncode == 0, r.stderr
+    return env
+
+
+def _promote(sess: Session, ref: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    dst = f"{REGISTRY}/{sess.repo('prod/denied')}:latest"
+    return sess.harden("promote", ref, dst, "--key", str(sess.pub), "--dry-run", env=env)
+
+
+def _good_copy(fresh: Any, golden: Golden, name: str) -> tuple[str, str, Descriptor]:
+    ref, repo, subject = fresh(name)
+    for kind, env in golden.envelopes.items():
+        push(repo, subject, env, kind)
+    return ref, repo, subject
+
+
+def _drop_from_index(repo: str, digest: str, artifact_type_part: str) -> None:
+    """The attacker with push access rewrites the sha256-<hex> index without some entries."""
+    from harden.oci.model import OCI_INDEX, canonical_json, referrers_tag
+
+    client = RegistryClient(REGISTRY)
+    tag = referrers_tag(digest)
+    index = json.loads(client.get_manifest(repo, tag).data)
+    kept = [m for m in index["manifests"] if artifact_type_part not in m.get("artifactType", "")]
+    assert len(kept) < len(index["manifests"])
+    index["manifests"] = kept
+    client.put_manifest(repo, tag, canonical_json(index), OCI_INDEX)
+
+
+def test_revocation_dropped_from_the_index_still_denies(
+    sess: Session, golden: Golden, fresh: Any, own_list: dict[str, str]
+) -> None:
+    ref, repo, _ = _good_copy(fresh, golden, "drop-revocation")
+    assert _promote(sess, ref, own_list).returncode == 0
+    r = sess.harden(
+        "revoke", ref, "--key", f"file:{sess.key}", "--reason", "CVE-2026-4242", env=own_list
+    )
+    assert r.returncode == 0, r.stderr
+    _drop_from_index(repo, golden.digest, "revocation")
+    assert not [
+        d
+        for d in list_referrers(RegistryClient(REGISTRY), repo, golden.digest)
+        if "revocation" in (d.artifact_type or "")
+    ]
+    r = _promote(sess, ref, own_list)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NotRevoked: revoked in" in r.stdout and "CVE-2026-4242" in r.stdout
+
+
+def test_digest_revoked_in_one_repository_is_denied_from_another(
+    sess: Session, golden: Golden, fresh: Any, own_list: dict[str, str]
+) -> None:
+    ref_a, _, _ = _good_copy(fresh, golden, "revoked-here")
+    ref_b, _, _ = _good_copy(fresh, golden, "same-digest-there")
+    r = sess.harden(
+        "revoke", ref_a, "--key", f"file:{sess.key}", "--reason", "bad build", env=own_list
+    )
+    assert r.returncode == 0, r.stderr
+    r = _promote(sess, ref_b, own_list)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NotRevoked: revoked in" in r.stdout and ref_a.rsplit(":", 1)[0] in r.stdout
+
+
+@pytest.mark.parametrize("order", ["pass-then-fail", "fail-then-pass"])
+def test_equal_verified_at_is_denied_in_both_orders(
+    sess: Session, golden: Golden, fresh: Any, order: str
+) -> None:
+    ref, repo, subject = fresh("tie")
+    good = golden.statements[HARDEN_COMPLIANCE]
+    bad = json.loads(json.dumps(good))
+    bad["predicate"]["compliant"] = False
+    bad["predicate"]["summary"]["failed"] = 1
+    pair = [sign(sess, good), sign(sess, bad)]
+    if order == "fail-then-pass":
+        pair.reverse()
+    for env in pair:
+        push(repo, subject, env, HARDEN_COMPLIANCE)
+    denied(sess, ref, "ResultPassed", "was not compliant")
+
+
+def test_newest_failing_result_dropped_from_the_index_still_denies(
+    sess: Session,
+    golden: Golden,
+    fresh: Any,
+    own_list: dict[str, str],
+    monkeypatch: Any,
+    tmp_path: Path,
+) -> None:
+    from harden.attest import revlist
+
+    ref, repo, subject = _good_copy(fresh, golden, "drop-failure")
+    assert _promote(sess, ref, own_list).returncode == 0
+    # a later verification fails: signed, attached, recorded (what `harden attest` does) ...
+    good = golden.statements[HARDEN_COMPLIANCE]
+    bad = json.loads(json.dumps(good))
+    later = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    bad["predicate"].update(compliant=False, verifiedAt=rfc3339(later))
+    push(repo, subject, sign(sess, bad), HARDEN_COMPLIANCE)
+    monkeypatch.setenv("HARDEN_REVOCATIONS", own_list["HARDEN_REVOCATIONS"])
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "home"))
+    entry = revlist.Entry(golden.digest, "failed", later, "1 rule failed", "it", repo)
+    signer = load_signer(f"file:{sess.key}", PASSWORD.encode())
+    revlist.record(RegistryClient(REGISTRY), signer, entry, later)
+    assert _promote(sess, ref, own_list).returncode == 1
+    # ... and the attacker drops the failing result from the index: still denied
+    client = RegistryClient(REGISTRY)
+    from harden.oci.model import OCI_INDEX, canonical_json, referrers_tag
+
+    tag = referrers_tag(golden.digest)
+    index = json.loads(client.get_manifest(repo, tag).data)
+    fetched = fetch_envelopes(client, repo, golden.digest)
+    trusted = [load_public_key(sess.pub)]
+
+    def is_failing(env: bytes) -> bool:
+        doc = json.loads(dsse.verify(env, trusted).payload)
+        return doc["predicateType"] == HARDEN_COMPLIANCE and not doc["predicate"]["compliant"]
+
+    bad_label = next(label for label, env in fetched.envelopes if is_failing(env))
+    index["manifests"] = [
+        m for m in index["manifests"] if m["digest"] != bad_label.removeprefix("referrer ")
+    ]
+    client.put_manifest(repo, tag, canonical_json(index), OCI_INDEX)
+    r = _promote(sess, ref, own_list)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NoLaterFailure" in r.stdout and "1 rule failed" in r.stdout
+
+
+def test_revocation_list_missing_expired_or_rolled_back_denies(
+    sess: Session, golden: Golden, fresh: Any, monkeypatch: Any, tmp_path: Path
+) -> None:
+    from harden.attest import revlist
+
+    location = f"{REGISTRY}/{sess.repo('revlist-' + uuid.uuid4().hex[:6])}:current"
+    env = {"HARDEN_REVOCATIONS": location}
+    ref, _, _ = _good_copy(fresh, golden, "list-states")
+    r = _promote(sess, ref, env)  # no list at all
+    assert r.returncode == 1 and "RevocationListCurrent" in r.stdout and "is missing" in r.stdout
+    assert (
+        sess.harden(
+            "revocations", "init", REGISTRY, "--key", f"file:{sess.key}", env=env
+        ).returncode
+        == 0
+    )
+    assert _promote(sess, ref, env).returncode == 0
+    # version 2, signed a month ago with a one-day window: expired
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "writer-home"))
+    signer = load_signer(f"file:{sess.key}", PASSWORD.encode())
+    client = RegistryClient(REGISTRY)
+    loc = parse_reference(location)
+    month_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    revlist.refresh(client, loc, signer, month_ago, dt.timedelta(days=1))
+    r = _promote(sess, ref, env)
+    assert r.returncode == 1 and "expired at" in r.stdout, r.stdout
+    old = client.get_manifest(loc.repository, "v1")
+    assert (
+        sess.harden(
+            "revocations", "refresh", REGISTRY, "--key", f"file:{sess.key}", env=env
+        ).returncode
+        == 0
+    )
+    assert _promote(sess, ref, env).returncode == 0  # version 3 seen
+    client.put_manifest(loc.repository, "current", old.data, old.media_type)  # replay v1
+    r = _promote(sess, ref, env)
+    assert r.returncode == 1 and "rolled back" in r.stdout, r.stdout
+
+
+def test_promoting_to_a_referrers_tag_name_is_refused(sess: Session, golden: Golden) -> None:
+    repo = sess.repo("prod/reserved")
+    tag = "sha256-" + golden.digest.removeprefix("sha256:")
+    r = sess.harden("promote", golden.ref, f"{REGISTRY}/{repo}:{tag}", "--key", str(sess.pub))
+    assert r.returncode == ExitCode.INVALID_INPUT, r.stdout + r.stderr
+    assert "reserved for the OCI referrers tag schema" in r.stderr and "Traceback" not in r.stderr
+    assert RegistryClient(REGISTRY).head_manifest(repo, tag) is None

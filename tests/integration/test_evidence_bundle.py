@@ -39,9 +39,15 @@ class World:
     prod: str
     digest: str
 
-    def harden(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        env = {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
-        return harden_cli.run(*args, env=env, timeout=timeout)
+    def harden(
+        self, *args: str, timeout: float = 600, extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            "HARDEN_HOME": str(self.home),
+            "HARDEN_KEY_PASSWORD": PASSWORD,
+            "HARDEN_REVOCATIONS": self.dest.rsplit("/staging/", 1)[0] + "/revocations:current",
+        }
+        return harden_cli.run(*args, env={**env, **(extra or {})}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, local_registry: object) -> W
     for prefix in ("trusted", "other"):
         r = w.harden("keygen", "--out", str(d / prefix))
         assert r.returncode == 0, r.stderr
+    r = w.harden("revocations", "init", REGISTRY, "--key", f"file:{d / 'trusted.key'}")
+    assert r.returncode == 0, r.stderr
     w.images.mkdir()
     (w.images / "golden.yaml").write_text(
         json.dumps(
@@ -120,7 +128,11 @@ def test_evidence_bundle_for_signed_golden_image(world: World, tmp_path: Path) -
     out = tmp_path / "bundle"
     r = world.harden("evidence", str(world.images), "--key", str(world.pub), "-o", str(out))
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["evidence.json", "index.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".harden-evidence",
+        "evidence.json",
+        "index.html",
+    ]
     verified = f"signature verified with key {world.keyid}"
     assert verified in r.stderr
 
@@ -220,3 +232,41 @@ def test_bad_input_and_unreachable_registry(world: World, tmp_path: Path) -> Non
     r = world.harden("evidence", str(images), "-o", str(tmp_path / "o"))
     assert r.returncode == 4, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_audit_log_with_existing_images_is_a_problem_listed_first(
+    world: World, tmp_path: Path
+) -> None:
+    """An ephemeral runner lost the log: the bundle must not say "intact (0 entries)"."""
+    out = tmp_path / "bundle"
+    r = world.harden(
+        "evidence",
+        str(world.images),
+        "--key",
+        str(world.pub),
+        "-o",
+        str(out),
+        extra={"HARDEN_HOME": str(tmp_path / "fresh-runner")},
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    first = next(line for line in r.stderr.splitlines() if line.startswith("PROBLEM: "))
+    assert "does not exist, but 1 golden image(s) exist" in first, r.stderr
+    doc = json.loads((out / "evidence.json").read_text())
+    assert doc["audit_log"]["gaps"] and doc["ok"] is False
+    assert doc["problems"][0] == doc["audit_log"]["gaps"][0]
+    html = (out / "index.html").read_text()
+    assert "audit log MISSING OR INCOMPLETE" in html and "audit log intact" not in html
+
+
+def test_evidence_output_over_foreign_files_is_refused_and_they_stay(
+    world: World, tmp_path: Path
+) -> None:
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "evidence.json").write_text('{"mine": true}')
+    (out / "notes.md").write_text("precious")
+    r = world.harden("evidence", str(world.images), "--key", str(world.pub), "-o", str(out))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "harden did not write" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "notes.md").read_text() == "precious"
+    assert (out / "evidence.json").read_text() == '{"mine": true}'

@@ -76,6 +76,8 @@ class World:
             "HARDEN_HOME": str(self.home),
             "HARDEN_KEY_PASSWORD": PASSWORD,
             "HARDEN_BASELINES": str(self.baselines),
+            # this run's signed revocation list (the gate requires one)
+            "HARDEN_REVOCATIONS": f"{REGISTRY}/{self.base_repo.rsplit('/', 1)[0]}/revocations:current",
             **extra,
         }
 
@@ -159,6 +161,8 @@ def world(
         prod=f"{prefix}/prod/parent:1",
     )
     r = w.harden("keygen", "--out", str(d / "signing"))
+    assert r.returncode == 0, r.stderr
+    r = w.harden("revocations", "init", REGISTRY, "--key", f"file:{w.key}")
     assert r.returncode == 0, r.stderr
     w.images.mkdir()
     w.baselines.mkdir()
@@ -268,8 +272,11 @@ def test_03_baseline_edit_outdates_both(world: World) -> None:
     all_fresh(world)
 
 
-def test_04_revoked_parent_cascades_to_child(world: World) -> None:
+def test_04_revoked_parent_cascades_to_child(world: World, tmp_path: Path) -> None:
     all_fresh(world)
+    # production serves the parent that is about to be revoked
+    p = world.harden("promote", world.parent, world.prod, "--key", str(world.pub))
+    assert p.returncode == 0, p.stderr
     r = world.harden(
         "revoke",
         world.parent,
@@ -288,9 +295,10 @@ def test_04_revoked_parent_cascades_to_child(world: World) -> None:
     code, images, _ = world.status()
     assert code == 1
     assert {n: i["state"] for n, i in images.items()} == {
-        "fresh-parent": "revoked",
+        "fresh-parent": "serving-revoked",  # revoked, and production serves it
         "fresh-child": "revoked",
     }
+    assert images["fresh-parent"]["needs_rebuild"] is True
     assert "cascaded from " + revoked[0]["digest"] in images["fresh-child"]["reasons"][0]
     # the gate denies the revoked child
     p = world.harden(
@@ -301,6 +309,26 @@ def test_04_revoked_parent_cascades_to_child(world: World) -> None:
     r = world.harden("rebuild", str(world.images), "--stale", "--key", f"file:{world.key}")
     assert r.returncode == 0, r.stderr
     assert "revoked" in r.stdout
+    # staging is fresh again, but production still serves the revoked digest: not green
+    code, images, _ = world.status()
+    assert code == 1
+    assert images["fresh-parent"]["state"] == "serving-revoked"
+    assert images["fresh-child"]["state"] == "fresh"
+    reason = images["fresh-parent"]["reasons"][0]
+    assert f"production {world.prod} still serves {revoked[0]['digest']}" in reason
+    assert "CVE-2026-1234" in reason
+    # ... and the evidence bundle says so first
+    r = world.harden(
+        "evidence", str(world.images), "--key", str(world.pub), "-o", str(tmp_path / "ev")
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    first = next(line for line in r.stderr.splitlines() if line.startswith("PROBLEM: "))
+    assert f"production {world.prod} serves {revoked[0]['digest']}, revoked" in first
+    doc = json.loads((tmp_path / "ev" / "evidence.json").read_text())
+    assert doc["problems"][0] == doc["serving_revoked"][0]
+    # promoting the rebuilt image makes it green
+    p = world.harden("promote", world.parent, world.prod, "--key", str(world.pub))
+    assert p.returncode == 0, p.stderr
     all_fresh(world)
 
 

@@ -58,7 +58,12 @@ class Session:
     run: str
 
     def env(self) -> dict[str, str]:
-        return {"HARDEN_HOME": str(self.home), "HARDEN_KEY_PASSWORD": PASSWORD}
+        return {
+            "HARDEN_HOME": str(self.home),
+            "HARDEN_KEY_PASSWORD": PASSWORD,
+            # this session's signed revocation list (the gate requires one)
+            "HARDEN_REVOCATIONS": f"{REGISTRY}/{self.repo('revocations')}:current",
+        }
 
     def harden(self, *args: str) -> subprocess.CompletedProcess[str]:
         return harden_cli.run(*args, env=self.env(), timeout=900)
@@ -75,6 +80,8 @@ def scan_sess(tmp_path_factory: pytest.TempPathFactory, local_registry: Registry
     for prefix in ("t", "o"):
         r = s.harden("keygen", "--out", str(d / prefix))
         assert r.returncode == 0, r.stderr
+    r = s.harden("revocations", "init", REGISTRY, "--key", f"file:{s.key}")
+    assert r.returncode == 0, r.stderr
     return s
 
 

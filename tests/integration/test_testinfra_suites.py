@@ -148,8 +148,18 @@ def test_missing_suite_path_in_a_definition_names_file_and_line(tmp_path: Path) 
 
 def test_build_runs_the_suites_signs_them_and_the_gate_denies_a_failure(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {"HARDEN_HOME": str(home), "HARDEN_KEY_PASSWORD": PASSWORD}
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "HARDEN_HOME": str(home),
+        "HARDEN_KEY_PASSWORD": PASSWORD,
+        # this run's signed revocation list (the gate requires one)
+        "HARDEN_REVOCATIONS": f"{REGISTRY}/harden-test/suites-{run}/revocations:current",
+    }
     r = harden_cli.run("keygen", "--out", str(tmp_path / "k"), env=env)
+    assert r.returncode == 0, r.stderr
+    r = harden_cli.run(
+        "revocations", "init", REGISTRY, "--key", f"file:{tmp_path / 'k.key'}", env=env
+    )
     assert r.returncode == 0, r.stderr
     team = tmp_path / "team"
     team.mkdir()
@@ -158,7 +168,7 @@ def test_build_runs_the_suites_signs_them_and_the_gate_denies_a_failure(tmp_path
         "def test_team_ca_bundle_present(host):\n"
         "    assert host.file('/usr/local/share/ca-certificates/team-ca.crt').exists\n"
     )
-    repo = f"harden-test/suites-{uuid.uuid4().hex[:8]}/golden"
+    repo = f"harden-test/suites-{run}/golden"
     definition = tmp_path / "golden.yaml"
     definition.write_text(
         json.dumps(

@@ -70,6 +70,9 @@ def built(
     r = harden("keygen", "--out", str(d / "signer"), env=env)
     assert r.returncode == 0, r.stderr
     run = uuid.uuid4().hex[:8]
+    env["HARDEN_REVOCATIONS"] = f"{REGISTRY}/harden-test/{run}/revocations:current"
+    r = harden("revocations", "init", REGISTRY, "--key", f"file:{d / 'signer.key'}", env=env)
+    assert r.returncode == 0, r.stderr
     ref = f"{REGISTRY}/harden-test/{run}/staging/debian12-vm:latest"
     defs = d / "defs"
     defs.mkdir()

@@ -20,7 +20,7 @@ from harden.app.attest import attest, list_attestations, verify_attestations
 from harden.app.context import Context
 from harden.app.promote import promote
 from harden.app.revoke import revoke
-from harden.attest import dsse
+from harden.attest import dsse, revlist
 from harden.attest.keys import KeyType, PublicKey, Signer, keygen, load_public_key, load_signer
 from harden.attest.predicates import HARDEN_COMPLIANCE, HARDEN_REVOCATION, TEST_RESULT
 from harden.attest.statements import Subject, serialize, test_result
@@ -119,7 +119,11 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "home"))  # the inventory cache
-    return World(tmp_path)
+    monkeypatch.delenv(revlist.LOCATION_ENV, raising=False)
+    w = World(tmp_path)
+    # the signed revocation list the gate requires (and revoke / failed attest write to)
+    revlist.init(w.client, revlist.location_for(REG), w.signer, NOW - dt.timedelta(hours=1))
+    return w
 
 
 def _attest(world: World, ref: str, packages: list[str]) -> Any:
@@ -169,6 +173,12 @@ def test_a_failed_verification_is_attested_too(world: World) -> None:
     checked = verify_attestations(f"{REG}/staging/app:1", [world.public], world.ctx)
     [compliance] = [s for s in checked.statements if s.statement.predicateType == HARDEN_COMPLIANCE]
     assert compliance.statement.compliance().compliant is False
+    # recorded in the signed revocation list too: dropping it from the index cannot hide it
+    view = revlist.fetch_for(world.client, [world.public])
+    [failed] = view.for_digest(digest, "failed")
+    assert view.problem is None and view.version == 2 and failed.at == NOW
+    [entry] = world.ctx.audit.entries()
+    assert entry.details["revocation_list_version"] == 2
 
 
 def test_attestation_problems_are_typed(world: World) -> None:
@@ -294,7 +304,9 @@ def test_revoke_signs_attaches_and_audits_and_the_gate_then_denies(
     entries = world.ctx.audit.entries()
     assert entries[-1].action == "revoke" and entries[-1].digest == digest
     assert entries[-1].details["referrer"] == revoked.referrer
-
+    assert entries[-1].details["revocation_list_version"] == 2
+    [listed] = revlist.fetch_for(world.client, [world.public]).for_digest(digest, "revoked")
+    assert listed.reason == "CVE-2026-0001" and listed.repository == f"{REG}/staging/app"
     denied = promote(f"{REG}/staging/app:1", f"{REG}/prod/app:1", [world.public], world.ctx)
     assert not denied.allowed and not denied.copied
     assert any(reason.startswith("NotRevoked") for reason in denied.decision.reasons)

@@ -301,3 +301,36 @@ def test_cli_usage_errors(log: AuditLog) -> None:
     assert "error: --since 'yesterday' is not a date" in bad_date.stderr
     bad_head = _harden(log.path.parent, "audit", "verify", "--expect-head", "nope")
     assert bad_head.returncode == 2
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["audit", "show"]])
+def test_a_garbage_audit_file_is_invalid_input_not_an_environment_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    from harden.cli import main
+
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path))
+    (tmp_path / "audit.db").write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(SystemExit) as e:
+        main(command)
+    assert e.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: the audit log") and "hint:" in err and "Traceback" not in err
+
+
+def test_checkpoint_detects_a_cut_tail_a_rewrite_and_unanchored_appends() -> None:
+    import datetime as dt
+
+    from harden.attest.checkpoint import Checkpoint, check
+
+    chain = [(1, "a" * 64), (2, "b" * 64), (3, "c" * 64)]
+    cp = Checkpoint("reg/harden/audit:ci", 3, "c" * 64, dt.datetime(2026, 8, 1, tzinfo=dt.UTC), "k")
+    assert check(chain, cp) == []
+    assert "tail was cut" in check(chain[:2], cp)[0]
+    assert "rewritten" in check([*chain[:2], (3, "d" * 64)], cp)[0]
+    assert "not anchored" in check([*chain, (4, "e" * 64)], cp)[0]
+    assert check([], "no audit checkpoint at x") == []  # nothing written, nothing anchored
+    assert check(chain, "no audit checkpoint at x") == ["no audit checkpoint at x"]

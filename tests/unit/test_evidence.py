@@ -423,7 +423,11 @@ def test_write_bundle_and_replace(
     b = _bundle(tmp_path, keys, catalogue)
     out = tmp_path / "out"
     write_bundle(b, out)
-    assert sorted(p.name for p in out.iterdir()) == ["evidence.json", "index.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".harden-evidence",
+        "evidence.json",
+        "index.html",
+    ]
     first = (out / "evidence.json").read_text()
     assert json.loads(first)["images"][0]["name"] == "golden"
     write_bundle(b, out)  # replaces the previous bundle
@@ -448,7 +452,7 @@ def test_write_bundle_failure_leaves_previous(
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", failing_rename)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match="disk full"):
         write_bundle(b, out)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -473,13 +477,40 @@ def test_write_bundle_refuses_foreign_directory(
     foreign = tmp_path / "home-dir"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("precious")
-    with pytest.raises(InputError, match="not an evidence bundle"):
+    with pytest.raises(InputError, match="harden did not write"):
         write_bundle(b, foreign)
     assert (foreign / "thesis.txt").read_text() == "precious"
+    # an evidence.json of someone else's, next to other files: refused, nothing touched
+    (foreign / "evidence.json").write_text("{}")
+    with pytest.raises(InputError, match="harden did not write"):
+        write_bundle(b, foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["evidence.json", "thesis.txt"]
+    # a bundle harden wrote, to which a user added a file: refused too, the file stays
+    ours = tmp_path / "ours"
+    write_bundle(b, ours)
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"files harden did not write \(notes.txt\)") as e:
+        write_bundle(b, ours)
+    assert e.value.exit_code == 3
+    assert (ours / "notes.txt").read_text() == "mine" and (ours / "evidence.json").is_file()
+    # an empty directory is fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_bundle(b, empty)
+    assert (empty / "index.html").is_file()
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(InputError, match="not a directory"):
         write_bundle(b, afile)
+
+
+def test_write_bundle_to_an_unwritable_place_is_a_clean_input_error(
+    tmp_path: Path, keys: tuple[Signer, PublicKey, Signer], catalogue: Catalogue
+) -> None:
+    b = _bundle(tmp_path, keys, catalogue)
+    with pytest.raises(InputError, match="cannot write the evidence bundle") as e:
+        write_bundle(b, Path("/proc/harden-evidence-test"))
+    assert e.value.exit_code == 3
 
 
 # ---------------------------------------------------------------- promote --format junit
@@ -515,3 +546,27 @@ def test_promote_junit_one_testcase_per_policy() -> None:
     allowed = PromoteResult("a", "b", DIGEST, Decision(True, [], policies=policies), 3, 3)
     root = ET.fromstring(junit_xml(allowed))
     assert root.get("failures") == "0" and root.get("tests") == "4"
+
+
+def test_cli_output_errors_are_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harden.cli import main
+
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "home"))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "local.yaml").write_text(  # no destination: nothing to ask a registry
+        "name: local\nbase: 127.0.0.1:1/library/debian:12\ntarget: container\n"
+        "baseline:\n  id: debian-container\n"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["evidence", str(images), "-o", "/proc/harden-evidence-test"])
+    err = capsys.readouterr().err
+    assert e.value.code == 3, err
+    assert "error: cannot write the evidence bundle" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["attest", "127.0.0.1:1/x:y", "--key", "file:/nonexistent", "--valid-for", "bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "--valid-for" in err and "bogus" in err and "Traceback" not in err

@@ -12,6 +12,7 @@ import pytest
 from harden.attest import statements as st
 from harden.attest.dsse import VerifiedStatement, sign
 from harden.attest.keys import KeyType, PublicKey, Signer, keygen, load_public_key, load_signer
+from harden.attest.predicates import RevocationListEntry
 from harden.attest.statements import Subject
 from harden.baseline.model import Waiver
 from harden.clock import FixedClock
@@ -25,12 +26,14 @@ from harden.gate import (
     NotOlderThan,
     NotRevoked,
     ResultPassed,
+    RevocationListView,
     SignatureValid,
     SubjectMatches,
     ValidUntilFuture,
     decide,
     default_gate,
     gather_evidence,
+    latest_compliance,
 )
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport, WaiverInfo
 
@@ -111,14 +114,46 @@ def other_predicate(digest: str = A) -> VerifiedStatement:
     )
 
 
+def rlist(*entries: RevocationListEntry, **changes: Any) -> RevocationListView:
+    """A revocation list as harden.attest.revlist.fetch returns it once it verified."""
+    fields: dict[str, Any] = {
+        "location": "reg/harden/revocations:current",
+        "version": 3,
+        "issued_at": T0 - dt.timedelta(days=1),
+        "expires_at": T0 + dt.timedelta(days=60),
+        "entries": entries,
+        "keyid": "k1",
+    }
+    return RevocationListView(**{**fields, **changes})
+
+
+def entry(kind: str, digest: str = A, at: dt.datetime = T0, repo: str = "reg/other") -> Any:
+    return RevocationListEntry.model_validate(
+        {
+            "digest": digest,
+            "kind": kind,
+            "at": at,
+            "reason": "CVE-2026-9",
+            "by": "secops",
+            "repository": repo,
+        }
+    )
+
+
+GOOD_LIST = rlist()
+
+
 def ev(
     *statements: VerifiedStatement,
     now: dt.datetime = T0 + dt.timedelta(hours=1),
     subject: str = A,
     rejected: Sequence[str] = (),
     revocations: Sequence[VerifiedStatement] = (),
+    revocation_list: RevocationListView | None = GOOD_LIST,
 ) -> Evidence:
-    return Evidence(subject, list(statements), list(rejected), list(revocations), now)
+    return Evidence(
+        subject, list(statements), list(rejected), list(revocations), now, revocation_list
+    )
 
 
 GATE = default_gate(dt.timedelta(days=7), ["debian12-cis"])
@@ -186,6 +221,62 @@ def test_latest_compliance_decides() -> None:
     old_fail = compliance(Status.FAILED, at=T0 - dt.timedelta(hours=2))
     new_pass = compliance(at=T0)
     assert ResultPassed().check(ev(old_fail, new_pass)) == []
+
+
+@pytest.mark.parametrize("order", ["fail-first", "pass-first"])
+def test_equal_verified_at_is_decided_the_same_in_either_order_and_fails_closed(
+    order: str,
+) -> None:
+    passing, failing = compliance(at=T0), compliance(Status.FAILED, at=T0)
+    pair = (failing, passing) if order == "fail-first" else (passing, failing)
+    d = decide(GATE, ev(*pair))
+    assert not d.allowed
+    assert any(r.startswith("ResultPassed: ") and "not compliant" in r for r in d.reasons)
+    # status and the evidence bundle pick through the same function: the same answer there
+    from harden.attest.verification import newest_compliance
+
+    newest, _ = newest_compliance(ev(*pair).statements)
+    assert newest is not None and newest[1].compliant is False
+
+
+def test_equal_verified_at_between_passes_picks_the_one_expiring_first() -> None:
+    short, long_ = compliance(valid=dt.timedelta(hours=2)), compliance(valid=dt.timedelta(days=9))
+    for pair in ((short, long_), (long_, short)):
+        c, _ = latest_compliance(ev(*pair))
+        assert c is not None and c.validUntil == T0 + dt.timedelta(hours=2)
+
+
+def test_revocation_list_missing_problem_or_expired_denies() -> None:
+    fine = ev(compliance())
+    assert decide(GATE, fine).allowed
+    for bad, why in [
+        (None, "no revocation list was consulted"),
+        (rlist(problem="the revocation list x is missing"), "is missing"),
+        (rlist(problem="the revocation list x was rolled back: version 2"), "rolled back"),
+        (rlist(expires_at=T0), "expired at"),
+    ]:
+        d = decide(GATE, ev(compliance(), revocation_list=bad))
+        assert not d.allowed
+        assert any(r.startswith("RevocationListCurrent: ") and why in r for r in d.reasons)
+
+
+def test_a_revocation_in_the_list_denies_whatever_the_index_lists() -> None:
+    # no revocation referrer at all (dropped from the index); the list names the digest,
+    # revoked while it lived in another repository
+    d = decide(GATE, ev(compliance(), revocation_list=rlist(entry("revoked", repo="reg/x"))))
+    assert not d.allowed
+    assert any(r.startswith("NotRevoked: revoked in reg/x") for r in d.reasons), d.reasons
+    assert decide(GATE, ev(compliance(), revocation_list=rlist(entry("revoked", B)))).allowed
+
+
+def test_a_failure_in_the_list_beats_an_older_or_equal_pass_not_a_newer_one() -> None:
+    failed_at_t0 = rlist(entry("failed", at=T0))
+    for at in (T0 - dt.timedelta(hours=3), T0):
+        d = decide(GATE, ev(compliance(at=at), revocation_list=failed_at_t0))
+        assert not d.allowed
+        assert any(r.startswith("NoLaterFailure: ") for r in d.reasons), d.reasons
+    later_pass = compliance(at=T0 + dt.timedelta(minutes=30))
+    assert decide(GATE, ev(later_pass, revocation_list=failed_at_t0)).allowed
 
 
 def test_result_passed_falls_back_to_test_result() -> None:
@@ -359,8 +450,8 @@ def test_untrusted_signature_denied_end_to_end(keys: tuple[Signer, PublicKey, Si
 
     env_good = sign(good.payload, trusted_signer)
     env_revoked = sign(revoked().payload, trusted_signer)
-    e2 = gather_evidence([("a", env_good), ("b", b"junk")], [trusted_pub], A, T0)
+    e2 = gather_evidence([("a", env_good), ("b", b"junk")], [trusted_pub], A, T0, GOOD_LIST)
     assert decide(GATE, e2).allowed  # junk next to a good attestation does not block
-    e3 = gather_evidence([("a", env_good), ("r", env_revoked)], [trusted_pub], A, T0)
+    e3 = gather_evidence([("a", env_good), ("r", env_revoked)], [trusted_pub], A, T0, GOOD_LIST)
     assert len(e3.revocations) == 1
     assert not decide(GATE, e3).allowed

@@ -256,3 +256,16 @@ def test_pending_security_fixes_make_an_image_outdated_with_the_packages() -> No
         "tzdata",
         "zlib1g",
     ]
+
+
+def test_production_serving_a_revoked_digest_is_its_own_state_and_exits_1() -> None:
+    clock = FixedClock(T0)
+    serving = "production 127.0.0.1:5000/prod/app:1 still serves sha256:dd..., revoked"
+    s = assess(facts(production_problems=(serving,)), clock, WEEK)
+    assert s.state is State.SERVING_REVOKED and s.label == "serving-revoked"
+    assert s.reasons[0] == serving
+    assert not s.needs_rebuild  # the staging image is fresh: re-promote, do not rebuild
+    assert exit_code([s]) is ExitCode.POLICY
+    assert s.to_json()["production_problems"] == [serving]
+    stale_too = assess(facts(production_problems=(serving,), verification=None), clock, WEEK)
+    assert stale_too.state is State.SERVING_REVOKED and stale_too.needs_rebuild

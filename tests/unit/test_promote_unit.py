@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from test_oci_client import FakeRegistry, client_for, seed_image
 
-from harden.attest import dsse
+from harden.attest import dsse, revlist
 from harden.attest.keys import KeyType, Signer, keygen, load_public_key, load_signer
 from harden.attest.predicates import HARDEN_COMPLIANCE, HARDEN_REVOCATION, STATEMENT_TYPE
 from harden.attest.statements import serialize
 from harden.attest.store import attach, fetch_envelopes, list_attestations
 from harden.audit import AuditLog
 from harden.clock import FixedClock
-from harden.errors import UsageError
+from harden.errors import InputError, RegistryError, UsageError
 from harden.oci import Descriptor, RegistryClient, parse_reference
 from harden.oci.model import OCI_MANIFEST
 from harden.promote import promote
@@ -59,11 +59,23 @@ def keys(tmp_path: Path) -> tuple[Signer, Path, Path]:
     return load_signer(f"file:{tmp_path / 'k.key'}", b"pw"), pub, other
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HARDEN_HOME per test: the newest revocation list version seen is kept there."""
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HARDEN_REVOCATIONS", raising=False)
+    return tmp_path / "home"
+
+
+LIST = revlist.location_for("reg.test:5000")
+
+
 @pytest.fixture
-def reg() -> tuple[FakeRegistry, RegistryClient, str, Descriptor]:
+def reg(keys: Any) -> tuple[FakeRegistry, RegistryClient, str, Descriptor]:
     fake = FakeRegistry()
     client, _ = client_for(fake, max_retries=0)
     digest, data = seed_image(fake, "staging/app", "1")
+    revlist.init(client, LIST, keys[0], NOW - dt.timedelta(hours=2))
     return fake, client, digest, Descriptor(OCI_MANIFEST, digest, len(data))
 
 
@@ -214,3 +226,74 @@ def test_destination_needs_a_tag_and_a_key(reg: Any, keys: Any, tmp_path: Path) 
         )
     with pytest.raises(UsageError):
         promote(client, SRC, client, DST, [], FixedClock(NOW), audit)
+
+
+def _good(client: RegistryClient, subject: Descriptor, signer: Signer) -> None:
+    env = dsse.sign(compliance(subject.digest), signer)
+    attach(client, "staging/app", subject, env, HARDEN_COMPLIANCE, NOW)
+
+
+def test_missing_or_expired_revocation_list_denies(reg: Any, keys: Any, tmp_path: Path) -> None:
+    fake, client, _digest, subject = reg
+    signer, pub, _ = keys
+    _good(client, subject, signer)
+    assert run(client, pub, tmp_path, dry_run=True)[0].allowed
+    revlist.refresh(client, LIST, signer, NOW - dt.timedelta(days=9), dt.timedelta(days=7))
+    result, _ = run(client, pub, tmp_path, dry_run=True)
+    assert not result.allowed
+    assert any("RevocationListCurrent" in r and "expired" in r for r in result.decision.reasons)
+    del fake.tags["harden/revocations"]["current"]
+    result, _ = run(client, pub, tmp_path, dry_run=True)
+    assert any("RevocationListCurrent" in r and "missing" in r for r in result.decision.reasons)
+
+
+def test_revocation_list_signed_by_an_untrusted_key_denies(
+    reg: Any, keys: Any, tmp_path: Path
+) -> None:
+    _fake, client, _digest, subject = reg
+    signer, _pub, other = keys
+    _good(client, subject, signer)
+    result, _ = run(client, other, tmp_path, dry_run=True)  # trusts only the other key
+    assert any(
+        "RevocationListCurrent" in r and "cannot be trusted" in r for r in result.decision.reasons
+    )
+
+
+def test_rolled_back_revocation_list_denies(reg: Any, keys: Any, tmp_path: Path) -> None:
+    fake, client, digest, subject = reg
+    signer, pub, _ = keys
+    _good(client, subject, signer)
+    v1 = fake.tags["harden/revocations"]["current"]
+    entry = revlist.Entry(digest, "revoked", NOW, "CVE-2026-7", "secops", "reg.test:5000/x")
+    assert revlist.append(client, LIST, signer, [entry], NOW) == 2
+    assert not run(client, pub, tmp_path, dry_run=True)[0].allowed  # revoked; v2 seen
+    fake.tags["harden/revocations"]["current"] = v1  # the attacker serves the old version
+    result, _ = run(client, pub, tmp_path, dry_run=True)
+    assert not result.allowed
+    assert any("rolled back" in r for r in result.decision.reasons), result.decision.reasons
+
+
+def test_writers_never_recreate_a_list_that_is_gone(reg: Any, keys: Any) -> None:
+    fake, client, digest, _ = reg
+    signer = keys[0]
+    del fake.tags["harden/revocations"]["current"]
+    entry = revlist.Entry(digest, "revoked", NOW, "CVE-2026-7", "secops")
+    with pytest.raises(RegistryError, match="missing"):
+        revlist.append(client, LIST, signer, [entry], NOW)
+    with pytest.raises(InputError, match="existed before"):
+        revlist.init(client, LIST, signer, NOW)
+
+
+@pytest.mark.parametrize("tag_of", [lambda d: "sha256-" + d[7:], lambda d: "sha512-abc"])
+def test_reserved_referrers_tag_is_refused_as_target(
+    reg: Any, keys: Any, tmp_path: Path, tag_of: Any
+) -> None:
+    fake, client, digest, subject = reg
+    signer, pub, _ = keys
+    _good(client, subject, signer)
+    dst = parse_reference(f"reg.test:5000/prod/app:{tag_of(digest)}")
+    audit = AuditLog(tmp_path / "audit.db", FixedClock(NOW))
+    with pytest.raises(InputError, match="reserved for the OCI referrers tag schema") as e:
+        promote(client, SRC, client, dst, [load_public_key(pub)], FixedClock(NOW), audit)
+    assert e.value.exit_code == 3
+    assert "prod/app" not in fake.tags and audit.entries() == []

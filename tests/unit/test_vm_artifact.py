@@ -142,6 +142,12 @@ def test_push_sign_attach_tag_then_promote_by_digest(
     assert len(list_attestations(client, "staging/vm", a.digest)) == 2
 
     now = r.finished_at + dt.timedelta(hours=1)
+    # the gate requires the registry's signed revocation list
+    from harden.attest import revlist
+
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(revlist.LOCATION_ENV, raising=False)
+    revlist.init(client, revlist.location_for("reg.test:5000"), signer, r.finished_at)
     result = promote(
         client,
         parse_reference("reg.test:5000/staging/vm:latest"),
@@ -158,7 +164,7 @@ def test_push_sign_attach_tag_then_promote_by_digest(
 
 
 def test_a_statement_for_the_file_only_does_not_pass_the_gate(
-    files: dict[str, Path], tmp_path: Path
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeRegistry()
     client, _ = client_for(fake, max_retries=0)
@@ -179,6 +185,12 @@ def test_a_statement_for_the_file_only_does_not_pass_the_gate(
     )
     attach_all(client, "staging/vm", subject, signed, r.finished_at)
     now = r.finished_at + dt.timedelta(hours=1)
+    # the gate requires the registry's signed revocation list
+    from harden.attest import revlist
+
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(revlist.LOCATION_ENV, raising=False)
+    revlist.init(client, revlist.location_for("reg.test:5000"), signer, r.finished_at)
     result = promote(
         client,
         parse_reference("reg.test:5000/staging/vm:latest"),
