@@ -30,6 +30,7 @@ from harden.baseline.kinds import ImageCheck, ImageConfig
 from harden.baseline.model import Target
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
+from harden.debian.pending import PendingUpdate
 from harden.errors import EnvironmentProblem, TargetError
 from harden.imagedef import ImageDefinition
 from harden.labels import BASE_DIGEST as OCI_BASE_DIGEST
@@ -65,6 +66,7 @@ class BuildResult:
     base_digest: str
     baseline: ResolvedBaseline
     report: VerifyReport
+    updates: tuple[PendingUpdate, ...] = ()  # security/stable updates the build installed
 
     @property
     def compliant(self) -> bool:
@@ -164,6 +166,39 @@ def _base_config_changes(engine: Engine, image_id: str) -> list[str]:
     ]
 
 
+def _updates(
+    engine: Engine,
+    image_id: str,
+    restore: list[str],
+    defn: ImageDefinition,
+    clock: Clock,
+    progress: Progress,
+) -> tuple[str, tuple[PendingUpdate, ...]]:
+    """Remediation step 0, visible in the progress and the provenance: apply the security and
+    stable updates of the archive the definition pins (else the host's apt sources)."""
+    from pathlib import Path
+
+    from builder.updates import apply_updates
+    from harden.debian.archive import ArchiveReader
+    from harden.debian.sources import archives_for
+    from harden.paths import harden_home
+
+    pin = defn.doc.archive
+
+    def archives(codename: str) -> list[Any]:
+        return archives_for(
+            codename,
+            mirror=pin.mirror if pin else None,
+            security_mirror=pin.security_mirror if pin else None,
+            keyring=Path(pin.keyring) if pin and pin.keyring else None,
+            snapshot=pin.snapshot if pin else False,
+        )
+
+    progress("remediation: security and stable updates")
+    reader = ArchiveReader(harden_home() / "archive", clock)
+    return apply_updates(engine, image_id, restore, reader, archives, progress)
+
+
 def build_container(
     defn: ImageDefinition,
     catalogue: Catalogue,
@@ -185,6 +220,7 @@ def build_container(
 
     image_id: str | None = None
     reused = False
+    updates: tuple[PendingUpdate, ...] = ()
     if not force:
         previous = engine.find_images({LABEL_BUILD_KEY: key})
         if previous:
@@ -200,6 +236,8 @@ def build_container(
         user = container_user(rules)
         restore = _base_config_changes(engine, base_id)
         current = base_id
+        if doc.archive is None or doc.archive.apply:
+            current, updates = _updates(engine, current, restore, defn, clock, progress)
         net_script = render_script(rules, family, TargetKind.CONTAINER, Phase.NETWORK)
         if any(r.kind.value == "package_present" for r in rules):
             progress("remediation (network phase: package installs)")
@@ -274,4 +312,5 @@ def build_container(
         base_digest=base_digest,
         baseline=baseline,
         report=report,
+        updates=updates,
     )

@@ -82,6 +82,25 @@ class VmSource(Strict):
     ssh_key: str | None = None
 
 
+class ArchivePin(Strict):
+    """Where security and stable updates come from (default: the host's apt sources).
+
+    ``mirror`` serves ``<codename>-updates`` and, unless ``security_mirror`` is given, also
+    ``<codename>-security``: a snapshot URL pins every update a build applies (reproducible).
+    ``snapshot: true`` accepts a signed index past its ``Valid-Until`` (as apt's snapshot option
+    does; a pinned snapshot is old by design)."""
+
+    mirror: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=1024)] | None = (
+        None
+    )
+    security_mirror: (
+        Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=1024)] | None
+    ) = None
+    keyring: str | None = None  # default: /usr/share/keyrings/debian-archive-keyring.gpg
+    snapshot: bool = False
+    apply: bool = True  # the build upgrades the packages the archive has fixes for
+
+
 SHIPPED_PREFIX = "harden:"  # harden's own suites: harden:behaviour/container, harden:behaviour/vm
 
 
@@ -107,6 +126,7 @@ class ImageDefinitionDoc(Strict):
     max_age: str = "30d"
     labels: dict[str, str] = Field(default_factory=dict)
     tests: list[str | TestSuiteEntry] = Field(default_factory=list)
+    archive: ArchivePin | None = None  # security/updates source (default: host apt sources)
 
     @field_validator("max_age")
     @classmethod

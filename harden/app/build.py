@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from builder.docker_engine import Engine
     from builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
+    from harden.oci.client import RegistryClient
     from harden.oci.types import Descriptor
     from harden.scan.model import ScanResult
 
@@ -159,6 +160,10 @@ def build(
         attached = attach_build_attestations(result, defn, signer, ctx.clock, client)
     except HardenError as e:
         return dataclasses.replace(built, attestation_error=e)
+    try:
+        attached.append(_attach_sbom(result, signer, ctx, client, engine))
+    except HardenError as e:
+        return dataclasses.replace(built, attestation_error=e)
     ctx.progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
     built = dataclasses.replace(built, attached=tuple(attached))
     if scan is not None:
@@ -173,6 +178,27 @@ def build(
             return dataclasses.replace(built, scan_error=e)
         ctx.progress(f"attached the signed OpenSCAP scan ({scan.profile_short}) to {result.digest}")
     return built
+
+
+def _attach_sbom(
+    result: BuildResult,
+    signer: Signer,
+    ctx: Context,
+    client: RegistryClient,
+    engine: Callable[[], Engine] | None,
+) -> Descriptor:
+    """The pushed image's package inventory (its dpkg database, read without running it) as a
+    signed CycloneDX attestation."""
+    from builder.docker_engine import Engine
+    from builder.packages import image_packages
+    from harden.app.publish import attach_sbom_attestation
+
+    assert result.digest is not None
+    packages, release = image_packages((engine or Engine.connect)(), result.image_id)
+    ctx.progress(f"package inventory: {len(packages)} packages ({release.purl_distro})")
+    return attach_sbom_attestation(
+        result.reference, result.digest, packages, release, signer, ctx.clock, client
+    )
 
 
 def _check_scan(defn: ImageDefinition, profile: str) -> None:
