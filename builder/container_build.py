@@ -30,6 +30,7 @@ from harden.baseline.kinds import ImageCheck, ImageConfig
 from harden.baseline.model import Target
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
+from harden.debian.fixes import Fix
 from harden.debian.pending import PendingUpdate
 from harden.errors import EnvironmentProblem, TargetError
 from harden.imagedef import ImageDefinition
@@ -67,6 +68,7 @@ class BuildResult:
     baseline: ResolvedBaseline
     report: VerifyReport
     updates: tuple[PendingUpdate, ...] = ()  # security/stable updates the build installed
+    fixes: tuple[Fix, ...] = ()  # what the installed security updates fixed (CVE/DSA ids)
 
     @property
     def compliant(self) -> bool:
@@ -173,30 +175,16 @@ def _updates(
     defn: ImageDefinition,
     clock: Clock,
     progress: Progress,
-) -> tuple[str, tuple[PendingUpdate, ...]]:
+) -> tuple[str, tuple[PendingUpdate, ...], tuple[Fix, ...]]:
     """Remediation step 0, visible in the progress and the provenance: apply the security and
     stable updates of the archive the definition pins (else the host's apt sources)."""
-    from pathlib import Path
-
     from builder.updates import apply_updates
     from harden.debian.archive import ArchiveReader
-    from harden.debian.sources import archives_for
     from harden.paths import harden_home
-
-    pin = defn.doc.archive
-
-    def archives(codename: str) -> list[Any]:
-        return archives_for(
-            codename,
-            mirror=pin.mirror if pin else None,
-            security_mirror=pin.security_mirror if pin else None,
-            keyring=Path(pin.keyring) if pin and pin.keyring else None,
-            snapshot=pin.snapshot if pin else False,
-        )
 
     progress("remediation: security and stable updates")
     reader = ArchiveReader(harden_home() / "archive", clock)
-    return apply_updates(engine, image_id, restore, reader, archives, progress)
+    return apply_updates(engine, image_id, restore, reader, defn.update_archives, progress)
 
 
 def build_container(
@@ -221,6 +209,7 @@ def build_container(
     image_id: str | None = None
     reused = False
     updates: tuple[PendingUpdate, ...] = ()
+    fixes: tuple[Fix, ...] = ()
     if not force:
         previous = engine.find_images({LABEL_BUILD_KEY: key})
         if previous:
@@ -237,7 +226,7 @@ def build_container(
         restore = _base_config_changes(engine, base_id)
         current = base_id
         if doc.archive is None or doc.archive.apply:
-            current, updates = _updates(engine, current, restore, defn, clock, progress)
+            current, updates, fixes = _updates(engine, current, restore, defn, clock, progress)
         net_script = render_script(rules, family, TargetKind.CONTAINER, Phase.NETWORK)
         if any(r.kind.value == "package_present" for r in rules):
             progress("remediation (network phase: package installs)")
@@ -313,4 +302,5 @@ def build_container(
         baseline=baseline,
         report=report,
         updates=updates,
+        fixes=fixes,
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from builder.docker_engine import Engine, put_files
 from builder.packages import image_packages
 from harden.debian.archive import ArchiveReader
+from harden.debian.fixes import Fix, changelog_of, fixed_ids
 from harden.debian.pending import PendingUpdate, pending_updates
 from harden.debian.sources import Archive
 from harden.errors import TargetError
@@ -33,8 +34,9 @@ def apply_updates(
     reader: ArchiveReader,
     archives_of: Callable[[str], Sequence[Archive]],
     progress: Callable[[str], None],
-) -> tuple[str, tuple[PendingUpdate, ...]]:
-    """The image with every pending update installed (or ``image_id`` when none), and the list."""
+) -> tuple[str, tuple[PendingUpdate, ...], tuple[Fix, ...]]:
+    """The image with every pending update installed (or ``image_id`` when none), the list, and
+    the CVE/DSA/DLA ids the changelogs of the installed security updates name (for the VEX)."""
     packages, release = image_packages(engine, image_id)
     if not release.codename:
         raise TargetError(f"{image_id[:19]}: /etc/os-release names no VERSION_CODENAME")
@@ -47,13 +49,19 @@ def apply_updates(
         + (": " + ", ".join(u.describe() for u in pending) if pending else "")
     )
     if not pending:
-        return image_id, ()
+        return image_id, (), ()
     by_suite = {a.suite: (a, t) for a, t in zip(archives, tables, strict=True)}
     files: dict[str, bytes] = {}
+    fixes: list[Fix] = []
     for u in pending:
         archive, table = by_suite[u.suite]
         cand = table[u.name]
-        files[Path(cand.filename).name or f"{u.name}.deb"] = reader.deb(archive, cand)
+        deb = reader.deb(archive, cand)
+        files[Path(cand.filename).name or f"{u.name}.deb"] = deb
+        if u.security:
+            log = changelog_of(deb, u.name, u.source)
+            ids, published = fixed_ids(log, u.installed, u.candidate) if log else ((), None)
+            fixes.append(Fix(u, ids, published))
     names = " ".join(shlex.quote(f"{INBOX}/{n}") for n in sorted(files))
     script = (
         f"set -eu\nexport DEBIAN_FRONTEND=noninteractive\n"
@@ -69,4 +77,4 @@ def apply_updates(
                 hint="an update needs a package the image does not have; "
                 "pin an archive snapshot in the definition (archive: mirror:) or add it",
             )
-        return str(engine.commit(c, changes).id), pending
+        return str(engine.commit(c, changes).id), pending, tuple(fixes)

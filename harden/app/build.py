@@ -161,7 +161,7 @@ def build(
     except HardenError as e:
         return dataclasses.replace(built, attestation_error=e)
     try:
-        attached.append(_attach_sbom(result, signer, ctx, client, engine))
+        attached += _attach_inventory(result, signer, ctx, client, engine)
     except HardenError as e:
         return dataclasses.replace(built, attestation_error=e)
     ctx.progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
@@ -180,25 +180,39 @@ def build(
     return built
 
 
-def _attach_sbom(
+def _attach_inventory(
     result: BuildResult,
     signer: Signer,
     ctx: Context,
     client: RegistryClient,
     engine: Callable[[], Engine] | None,
-) -> Descriptor:
+) -> list[Descriptor]:
     """The pushed image's package inventory (its dpkg database, read without running it) as a
-    signed CycloneDX attestation."""
+    signed CycloneDX attestation; with security updates installed, the OpenVEX of what they
+    fixed."""
     from builder.docker_engine import Engine
     from builder.packages import image_packages
-    from harden.app.publish import attach_sbom_attestation
+    from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
+    from harden.sbom import purl
 
     assert result.digest is not None
     packages, release = image_packages((engine or Engine.connect)(), result.image_id)
     ctx.progress(f"package inventory: {len(packages)} packages ({release.purl_distro})")
-    return attach_sbom_attestation(
-        result.reference, result.digest, packages, release, signer, ctx.clock, client
-    )
+    out = [
+        attach_sbom_attestation(
+            result.reference, result.digest, packages, release, signer, ctx.clock, client
+        )
+    ]
+    cves = sorted({i for f in result.fixes for i in f.ids if i.startswith("CVE-")})
+    if cves:
+        purls = {p.name: purl(p, release.purl_distro).to_string() for p in packages}
+        out.append(
+            attach_vex_attestation(
+                result.reference, result.digest, result.fixes, purls, signer, ctx.clock, client
+            )
+        )
+        ctx.progress(f"VEX: {len(cves)} CVE(s) fixed by the applied updates: {', '.join(cves)}")
+    return out
 
 
 def _check_scan(defn: ImageDefinition, profile: str) -> None:

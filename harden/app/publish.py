@@ -352,3 +352,35 @@ def attach_sbom_attestation(
         str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
     )
     return attach_signed(client, ref.repository, subject, [signed], clock)[0]
+
+
+def attach_vex_attestation(
+    reference: str,
+    digest: str,
+    fixes: Sequence[Any],
+    purls: Mapping[str, str],
+    signer: Signer,
+    clock: Clock,
+    client: RegistryClient | None = None,
+) -> Descriptor:
+    """After a build that installed security updates: a signed OpenVEX v0.2.0 statement naming
+    each CVE those updates fixed as ``fixed`` in the pushed image (subject = its digest)."""
+    from harden.attest import dsse
+    from harden.attest.statements import Subject, serialize, vex
+    from harden.attest.store import SignedStatement
+    from harden.debian.fixes import openvex
+    from harden.errors import RegistryError
+    from harden.oci import RegistryClient, parse_reference
+
+    ref = parse_reference(reference)
+    client = client or RegistryClient.for_reference(ref)
+    subject = client.head_manifest(ref.repository, digest)
+    if subject is None:
+        raise RegistryError(f"{reference}@{digest} is not in the registry")
+    name = f"{ref.registry}/{ref.repository}"
+    doc = openvex(fixes, product=f"{name}@{digest}", purls=purls, now=clock.now())
+    statement = vex(Subject(name, digest), doc)
+    signed = SignedStatement(
+        str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
+    )
+    return attach_signed(client, ref.repository, subject, [signed], clock)[0]
