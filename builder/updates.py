@@ -65,7 +65,11 @@ def apply_updates(
     names = " ".join(shlex.quote(f"{INBOX}/{n}") for n in sorted(files))
     script = (
         f"set -eu\nexport DEBIAN_FRONTEND=noninteractive\n"
-        f"dpkg -i --force-confold {names}\nrm -rf {INBOX}\n"
+        # dpkg -i installs in argument order: a package whose Pre-Depends (libpam-modules on
+        # libpam-modules-bin) comes later in the list is refused on the first pass, done on the next
+        f"n=0\nuntil dpkg -i --force-confold {names}; do\n"
+        '  n=$((n + 1)); [ "$n" -lt 3 ] || exit 1; echo "dpkg: pass $((n + 1))" >&2\ndone\n'
+        f"rm -rf {INBOX}\n"
     )
     with engine.throwaway(image_id, ["/bin/sh", "-c", script], network="none") as c:
         put_files(engine, c, "/var/cache", {f"harden-updates/{n}": d for n, d in files.items()})

@@ -118,19 +118,21 @@ def installed_of(doc: dict[str, Any]) -> tuple[Package, ...]:
     for comp in doc.get("components") or []:
         if not isinstance(comp, dict):
             continue
-        ref = str(comp.get("purl", ""))
-        if not ref.startswith("pkg:deb/"):
+        ref = comp.get("purl")
+        name, version = comp.get("name"), comp.get("version")
+        if not isinstance(ref, str) or not ref.startswith("pkg:deb/"):
             continue
-        name, version = str(comp.get("name", "")), str(comp.get("version", ""))
-        if not name or not version:
+        if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
             continue
-        query = dict(q.partition("=")[::2] for q in ref.partition("?")[2].split("&"))
-        arch = query.get("arch", "")
+        query = ref.partition("?")[2]
+        at = query.find("arch=")
+        arch = query[at + 5 :].split("&", 1)[0] if at >= 0 else ""
         source, source_version = name, version
-        for prop in comp.get("properties") or []:
+        for prop in comp.get("properties") or ():
             if isinstance(prop, dict) and prop.get("name") == SOURCE_PROPERTY:
                 parts = str(prop.get("value", "")).split()
                 if len(parts) == 2:
                     source, source_version = parts
         out.append(Package(name, version, arch, source, source_version))
-    return tuple(sorted(out))
+    out.sort(key=lambda p: (p.name, p.architecture, p.version))
+    return tuple(out)

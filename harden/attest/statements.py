@@ -381,11 +381,13 @@ def serialize(statement: Mapping[str, Any]) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise AttestationError(f"duplicate JSON key {k!r}")
-        out[k] = v
+    out = dict(pairs)  # C speed; the loop below only runs when a key repeats (SBOMs are large)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise AttestationError(f"duplicate JSON key {k!r}")
+            seen.add(k)
     return out
 
 
