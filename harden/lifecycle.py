@@ -199,7 +199,7 @@ class ImageStatus:
                     "candidate": u.candidate,
                     "suite": u.suite,
                     "security": u.security,
-                    **_fix_json(f.fixes, u),
+                    **fix_json(f.fixes, u),
                 }
                 for u in f.pending_updates
             ],
@@ -228,7 +228,7 @@ def _fix_for(fixes: Sequence[Fix], u: PendingUpdate) -> Fix | None:
     return next((x for x in fixes if x.update == u), None)
 
 
-def _fix_json(fixes: Sequence[Fix], u: PendingUpdate) -> dict[str, Any]:
+def fix_json(fixes: Sequence[Fix], u: PendingUpdate) -> dict[str, Any]:
     fix = _fix_for(fixes, u)
     return {"fixes": list(fix.ids) if fix else [], "published": fix.published if fix else None}
 

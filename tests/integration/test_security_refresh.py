@@ -242,6 +242,21 @@ def test_02_a_published_fix_outdates_the_image(world: World) -> None:
     table = world.harden("status", str(world.images), "--key", str(world.pub))
     assert "outdated (security: 1 package)" in table.stdout
     assert f"zzhello 1.0 -> 1.1 (bookworm-security) fixes {CVE}" in table.stdout
+    out = world.home / "evidence"
+    ev = world.harden("evidence", str(world.images), "--key", str(world.pub), "-o", str(out))
+    assert ev.returncode in (0, 1), ev.stderr
+    (image,) = json.loads((out / "evidence.json").read_text())["images"]
+    assert image["pending_security_fixes"] == [
+        {
+            "package": "zzhello",
+            "installed": "1.0",
+            "candidate": "1.1",
+            "suite": "bookworm-security",
+            "fixes": [CVE, "DSA-9999-2"],
+            "published": "Sun, 29 Nov 2026 10:00:00 +0000",
+        }
+    ]
+    assert CVE in (out / "index.html").read_text()
     plan = world.harden("plan", str(world.images), "--key", str(world.pub))
     assert plan.returncode == 0, plan.stderr
     assert "zz-golden" in plan.stdout
