@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from builder.docker_engine import Engine, put_files
-from builder.packages import image_packages
+from builder.packages import NoPackageDatabase, image_packages
 from harden.debian.archive import ArchiveReader
 from harden.debian.fixes import Fix, changelog_of, fixed_ids
 from harden.debian.pending import PendingUpdate, pending_updates
@@ -37,7 +37,11 @@ def apply_updates(
 ) -> tuple[str, tuple[PendingUpdate, ...], tuple[Fix, ...]]:
     """The image with every pending update installed (or ``image_id`` when none), the list, and
     the CVE/DSA/DLA ids the changelogs of the installed security updates name (for the VEX)."""
-    packages, release = image_packages(engine, image_id)
+    try:
+        packages, release = image_packages(engine, image_id)
+    except NoPackageDatabase as e:
+        progress(f"updates: none applied: {e.message}")
+        return image_id, (), ()
     if not release.codename:
         raise TargetError(f"{image_id[:19]}: /etc/os-release names no VERSION_CODENAME")
     archives = list(archives_of(release.codename))

@@ -191,12 +191,16 @@ def _attach_inventory(
     signed CycloneDX attestation; with security updates installed, the OpenVEX of what they
     fixed."""
     from builder.docker_engine import Engine
-    from builder.packages import image_packages
+    from builder.packages import NoPackageDatabase, image_packages
     from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
     from harden.sbom import purl
 
     assert result.digest is not None
-    packages, release = image_packages((engine or Engine.connect)(), result.image_id)
+    try:
+        packages, release = image_packages((engine or Engine.connect)(), result.image_id)
+    except NoPackageDatabase as e:
+        ctx.progress(f"no package inventory attached: {e.message}")
+        return []
     ctx.progress(f"package inventory: {len(packages)} packages ({release.purl_distro})")
     out = [
         attach_sbom_attestation(
