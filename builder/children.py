@@ -26,8 +26,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from harden.signals import Terminated  # one exception for every signal path (exit 128+n)
+
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 _libc: Any = None
@@ -41,14 +44,6 @@ def _prctl() -> Callable[..., int]:
         _libc = ctypes.CDLL(None, use_errno=True)
     fn: Callable[..., int] = _libc.prctl
     return fn
-
-
-class Terminated(KeyboardInterrupt):
-    """harden was asked to stop by a signal; unwinds like Ctrl-C so every ``with`` cleans up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 _depth = 0

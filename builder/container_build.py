@@ -1,10 +1,13 @@
 """Build one container golden image: base -> remediation -> commit -> verify -> push.
 
-The base is resolved to a digest first. Remediation runs in throwaway containers (network
-``host`` only for the rules that need the package mirror, ``none`` for everything else) that are
-removed whatever happens. The committed image carries the OCI base annotations and the baseline
-as labels; it is pushed only when compliant (or when the caller insists), and a build whose
-inputs (base digest, baseline digest, labels, harden version) did not change reuses the image.
+The base is resolved to a digest first. Remediation runs in throwaway, contained containers
+(network ``none``, few capabilities, limits: :class:`builder.docker_engine.Containment`) that are
+removed whatever happens. Packages a rule installs are fetched and verified by the host's apt
+(:mod:`builder.debs`) and installed from a local folder, so base-image code never sees a network.
+The committed image carries exactly :data:`GOLDEN_LABELS` of harden's own labels (never the
+temporary label of the container it came from) plus the base's and the definition's other labels;
+it is pushed only when compliant (or when the caller insists), and a build whose inputs (base
+digest, baseline digest, labels, harden version) did not change reuses the image.
 """
 
 from __future__ import annotations
@@ -12,27 +15,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shlex
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from builder.debs import DEBS_DIR, STATUS_LIMIT, Fetched, fetch_debs
 from builder.docker_engine import (
+    TEMPORARY_LABEL,
     Engine,
     ImageTarget,
-    dockerfile_label,
+    Step,
     names_registry,
     repo_digest,
 )
 from builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden import __version__
-from harden.baseline.kinds import ImageCheck, ImageConfig
+from harden.baseline.kinds import ImageCheck, ImageConfig, PackagePresent
 from harden.baseline.model import Target
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.debian.fixes import Fix
 from harden.debian.pending import PendingUpdate
-from harden.errors import EnvironmentProblem, TargetError
+from harden.errors import EnvironmentProblem, ImageDefinitionError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.labels import BASE_DIGEST as OCI_BASE_DIGEST
 from harden.labels import BASE_NAME as OCI_BASE_NAME
@@ -45,12 +53,25 @@ from harden.labels import DEFINITION as LABEL_DEFINITION
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
 from harden.testsuite import with_results
-from verifiers.facts import FactPlan, new_nonce
+from verifiers.facts import FactPlan, Facts, new_nonce
 from verifiers.facts import parse as parse_facts
-from verifiers.runner import report_from_facts, verify
+from verifiers.image_layers import open_local_image
+from verifiers.static_verify import verify_image
 from verifiers.suites import run_suites
 
-REMEDIATION_TIMEOUT = 1800.0
+HARDEN_LABEL_PREFIX = "dev.harden."
+# the labels harden puts on a golden image (docs/operations.md); no other dev.harden.* label
+# reaches it: not the temporary label of its remediation container, not one the base carries
+GOLDEN_LABELS = (
+    OCI_CREATED,
+    OCI_BASE_NAME,
+    OCI_BASE_DIGEST,
+    LABEL_BASELINE_ID,
+    LABEL_BASELINE_VERSION,
+    LABEL_BASELINE_DIGEST,
+    LABEL_DEFINITION,
+    LABEL_BUILD_KEY,
+)
 
 Progress = Callable[[str], None]
 
@@ -139,29 +160,44 @@ def build_key(base_digest: str, baseline: ResolvedBaseline, defn: ImageDefinitio
 # run the remediation, and only when it succeeded, the read-only fact collection on the very
 # filesystem that is then committed: one container instead of a second one for verification
 _THEN_FACTS = 'sh -c "$1" harden-remediate && exec sh -c "$2" harden-facts'
+# install from the folder harden copied in, then remove it before the commit, whatever happened
+_THEN_CLEAN = 'sh -c "$1" harden-remediate; rc=$?; rm -rf "$HARDEN_DEBS"; exit "$rc"'
 
 
 def _run_phase(
     engine: Engine,
     image: str,
     script: str,
-    network: str,
+    step: Step,
     changes: list[str],
     facts_script: str | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+    files: Path | None = None,
 ) -> tuple[str, bytes]:
-    """Run one remediation script in a throwaway container and commit the result."""
+    """Run one remediation script in a throwaway container and commit the result: an
+    intermediate image, or with ``labels`` the golden image with exactly those labels.
+    ``files``: a tar put at / before the start (the fetched packages, $HARDEN_DEBS)."""
     command = ["/bin/sh", "-c", script]
+    env: dict[str, str] = {}
     if facts_script is not None:
         command = ["/bin/sh", "-c", _THEN_FACTS, "sh", script, facts_script]
-    with engine.throwaway(image, command, network=network) as c:
-        result = engine.run_to_end(c, REMEDIATION_TIMEOUT)
+    if files is not None:
+        command = ["/bin/sh", "-c", _THEN_CLEAN, "sh", script]
+        env["HARDEN_DEBS"] = DEBS_DIR
+    with engine.throwaway(image, command, step=step, environment=env) as c:
+        if files is not None:
+            engine.put_files(c, "/", files.read_bytes())
+        result = engine.run_to_end(c, engine.containment.timeout(step))
         check_remediation(result)
-        return str(engine.commit(c, changes).id), result.stdout
+        if labels is None:
+            return str(engine.commit(c, changes).id), result.stdout
+        golden = engine.commit_clean(c, changes, labels)
+    return golden.result(), result.stdout  # the container was removed meanwhile
 
 
-def _base_config_changes(engine: Engine, image_id: str) -> list[str]:
+def _base_config_changes(cfg: Mapping[str, Any]) -> list[str]:
     """Restore the base's CMD/ENTRYPOINT, which the remediation container replaced."""
-    cfg = engine.image(image_id).attrs.get("Config") or {}
     return [
         f"CMD {json.dumps(cfg.get('Cmd') or [])}",
         f"ENTRYPOINT {json.dumps(cfg.get('Entrypoint') or [])}",
@@ -185,6 +221,75 @@ def _updates(
     progress("remediation: security and stable updates")
     reader = ArchiveReader(harden_home() / "archive", clock)
     return apply_updates(engine, image_id, restore, reader, defn.update_archives, progress)
+
+
+def golden_labels(
+    base_labels: Mapping[str, str], definition_labels: Mapping[str, str], harden: Mapping[str, str]
+) -> dict[str, str]:
+    """The labels of a golden image: the base's and the definition's, except harden's namespace,
+    then harden's own (:data:`GOLDEN_LABELS`). A base cannot pass a dev.harden.* label on."""
+    for k in definition_labels:
+        if k.startswith(HARDEN_LABEL_PREFIX) or k in GOLDEN_LABELS:
+            raise ImageDefinitionError(
+                f"label {k} is set by harden itself",
+                hint="choose a label outside dev.harden.* and org.opencontainers.image.base.*",
+            )
+    unknown = set(harden) - set(GOLDEN_LABELS)
+    assert not unknown, f"undocumented harden labels {unknown}"
+    labels = {k: v for k, v in base_labels.items() if not k.startswith(HARDEN_LABEL_PREFIX)}
+    labels.update(definition_labels)
+    labels.update(harden)
+    return labels
+
+
+def package_rules(rules: Sequence[Rule]) -> dict[str, list[str]]:
+    """Rule id -> packages of the rules that install packages."""
+    out: dict[str, list[str]] = {}
+    for r in rules:
+        if isinstance(r.spec, PackagePresent):
+            assert isinstance(r.spec.packages, list), "parameters are substituted"
+            out[r.id] = list(r.spec.packages)
+    return out
+
+
+def fetch_packages(
+    engine: Engine, image: str, rules: Mapping[str, list[str]], tmp: Path, progress: Progress
+) -> Fetched:
+    """Read the image's dpkg status and os-release (without running it) and fetch the .deb
+    files of ``rules`` with the host's apt into ``tmp``."""
+    status = engine.read_file(image, "/var/lib/dpkg/status", STATUS_LIMIT)
+    if status is None:
+        raise TargetError(f"{image} has no /var/lib/dpkg/status: it cannot install packages")
+    osr = engine.read_file(image, "/etc/os-release", 64 << 10) or engine.read_file(
+        image, "/usr/lib/os-release", 64 << 10
+    )
+    arch = str(engine.image(image).attrs.get("Architecture") or "")
+    return fetch_debs(
+        status, osr or b"", arch, rules, tmp / "harden-debs", env=os.environ, progress=progress
+    )
+
+
+def _verify_committed(
+    engine: Engine,
+    image_id: str,
+    baseline: ResolvedBaseline,
+    clock: Clock,
+    reference: str,
+    command_facts: Facts | None,
+    progress: Progress,
+) -> VerifyReport:
+    """Verify the committed image exec-free (its layers, read by harden)."""
+    progress(f"verifying {image_id[:19]} against {baseline.id} (reading its layers)")
+    img = open_local_image(engine, image_id)
+    report = verify_image(
+        img,
+        baseline,
+        clock,
+        image=reference,
+        run_commands=ImageTarget(engine, image_id).run,
+        command_facts=command_facts,
+    )
+    return dataclasses.replace(report, digest=image_id)
 
 
 def build_container(
@@ -211,7 +316,13 @@ def build_container(
     updates: tuple[PendingUpdate, ...] = ()
     fixes: tuple[Fix, ...] = ()
     if not force:
-        previous = engine.find_images({LABEL_BUILD_KEY: key})
+        # an image committed before labels were cleaned (it carries the temporary label of its
+        # remediation container) is never reused: it is rebuilt with clean labels
+        previous = [
+            i
+            for i in engine.find_images({LABEL_BUILD_KEY: key})
+            if TEMPORARY_LABEL not in ((i.attrs.get("Config") or {}).get("Labels") or {})
+        ]
         if previous:
             image_id = str(previous[0].id)
             reused = True
@@ -223,54 +334,77 @@ def build_container(
         family = baseline.platforms[0].family.value
         rules = remediation_rules(baseline, TargetKind.CONTAINER, started.date())
         user = container_user(rules)
-        restore = _base_config_changes(engine, base_id)
+        base_cfg = engine.image(base_id).attrs.get("Config") or {}
+        restore = _base_config_changes(base_cfg)
         current = base_id
         if doc.archive is None or doc.archive.apply:
             current, updates, fixes = _updates(engine, current, restore, defn, clock, progress)
-        net_script = render_script(rules, family, TargetKind.CONTAINER, Phase.NETWORK)
-        if any(r.kind.value == "package_present" for r in rules):
-            progress("remediation (network phase: package installs)")
-            current, _ = _run_phase(engine, current, net_script, "host", restore)
-        off_script = render_script(rules, family, TargetKind.CONTAINER, Phase.OFFLINE)
-        if user:
-            off_script = user_script(user) + off_script.split("\n", 1)[1]
-        labels = {
-            **doc.labels,
-            OCI_CREATED: rfc3339(started),
-            OCI_BASE_NAME: doc.base,
-            OCI_BASE_DIGEST: base_digest,
-            LABEL_BASELINE_ID: baseline.id,
-            LABEL_BASELINE_VERSION: baseline.version,
-            LABEL_BASELINE_DIGEST: baseline.digest,
-            LABEL_DEFINITION: doc.name,
-            LABEL_BUILD_KEY: key,
-        }
-        changes = restore + [dockerfile_label(k, v) for k, v in sorted(labels.items())]
-        if user:
-            changes.append(f"USER {user}")
-        progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
-        nonce = new_nonce()
-        plan = FactPlan.for_rules(
-            [r for r in baseline.rules if Target.CONTAINER in r.targets], TargetKind.CONTAINER
+        updated = current if current != base_id else None
+        labels = golden_labels(
+            base_cfg.get("Labels") or {},
+            doc.labels,
+            {
+                OCI_CREATED: rfc3339(started),
+                OCI_BASE_NAME: doc.base,
+                OCI_BASE_DIGEST: base_digest,
+                LABEL_BASELINE_ID: baseline.id,
+                LABEL_BASELINE_VERSION: baseline.version,
+                LABEL_BASELINE_DIGEST: baseline.digest,
+                LABEL_DEFINITION: doc.name,
+                LABEL_BUILD_KEY: key,
+            },
         )
-        image_id, stdout = _run_phase(
-            engine, current, off_script, "none", changes, plan.script(nonce)
-        )
-        progress(f"verifying {image_id[:19]} against {baseline.id}")
-        report = report_from_facts(
-            baseline,
-            parse_facts(stdout, nonce),
-            TargetKind.CONTAINER,
-            ImageTarget(engine, image_id).image_config(),
-            clock,
-            started=clock.now(),
-            image=reference,
-            digest=image_id,
-        )
+        intermediate: str | None = None
+        try:
+            pkgs = package_rules(rules)
+            if pkgs:
+                with tempfile.TemporaryDirectory(prefix="harden-debs-") as tmp:
+                    os.chmod(tmp, 0o755)  # noqa: S103 - the host's apt downloads as _apt
+                    fetched = fetch_packages(engine, base_id, pkgs, Path(tmp), progress)
+                    progress("remediation (package installs from local files, network none)")
+                    net_script = render_script(rules, family, TargetKind.CONTAINER, Phase.NETWORK)
+                    intermediate, _ = _run_phase(
+                        engine,
+                        current,
+                        net_script,
+                        Step.INSTALL,
+                        restore,
+                        files=fetched.archive(Path(tmp) / "debs.tar"),
+                    )
+                    current = intermediate
+            off_script = render_script(rules, family, TargetKind.CONTAINER, Phase.OFFLINE)
+            if user:
+                off_script = user_script(user) + off_script.split("\n", 1)[1]
+            changes = list(restore)
+            if user:
+                changes.append(f"USER {user}")
+            progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
+            # only the baseline's command checks run, on the very filesystem that is committed;
+            # every other fact is read from the committed image's layers (nothing in it runs,
+            # so a lying dpkg-query or /bin/sh in the base cannot make the build pass)
+            nonce = new_nonce()
+            plan = FactPlan.for_rules(
+                [r for r in baseline.rules if Target.CONTAINER in r.targets], TargetKind.CONTAINER
+            )
+            commands = plan.commands_script(nonce) or None
+            image_id, stdout = _run_phase(
+                engine,
+                current,
+                off_script,
+                Step.REMEDIATE,
+                changes,
+                commands,
+                labels=labels,
+            )
+        finally:
+            if intermediate is not None:
+                engine.remove_image(intermediate)
+            if updated is not None:  # the updates step's commit, like the install step's
+                engine.remove_image(updated)
+        ran = parse_facts(stdout, nonce) if commands else None
+        report = _verify_committed(engine, image_id, baseline, clock, reference, ran, progress)
     else:
-        progress(f"verifying {image_id[:19]} against {baseline.id}")
-        target = ImageTarget(engine, image_id)
-        report = verify(target, baseline, clock, image=reference, digest=image_id, progress=None)
+        report = _verify_committed(engine, image_id, baseline, clock, reference, None, progress)
     suites = defn.suites()
     if suites:  # the team's testinfra suites, on one container of the built image
         tests = run_suites(suites, f"docker-image://{image_id}", progress=progress)

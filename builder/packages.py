@@ -1,9 +1,9 @@
 """The package inventory of a built container image: its dpkg database and os-release, read
-without running it (:func:`builder.docker_engine.read_image_files`)."""
+without running it (:meth:`builder.docker_engine.Engine.read_file`)."""
 
 from __future__ import annotations
 
-from builder.docker_engine import Engine, read_image_files
+from builder.docker_engine import Engine
 from harden.debian.dpkg import Package, parse_status
 from harden.debian.release import Release, parse_os_release
 from harden.errors import TargetError
@@ -18,9 +18,12 @@ class NoPackageDatabase(TargetError):
 
 def image_packages(engine: Engine, ref: str) -> tuple[tuple[Package, ...], Release]:
     """Installed packages and release of image ``ref`` (TargetError when it has no dpkg)."""
-    files = read_image_files(engine, ref, [STATUS, *OS_RELEASE])
-    status = files[STATUS]
+    status = engine.read_file(ref, STATUS, 64 << 20)
     if status is None:
         raise NoPackageDatabase(f"{ref} has no {STATUS}: not a Debian image, no package inventory")
-    release_data = files[OS_RELEASE[0]] or files[OS_RELEASE[1]] or b""
+    release_data = (
+        engine.read_file(ref, OS_RELEASE[0], 64 << 10)
+        or engine.read_file(ref, OS_RELEASE[1], 64 << 10)
+        or b""
+    )
     return parse_status(status, origin=f"{ref}:{STATUS}"), parse_os_release(release_data)

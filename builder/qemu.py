@@ -23,6 +23,7 @@ import json
 import os
 import pwd
 import re
+import resource
 import shutil
 import socket
 import stat
@@ -834,11 +835,16 @@ def _read(path: Path) -> str:
 
 
 def _run(
-    cmd: list[str], *, what: str, timeout: float = 600, pass_fds: tuple[int, ...] = ()
+    cmd: list[str],
+    *,
+    what: str,
+    timeout: float = 600,
+    pass_fds: tuple[int, ...] = (),
+    file_limit: int | None = None,
 ) -> None:
-    """Run a qemu-img helper as harden's child (bounded in time and output)."""
+    """Run a qemu-img helper as harden's child (bounded in time, output and file size)."""
     try:
-        children.run(cmd, timeout=timeout, pass_fds=pass_fds)
+        children.run(cmd, timeout=timeout, pass_fds=pass_fds, file_limit=file_limit)
     except FileNotFoundError as e:
         raise TargetError(f"cannot {what}: {cmd[0]} is not installed") from e
     except children.ChildFailed as e:
@@ -890,6 +896,12 @@ def seal(overlay: Path, out: Path, *, backing: DiskImage | None = None) -> str:
             ],
             what=f"seal {overlay} into {out}",
             pass_fds=pass_fds,
+            # the sealed file is at most the disk plus qcow2 metadata
+            file_limit=(
+                backing.virtual_size + backing.virtual_size // 8 + (64 << 20)
+                if backing is not None
+                else resource.RLIM_INFINITY
+            ),
         )
         digest = hashlib.sha256()
         with tmp.open("rb") as f:

@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from builder.docker_engine import Engine, put_files
+from builder.docker_engine import Engine, Step
 from builder.packages import NoPackageDatabase, image_packages
 from harden.debian.archive import ArchiveReader
 from harden.debian.fixes import Fix, changelog_of, fixed_ids
@@ -75,8 +75,10 @@ def apply_updates(
         '  n=$((n + 1)); [ "$n" -lt 3 ] || exit 1; echo "dpkg: pass $((n + 1))" >&2\ndone\n'
         f"rm -rf {INBOX}\n"
     )
-    with engine.throwaway(image_id, ["/bin/sh", "-c", script], network="none") as c:
-        put_files(engine, c, "/var/cache", {f"harden-updates/{n}": d for n, d in files.items()})
+    with engine.throwaway(image_id, ["/bin/sh", "-c", script], step=Step.INSTALL) as c:
+        engine.put_files(
+            c, "/var/cache", _tar({f"harden-updates/{n}": d for n, d in files.items()})
+        )
         result = engine.run_to_end(c, TIMEOUT)
         if not result.ok:
             tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
@@ -86,3 +88,20 @@ def apply_updates(
                 "pin an archive snapshot in the definition (archive: mirror:) or add it",
             )
         return str(engine.commit(c, changes).id), pending, tuple(fixes)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for d in sorted({n.rpartition("/")[0] for n in files} - {""}):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

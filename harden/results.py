@@ -57,6 +57,7 @@ class RuleResult:
     reason: str = ""  # why not applicable / error message / waiver note
     waiver: WaiverInfo | None = None
     duration: float | None = None  # seconds, for results that are tests (kind testinfra)
+    executed: bool = False  # the result came from running code in the target (a command check)
 
     def to_json(self) -> dict[str, Any]:
         extra: dict[str, Any] = {} if self.duration is None else {"duration": self.duration}
@@ -70,6 +71,7 @@ class RuleResult:
             "reason": self.reason,
             "waiver": self.waiver.to_json() if self.waiver else None,
             "controls": {k: list(v) for k, v in sorted(self.controls.items())},
+            "executed": self.executed,
         }
 
 

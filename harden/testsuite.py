@@ -94,6 +94,7 @@ def to_result(rec: dict[str, Any]) -> RuleResult:
         evidence=lines if status in (Status.FAILED, Status.ERROR) else (),
         reason=reason,
         duration=float(rec.get("duration") or 0.0),
+        executed=True,  # a test runs code in the target
     )
 
 

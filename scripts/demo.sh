@@ -10,9 +10,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 say "baselines shipped with harden"
 harden baseline list
 
-say "verify the base image debian:12 against debian-container (expected: NOT compliant)"
+say "verify the base image debian:12 as images/debian12.yaml asks: ANSSI-BP-028 high + the team's testinfra suite (expected: NOT compliant)"
 set +e
-harden verify 127.0.0.1:5000/library/debian:12 --baseline debian-container --format json \
+harden verify 127.0.0.1:5000/library/debian:12 --definition images/debian12.yaml --format json \
   -o "$HARDEN_HOME/base-report.json"
 rc=$?
 set -e
@@ -22,16 +22,19 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 failed = [x["rule_id"] for x in r["results"] if x["status"] == "failed"]
 print(f"base: compliant={r['compliant']} failed={len(failed)}: {', '.join(failed)}", file=sys.stderr)
+tests = [x for x in r["results"] if x["kind"] == "testinfra"]
+for t in tests:
+    print(f"  test {t['rule_id']}: {t['status']}", file=sys.stderr)
 PY
 
 say "build, verify and push the hardened image (images/debian12.yaml)"
 export HARDEN_KEY_PASSWORD=${HARDEN_KEY_PASSWORD:-demo}
 KEY="$HARDEN_HOME/demo-signing"
 if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; fi
-harden build images/debian12.yaml --force --key "file:$KEY.key"
+harden build images/debian12.yaml --force --key "file:$KEY.key" --scan
 
-say "verify the pushed golden image (expected: compliant)"
-harden verify 127.0.0.1:5000/staging/debian12-hardened:latest >/dev/null
+say "verify the pushed golden image from its layers, nothing in it runs (expected: compliant, suites pass)"
+harden verify 127.0.0.1:5000/staging/debian12-hardened:latest --definition images/debian12.yaml >/dev/null
 
 say "the hardened image still works"
 docker run --rm --network none 127.0.0.1:5000/staging/debian12-hardened:latest \

@@ -32,7 +32,10 @@ from harden.baseline.resolve import Rule
 from harden.target import TargetKind
 
 _GLOB_SAFE = re.compile(r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$")
-MAX_FILE_LINES = 5000
+MAX_FILE_LINES = 5000  # a configuration file; more is reported as a limit, never cut silently
+MAX_TABLE_LINES = 1_000_000  # /etc/passwd, shadow, group, gshadow
+MAX_LINE_CHARS = 65536
+TRUNCATED = "truncated"
 UNIT_DIRS = (
     "/etc/systemd/system",
     "/run/systemd/system",
@@ -126,11 +129,14 @@ class FactPlan:
             "export LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin",
             f"N={q(nonce)}",
             'sec() { printf "\\n@@F-%s %s\\n" "$N" "$1"; }',
-            'end() { printf "\\n@@E-%s %s\\n" "$N" "${1:-0}"; }',
+            # a section cut by a limit ends with the word "truncated": Facts.limits, never a pass
+            'end() { printf "\\n@@E-%s %s%s\\n" "$N" "${1:-0}" "${tr:+ ' + TRUNCATED + '}"; tr=; }',
             # shell builtins only: on an emulated VM every fork costs tens of milliseconds
-            'cat_file() { [ -f "$1" ] || return 0; n=0; '
-            'while IFS= read -r l || [ -n "$l" ]; do printf \'%s\\n\' "$l"; n=$((n + 1)); '
-            f'[ "$n" -ge {MAX_FILE_LINES} ] && break; done < "$1"; }}',
+            'cat_file() { [ -f "$1" ] || return 0; n=0; m=${2:-' + str(MAX_FILE_LINES) + "}; "
+            'while IFS= read -r l || [ -n "$l" ]; do '
+            f'if [ "$n" -ge "$m" ] || [ "${{#l}}" -gt {MAX_LINE_CHARS} ]; then tr=1; break; fi; '
+            'printf \'%s\\n\' "$l"; n=$((n + 1)); done < "$1"; }',
+            "tr=",
             "set --",
             "sec os-release; if [ -f /etc/os-release ]; then cat_file /etc/os-release; "
             "else cat_file /usr/lib/os-release; fi; end",
@@ -208,13 +214,13 @@ class FactPlan:
             # one walk of the filesystem for both (GNU find's "," evaluates every branch)
             out.append(
                 "sec walk; find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run "
-                "\\) -prune -o \\( -type f -perm /6000 -printf 'suid %p\\n' \\) , "
-                "\\( -type f -perm -0002 -printf 'ww file %p\\n' \\) , "
-                "\\( -type d -perm -0002 ! -perm -1000 -printf 'ww dir %p\\n' \\) 2>/dev/null; end"
+                "\\) -prune -o \\( -type f -perm /6000 -printf 'suid %p\\0' \\) , "
+                "\\( -type f -perm -0002 -printf 'ww file %p\\0' \\) , "
+                "\\( -type d -perm -0002 ! -perm -1000 -printf 'ww dir %p\\0' \\) 2>/dev/null; end"
             )
         if self.accounts:
             for name in ("passwd", "group", "shadow", "gshadow"):
-                out.append(f"sec {name}; cat_file /etc/{name}; end")
+                out.append(f"sec {name}; cat_file /etc/{name} {MAX_TABLE_LINES}; end")
         if self.sshd_effective:
             out.append(
                 "sec sshd-T; if command -v sshd >/dev/null 2>&1; then "
@@ -224,6 +230,11 @@ class FactPlan:
             out.append(self._commands_script())
         out.append("exit 0")
         return "\n".join(out) + "\n"
+
+    def commands_script(self, nonce: str) -> str:
+        """Only the baseline authors' checks (``command`` rules), framed like :meth:`script`."""
+        head = self.script(nonce).split("\nset --\n", 1)[0]
+        return f"{head}\nset --\n{self._commands_script()}\nexit 0\n" if self.commands else ""
 
     def _commands_script(self) -> str:
         """The baseline authors' checks: exit status and a little output of each.
@@ -273,20 +284,39 @@ class StatEntry:
     path: str
 
 
+class FactLimitExceeded(Exception):
+    """A rule read a section whose source passed a limit: the rule's result is ``error``."""
+
+    def __init__(self, section: str, why: str) -> None:
+        super().__init__(f"{section}: {why}")
+        self.section = section
+        self.why = why
+
+
 @dataclass(frozen=True)
 class Facts:
     sections: Mapping[str, str]
     status: Mapping[str, int]
+    limits: Mapping[str, str] = field(default_factory=dict)  # section -> which limit it passed
+
+    def _check(self, name: str) -> None:
+        why = self.limits.get(name)
+        if why is not None:
+            raise FactLimitExceeded(name, why)
+
+    def _section(self, name: str) -> str | None:
+        self._check(name)
+        return self.sections.get(name)
 
     def get(self, name: str) -> str | None:
-        return self.sections.get(name)
+        return self._section(name)
 
     def has(self, name: str) -> bool:
         return name in self.sections
 
     def installed_packages(self) -> frozenset[str]:
         pkgs = set()
-        for line in (self.sections.get("packages") or "").splitlines():
+        for line in (self._section("packages") or "").splitlines():
             status, _, name = line.partition("\t")
             if status.startswith("ii"):
                 pkgs.add(name.split(":")[0].strip())
@@ -294,7 +324,7 @@ class Facts:
 
     def os_release(self) -> dict[str, str]:
         result: dict[str, str] = {}
-        for line in (self.sections.get("os-release") or "").splitlines():
+        for line in (self._section("os-release") or "").splitlines():
             key, sep, value = line.partition("=")
             if sep and key.strip() and key not in result:
                 result[key.strip()] = value.strip().strip('"').strip("'")
@@ -302,7 +332,7 @@ class Facts:
 
     def stats(self, pattern: str) -> list[StatEntry]:
         by_path: dict[str, StatEntry] = {}
-        for line in (self.sections.get("stats") or "").splitlines():
+        for line in (self._section("stats") or "").splitlines():
             parts = line.split("\t", 4)
             if len(parts) == 5:
                 entry = StatEntry(int(parts[0], 8), parts[1], parts[2], parts[3], parts[4])
@@ -311,16 +341,19 @@ class Facts:
         return [by_path[p] for p in matched if p in by_path]
 
     def file(self, path: str) -> str | None:
-        return self.sections.get("file:" + path)
+        return self._section("file:" + path)
 
     def exists(self, path: str) -> bool:
-        return (self.sections.get("exists:" + path) or "").strip() == "yes"
+        return (self._section("exists:" + path) or "").strip() == "yes"
 
     def with_prefix(self, prefix: str) -> dict[str, str]:
+        for k in self.limits:
+            if k.startswith(prefix):
+                self._check(k)
         return {k[len(prefix) :]: v for k, v in self.sections.items() if k.startswith(prefix)}
 
     def lines(self, name: str) -> list[str]:
-        return [ln for ln in (self.sections.get(name) or "").splitlines() if ln.strip()]
+        return [ln for ln in (self._section(name) or "").splitlines() if ln.strip()]
 
     @property
     def systemd_running(self) -> bool:
@@ -332,12 +365,14 @@ def new_nonce() -> str:
 
 
 def parse(output: bytes | str, nonce: str) -> Facts:
-    """Parse the framed sections; bytes that are not UTF-8 are replaced, never a crash."""
-    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else output
+    """Parse the framed sections; bytes that are not UTF-8 are kept as surrogates (escaped
+    where a path is shown), never a crash."""
+    text = output.decode("utf-8", "surrogateescape") if isinstance(output, bytes) else output
     start = f"@@F-{nonce} "
     stop = f"@@E-{nonce} "
     sections: dict[str, str] = {}
     status: dict[str, int] = {}
+    limits: dict[str, str] = {}
     name: str | None = None
     buf: list[str] = []
     for line in text.split("\n"):
@@ -348,16 +383,35 @@ def parse(output: bytes | str, nonce: str) -> Facts:
             if body.startswith("\n"):
                 body = body[1:]
             sections[name] = sections.get(name, "") + body
+            words = line[len(stop) :].split()
             try:
-                status[name] = int(line[len(stop) :].strip() or 0)
+                status[name] = int(words[0]) if words else 0
             except ValueError:
                 status[name] = -1
+            if TRUNCATED in words[1:]:
+                limits[name] = (
+                    f"not read to the end: more than {MAX_FILE_LINES} lines (accounts: "
+                    f"{MAX_TABLE_LINES}) or a line longer than {MAX_LINE_CHARS} characters"
+                )
             name = None
         elif name is not None:
             buf.append(line)
     walk = sections.get("walk")
     if walk is not None:
-        lines = walk.splitlines()
-        sections["suid"] = "\n".join(ln[5:] for ln in lines if ln.startswith("suid "))
-        sections["world-writable"] = "\n".join(ln[3:] for ln in lines if ln.startswith("ww "))
-    return Facts(sections, status)
+        # NUL-separated (find -printf %p\0): a newline in a name stays in the name, escaped
+        from verifiers.fsview import display
+
+        items = [_raw(x).lstrip(b"\n") for x in walk.split("\0") if x.strip("\n")]
+        sections["suid"] = "\n".join(display(x[5:]) for x in items if x.startswith(b"suid "))
+        sections["world-writable"] = "\n".join(
+            x[3:].split(b" ", 1)[0].decode() + " " + display(x[3:].split(b" ", 1)[1])
+            for x in items
+            if x.startswith(b"ww ") and b" " in x[3:]
+        )
+    for key, value in sections.items():  # the rest as text: undecodable bytes replaced
+        sections[key] = _raw(value).decode("utf-8", "replace")
+    return Facts(sections, status, limits)
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")

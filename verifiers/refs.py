@@ -1,17 +1,19 @@
 """What a user typed, as a target scheme; the default baseline per target kind.
 
-The openers that turn a reference into a Target (docker image, running container, SSH, sealed
-qcow2) compose builder adapters with the verifiers, so they live one layer up, in
-:mod:`harden.app.verify`; verifiers never import builder.
+The openers that turn a reference into a Target or a statically read image (registry image,
+local engine image, running container, SSH, sealed qcow2) compose builder adapters with the
+verifiers, so they live one layer up, in :mod:`harden.app.verify`; verifiers never import builder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harden import labels
 from harden.errors import UsageError
-from harden.target import Target, TargetKind
+from harden.target import CommandResult, Target, TargetKind
+from verifiers.image_layers import ImageFs
 
 BASELINE_LABEL = labels.BASELINE_ID
 DEFAULT_BASELINE = {TargetKind.CONTAINER: "debian-container", TargetKind.VM: "debian-vm"}
@@ -19,12 +21,29 @@ DEFAULT_BASELINE = {TargetKind.CONTAINER: "debian-container", TargetKind.VM: "de
 
 @dataclass
 class Opened:
-    target: Target
+    """What an opener found: a target to run the fact script on, or an image read statically
+    (``image``) with a way to run the ``command`` checks (``commands``, in a container)."""
+
+    target: Target | None
     digest: str | None
     recorded_baseline: str | None
+    image: ImageFs | None = None
+    commands: Callable[[str], CommandResult] | None = None
+
+    @property
+    def kind(self) -> TargetKind:
+        return self.target.kind if self.target is not None else TargetKind.CONTAINER
 
 
-def scheme_of(ref: str) -> str:
+def names_registry(ref: str) -> bool:
+    """Does ``ref`` name a registry host (``host.name/...``, ``host:port/...``, ``localhost/``)?"""
+    first = ref.split("/", 1)[0]
+    return "/" in ref and ("." in first or ":" in first or first == "localhost")
+
+
+def scheme_of(ref: str, local: bool = False) -> str:
+    if ref.startswith("docker-image://"):
+        return "local"
     if ref.startswith("docker://"):
         return "docker"
     if ref.startswith("ssh://"):
@@ -34,6 +53,7 @@ def scheme_of(ref: str) -> str:
     if "://" in ref:
         raise UsageError(
             f"unsupported reference {ref!r}",
-            hint="use an image name, a registry reference, docker://NAME, ssh://USER@HOST:PORT or FILE.qcow2",
+            hint="use a registry reference, docker-image://NAME, docker://NAME, "
+            "ssh://USER@HOST:PORT or FILE.qcow2",
         )
-    return "docker-image"
+    return "local" if local else "registry"

@@ -10,11 +10,11 @@ from typing import Any
 from harden.baseline.kinds import HOST_ENFORCED_DEFAULT, HOST_ENFORCED_WHY
 from harden.baseline.resolve import ResolvedBaseline, Rule
 from harden.clock import Clock
-from harden.errors import BaselineError, TargetError
+from harden.errors import BaselineError, InputError, TargetError
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport, WaiverInfo
 from harden.target import Target, TargetKind
 from verifiers.checks import CheckContext, Outcome, evaluate
-from verifiers.facts import FactPlan, Facts, new_nonce, parse
+from verifiers.facts import FactLimitExceeded, FactPlan, Facts, new_nonce, parse
 
 CODENAMES = {"bookworm": "12", "trixie": "13", "bullseye": "11", "forky": "14"}
 
@@ -39,7 +39,10 @@ def gather(target: Target, rules: tuple[Rule, ...]) -> tuple[Facts, float]:
 
 
 def platform_of(facts: Facts) -> tuple[str, str]:
-    osr = facts.os_release()
+    try:
+        osr = facts.os_release()
+    except FactLimitExceeded as e:
+        raise InputError(f"the target's os-release cannot be read: {e}") from e
     family = osr.get("ID", "unknown")
     like = osr.get("ID_LIKE", "").split()
     if family not in {"debian", "ubuntu", "alpine", "rhel"} and like:
@@ -100,12 +103,19 @@ def evaluate_rules(
             "kind": rule.kind.value,
             "controls": rule.controls,
         }
-        why = _applicability(rule, kind, family, version, facts)
+        try:
+            why = _applicability(rule, kind, family, version, facts)
+        except FactLimitExceeded as e:
+            results.append(_limit_error(e, common))
+            continue
         if why is not None:
             results.append(RuleResult(status=Status.NOT_APPLICABLE, reason=why, **common))
             continue
         try:
             outcome = evaluate(rule, ctx)
+        except FactLimitExceeded as e:
+            results.append(_limit_error(e, common))
+            continue
         except Exception as e:  # a check bug or facts it cannot read: report, never hide
             results.append(
                 RuleResult(status=Status.ERROR, reason=f"{type(e).__name__}: {e}", **common)
@@ -113,6 +123,16 @@ def evaluate_rules(
             continue
         results.append(_with_waiver(baseline, rule, outcome, now_date, common))
     return tuple(results)
+
+
+def _limit_error(e: FactLimitExceeded, common: dict[str, Any]) -> RuleResult:
+    """A fact the rule needs passed a limit: an error with the evidence, never a pass."""
+    return RuleResult(
+        status=Status.ERROR,
+        reason=f"a fact this rule needs passed a limit, so it was not read in full ({e.section})",
+        evidence=(e.why,),
+        **common,
+    )
 
 
 def _with_waiver(

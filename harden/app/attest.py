@@ -78,7 +78,7 @@ def attest(
 
     A FAILED verification is attested too (the signed statement says so). ``validity`` defaults
     to the definition's max_age, else 30 days. ``open_image`` opens the pinned reference as a
-    Target (default: the docker-image opener of :mod:`harden.app.verify`)."""
+    image (default: the registry opener of :mod:`harden.app.verify`: read from its layers)."""
     from harden.app.publish import attach_signed, build_info, sign_for_report
     from harden.app.verify import OPENERS
     from harden.baseline.resolve import resolve as resolve_baseline
@@ -86,6 +86,7 @@ def attest(
     from harden.oci.types import parse_reference
     from verifiers.refs import DEFAULT_BASELINE
     from verifiers.runner import verify
+    from verifiers.static_verify import verify_image, with_label_check
 
     if validity is None:
         validity = definition.max_age if definition is not None else DEFAULT_VALIDITY
@@ -96,14 +97,22 @@ def attest(
     repository_name = f"{reference.registry}/{reference.repository}"
     pinned = f"{repository_name}@{digest}"
     ctx.progress(f"verifying {pinned}")
-    with (open_image or OPENERS["docker-image"])(pinned) as opened:
+    with (open_image or OPENERS["registry"])(pinned) as opened:
+        # the caller chooses the baseline; a label on the image is only compared
         if definition is not None:
             baseline = definition.resolve_baseline(catalogue)
         else:
-            bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
-            baseline = resolve_baseline(catalogue, bid)
-        image_labels = (opened.target.image_config() or {}).get("Labels") or {}
-        report = verify(opened.target, baseline, ctx.clock, image=pinned, digest=digest)
+            baseline = resolve_baseline(catalogue, baseline_id or DEFAULT_BASELINE[opened.kind])
+        if opened.image is not None:  # read from its layers: nothing in the image runs
+            image_labels = opened.image.labels
+            report = verify_image(
+                opened.image, baseline, ctx.clock, image=pinned, run_commands=opened.commands
+            )
+        else:
+            assert opened.target is not None
+            image_labels = (opened.target.image_config() or {}).get("Labels") or {}
+            report = verify(opened.target, baseline, ctx.clock, image=pinned, digest=digest)
+        report = with_label_check(report, opened.recorded_baseline, baseline.id)
     build: BuildInfo | None = None
     if definition is not None:
         from harden.attest.statements import BUILD_TYPE_CONTAINER

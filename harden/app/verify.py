@@ -17,31 +17,67 @@ from harden.app.context import Context
 from harden.audit import AuditAction
 from harden.baseline.resolve import Catalogue, Overrides, resolve
 from harden.clock import Clock
-from harden.errors import TargetError, UsageError
+from harden.errors import InputError, TargetError, UsageError
 from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
-from harden.target import TargetKind
+from harden.target import CommandResult, TargetKind
 from harden.testsuite import Suite, with_results
-from verifiers.refs import BASELINE_LABEL, DEFAULT_BASELINE, Opened, scheme_of
+from verifiers.refs import BASELINE_LABEL, DEFAULT_BASELINE, Opened, names_registry, scheme_of
 from verifiers.runner import verify
+from verifiers.static_verify import verify_image, with_label_check
 from verifiers.suites import run_suites
 
 __all__ = ["OPENERS", "Opened", "verify_ref", "verify_reference"]
 
 
 @contextlib.contextmanager
-def _docker_image(ref: str, **_: object) -> Iterator[Opened]:
-    from builder.docker_engine import Engine, ImageTarget, names_registry
+def _registry_image(
+    ref: str, progress: Callable[[str], None] | None = None, **_: object
+) -> Iterator[Opened]:
+    """A registry reference means the registry: read by harden's OCI client, never an image of
+    the same name in the local engine. The engine is used only to run ``command`` checks."""
+    from verifiers.image_layers import open_registry_image
 
+    if not names_registry(ref):
+        raise InputError(
+            f"{ref!r} is not a registry reference (it names no registry host)",
+            hint="write HOST[:PORT]/REPO[:TAG][@DIGEST]; to verify an image of the local Docker "
+            "Engine say so: docker-image://NAME or --local",
+        )
+    img = open_registry_image(ref, progress=progress)
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    repo = name.rsplit(":", 1)[0] if ":" in last[-1] else name
+    pinned = f"{repo}@{img.digest}"
+
+    def run(script: str) -> CommandResult:
+        from builder.docker_engine import Engine, ImageTarget
+
+        engine = Engine.connect()
+        if engine.pull(pinned) is None:
+            raise InputError(f"the engine could not pull {pinned} to run the command checks")
+        return ImageTarget(engine, pinned).run(script)
+
+    yield Opened(None, img.digest, img.labels.get(BASELINE_LABEL), img, run)
+
+
+@contextlib.contextmanager
+def _local_image(
+    ref: str, progress: Callable[[str], None] | None = None, **_: object
+) -> Iterator[Opened]:
+    """An image of the local engine (``docker-image://NAME`` or ``--local``), read from its
+    exported layers; only the ``command`` checks run, in a container of it."""
+    from builder.docker_engine import Engine, ImageTarget
+    from verifiers.image_layers import open_local_image
+
+    name = ref.removeprefix("docker-image://")
     engine = Engine.connect()
-    if names_registry(ref):
-        engine.pull(ref)  # a registry reference is pulled; a failed pull falls back to local
-    target = ImageTarget(engine, ref)
-    attrs = target.attrs
-    digests = attrs.get("RepoDigests") or []
-    digest = digests[0].partition("@")[2] if digests else str(attrs.get("Id"))
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    yield Opened(target, digest, labels.get(BASELINE_LABEL))
+    img = open_local_image(engine, name, progress=progress)
+
+    def run(script: str) -> CommandResult:
+        return ImageTarget(engine, img.digest).run(script)
+
+    yield Opened(None, img.digest, img.labels.get(BASELINE_LABEL), img, run)
 
 
 @contextlib.contextmanager
@@ -73,7 +109,8 @@ def _ssh(
 
 
 OPENERS: dict[str, Callable[..., contextlib.AbstractContextManager[Opened]]] = {
-    "docker-image": _docker_image,
+    "registry": _registry_image,
+    "local": _local_image,
     "docker": _docker_container,
     "ssh": _ssh,
 }
@@ -89,8 +126,11 @@ def verify_ref(
     known_hosts: Path | None = None,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    local: bool = False,
 ) -> VerifyReport:
-    scheme = scheme_of(ref)
+    """Verify ``ref`` against the baseline the caller chose (``baseline_id``, else the default
+    for its kind). A baseline label on the image is only compared: a mismatch is a failure."""
+    scheme = scheme_of(ref, local)
     if scheme == "qcow2":
         from builder.vm_verify import verify_template
 
@@ -101,11 +141,23 @@ def verify_ref(
         return report
     opener = OPENERS[scheme]
     with opener(ref, known_hosts=known_hosts, identity=identity, progress=progress) as opened:
-        bid = baseline_id or opened.recorded_baseline or DEFAULT_BASELINE[opened.target.kind]
+        bid = baseline_id or DEFAULT_BASELINE[opened.kind]
         baseline = resolve(catalogue, bid, overrides)
-        return verify(
-            opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress
-        )
+        if opened.image is not None:
+            report = verify_image(
+                opened.image,
+                baseline,
+                clock,
+                image=ref,
+                run_commands=opened.commands,
+                progress=progress,
+            )
+        else:
+            assert opened.target is not None
+            report = verify(
+                opened.target, baseline, clock, image=ref, digest=opened.digest, progress=progress
+            )
+        return with_label_check(report, opened.recorded_baseline, baseline.id)
 
 
 def verify_reference(
@@ -119,6 +171,7 @@ def verify_reference(
     identity: Path | None = None,
     suites: Sequence[Suite] = (),
     scan_profile: str | None = None,
+    local: bool = False,
 ) -> VerifyReport:
     """`harden verify REF`: verify and write the VERIFY audit entry.
 
@@ -154,6 +207,7 @@ def verify_reference(
         known_hosts=known_hosts,
         identity=identity,
         progress=ctx.progress,
+        local=local,
     )
     if suites:
         tests = run_suites(

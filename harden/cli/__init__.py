@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from harden import __version__
+from harden import __version__, signals
 from harden.errors import ExitCode, HardenError
 
 # command name -> "module:attribute"
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> Any:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(
         os.environ.get("HARDEN_DEBUG")
     )
+    signals.install()  # SIGTERM/SIGHUP take Ctrl-C's clean-up path
     try:
         rc = cli.main(args=argv, prog_name="harden", standalone_mode=False)
     except HardenError as e:
@@ -77,15 +78,15 @@ def main(argv: list[str] | None = None) -> Any:
             traceback.print_exc()
         click.echo(e.diagnostics(), err=True)
         sys.exit(int(e.exit_code))
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(signals.exit_status(e))
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(int(ExitCode.USAGE))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(signals.exit_status(e))
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -19,8 +19,14 @@ from harden.testsuite import Suite
     "--baseline",
     "baseline_id",
     default=None,
-    help="Baseline id (default: the one recorded in the image's labels, else debian-container "
-    "for containers and debian-vm for machines).",
+    help="Baseline id (default: debian-container for containers, debian-vm for machines). "
+    "A baseline label on the image is only compared: a mismatch is a failure.",
+)
+@click.option(
+    "--local",
+    is_flag=True,
+    default=False,
+    help="REF names an image of the local Docker Engine (same as docker-image://REF).",
 )
 @click.option(
     "--definition",
@@ -89,16 +95,20 @@ def verify(
     known_hosts: Path | None,
     identity: Path | None,
     scan_profile: str | None,
+    local: bool,
 ) -> None:
     """Verify REF against a baseline and report every rule.
 
     \b
     REF is one of:
-      debian:12                          a local image
-      127.0.0.1:5000/staging/app:1       a registry reference (pulled)
+      127.0.0.1:5000/staging/app:1       a registry reference (read from the registry)
+      docker-image://debian:12           an image of the local engine (or: --local debian:12)
       docker://NAME                      a running container
       ssh://USER@HOST:PORT               a running machine (host key must be pinned)
       template.qcow2                     a VM template (booted in a throwaway overlay)
+
+    Images are read from their layers: nothing in them runs, except the baseline's
+    `command` checks (in a container; the report marks those results as executed).
 
     With --definition the image definition's baseline, parameter overrides and waivers are
     used, exactly as `harden build` verified the image, and its testinfra suites run too.
@@ -113,7 +123,8 @@ def verify(
     report format; it does not change the exit code.
 
     Exit 0 when compliant, 1 when not (a failure, an error or an expired waiver),
-    3 for bad input, 4 when the engine, registry or machine cannot be reached.
+    3 for bad input, 4 when the engine, registry or machine cannot be reached (a registry
+    reference that cannot be read is exit 4 with the registry's own message).
     """
     from harden.app.verify import verify_reference
 
@@ -137,6 +148,7 @@ def verify(
         identity=identity,
         suites=suites,
         scan_profile=scan_profile,
+        local=local,
     )
     render_report(report, fmt, output)
     if not report.compliant:

@@ -102,7 +102,7 @@ def test_verify_hardened_image_reports_every_rule_none_as_error(built: dict[str,
     )
     assert {x["rule_id"] for x in report["results"]} == {x["id"] for x in shown["rules"]}
     assert report["summary"]["error"] == 0
-    assert report["baseline"]["id"] == "debian-container"  # taken from the image label
+    assert report["baseline"]["id"] == "debian-container"  # the default; the label agrees
 
 
 def test_hardened_image_still_runs_a_shell(
@@ -175,7 +175,9 @@ def test_verify_running_container(built: dict[str, Any], client: docker.DockerCl
 
 
 def test_engine_not_running_exit_4_with_hint(tmp_path: Path) -> None:
-    r = harden("verify", "debian:12", env={"DOCKER_HOST": f"unix://{tmp_path}/nope.sock"})
+    r = harden(
+        "verify", "docker-image://debian:12", env={"DOCKER_HOST": f"unix://{tmp_path}/nope.sock"}
+    )
     assert r.returncode == 4
     assert "error: the Docker Engine is not running" in r.stderr
     assert "hint:" in r.stderr and "dockerd" in r.stderr
@@ -285,12 +287,12 @@ def test_verify_with_the_definition_uses_its_waivers(built: dict[str, Any], tmp_
     d = definition(
         tmp_path, "itest-waived", baseline={"id": "debian-container", "waivers": [waiver]}
     )
-    r = harden("verify", built["image_id"], "--definition", str(d), "--format", "json")
+    r = harden("verify", built["image_id"], "--local", "--definition", str(d), "--format", "json")
     assert r.returncode == 0, r.stderr
     by_id = {x["rule_id"]: x for x in json.loads(r.stdout)["results"]}
     assert by_id["pkg.telnet-absent"]["status"] == "waived"
     assert by_id["pkg.telnet-absent"]["waiver"]["owner"] == "qa"
-    plain = json.loads(harden("verify", built["image_id"], "--format", "json").stdout)
+    plain = json.loads(harden("verify", built["image_id"], "--local", "--format", "json").stdout)
     assert {x["rule_id"]: x for x in plain["results"]}["pkg.telnet-absent"]["status"] == "passed"
 
 

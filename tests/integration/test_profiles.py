@@ -32,7 +32,7 @@ def test_anssi_high_container_profile_builds_and_explains_what_the_host_enforces
     built = json.loads(r.stdout)
     assert built["compliant"] and built["summary"]["failed"] == 0
     ref = f"{built['image']}@{built['digest']}"
-    r = harden_cli.run("verify", ref, "--format", "json")
+    r = harden_cli.run("verify", ref, "--baseline", doc["baseline"]["id"], "--format", "json")
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)["results"]
     na = [x for x in results if x["status"] == "not_applicable"]

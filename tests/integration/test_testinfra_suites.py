@@ -72,7 +72,9 @@ def test_same_suite_same_outcomes_under_pytest_and_harden_verify(tmp_path: Path)
     )
     assert ran.returncode == 1, ran.stdout + ran.stderr  # the umask test fails on the base
     by_pytest = {r["nodeid"]: r["outcome"] for r in map(json.loads, out.read_text().splitlines())}
-    r = harden_cli.run("verify", "debian:12", "--tests", "images/tests", "--format", "json")
+    r = harden_cli.run(
+        "verify", "docker-image://debian:12", "--tests", "images/tests", "--format", "json"
+    )
     assert r.returncode == 1, r.stderr
     report = json.loads(r.stdout)
     by_harden = _testinfra(report["results"])
@@ -93,7 +95,7 @@ def test_broken_suites_are_reported_not_hidden(tmp_path: Path) -> None:
     )
     r = harden_cli.run(
         "verify",
-        "debian:12",
+        "docker-image://debian:12",
         "--tests",
         str(tmp_path),
         "--test-timeout",
@@ -138,7 +140,7 @@ def test_missing_suite_path_in_a_definition_names_file_and_line(tmp_path: Path) 
         "name: suite-missing\nbase: 127.0.0.1:5000/library/debian:12\ntarget: container\n"
         "baseline: {id: debian-container}\ntests:\n  - tests/absent\n"
     )
-    r = harden_cli.run("verify", "debian:12", "--definition", str(d))
+    r = harden_cli.run("verify", "docker-image://debian:12", "--definition", str(d))
     assert r.returncode == 3, r.stderr
     assert f"{d}:6" in r.stderr and "tests/absent" in r.stderr
     assert "Traceback" not in r.stderr

@@ -305,3 +305,40 @@ def test_seal_refuses_an_overlay_rewritten_to_name_a_data_file(tmp_path: Path) -
         seal(overlay, out, backing=disk)
     assert "external file" in e.value.message
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_seal_with_explicit_backing_flattens_the_inspected_base(tmp_path: Path) -> None:
+    """The seal reads the base through the inspected descriptor (not the overlay's backing
+    name) and writes a standalone image larger than any helper output bound."""
+    from builder.disk_image import inspect_disk
+    from builder.qemu import seal
+
+    payload = tmp_path / "payload.raw"
+    payload.write_bytes(os.urandom(24 << 20))  # incompressible: the sealed file is > 24 MiB
+    base = tmp_path / "base.qcow2"
+    _qemu_img("convert", "-q", "-f", "raw", "-O", "qcow2", str(payload), str(base))
+    overlay = tmp_path / "overlay.qcow2"
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-u", "-b", "/nonexistent/elsewhere.qcow2", "-F", "qcow2",
+        str(overlay), str(24 << 20),
+    )  # fmt: skip
+    out = tmp_path / "sealed.qcow2"
+    with inspect_disk(base) as disk:
+        digest = seal(overlay, out, backing=disk)
+    assert out.stat().st_size > 24 << 20
+    assert len(digest) == 64
+    same = subprocess.run(
+        ["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", str(payload), str(out)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert same.returncode == 0, same.stderr
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(out)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert "backing-filename" not in info

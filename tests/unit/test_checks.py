@@ -438,8 +438,13 @@ def test_one_stat_for_every_pattern_and_one_walk_for_suid_and_world_writable(
     res = run(bl, Facts({**f.sections, "os-release": "ID=debian\nVERSION_ID=12\n"}, f.status))
     assert res["fs.a"].status is Status.FAILED and "a2: mode 0666" in res["fs.a"].evidence[0]
     assert res["fs.b"].status is Status.FAILED
-    walk = parse("\n@@F-n walk\nsuid /usr/bin/su\nww file /tmp/x\nww dir /srv/d\n@@E-n 0\n", "n")
-    assert walk.lines("suid") == ["/usr/bin/su"]
+    walk = parse(
+        b"\n@@F-n walk\nsuid /usr/bin/su\0suid /usr/bin/passwd\netc\0ww file /tmp/x\0"
+        b"ww dir /srv/d\0suid /x\xff\0\n@@E-n 0\n",
+        "n",
+    )
+    # NUL-separated: a newline in a name stays in the name (escaped), never cut at the newline
+    assert walk.lines("suid") == ["/usr/bin/su", "/usr/bin/passwd\\netc", "/x\\xff"]
     assert walk.lines("world-writable") == ["file /tmp/x", "dir /srv/d"]
 
 
@@ -681,3 +686,32 @@ def test_pwhistory_conf_is_ignored_by_debian_12s_pam(tmp_path: Path, version: st
     r = run(bl, facts_for(with_arg))["pam.pwhistory-remember"]
     assert r.status is Status.PASSED, r.evidence
     assert "pam_pwhistory.so use_authtok remember=24" in r.evidence[0]
+
+
+def test_the_shell_path_marks_a_cut_file_as_a_limit_never_a_pass(tmp_path: Path) -> None:
+    """A line longer than the limit (or too many lines) ends the section as truncated: error."""
+    import subprocess
+
+    conf = tmp_path / "login.defs"
+    conf.write_text("A" * 70_000 + "\nUMASK 077\n")
+    bl = baseline(
+        tmp_path,
+        f"""\
+    - id: login.umask
+      title: umask
+      controls: {{iso27017: [CLD.9.5.2]}}
+      config_line: {{path: {conf}, key: UMASK, value: "077", separator: space}}
+    """,
+    )
+    out = subprocess.run(
+        ["/bin/sh", "-c", FactPlan.for_rules(bl.rules, TargetKind.CONTAINER).script("n1")],
+        capture_output=True,
+        check=True,
+    ).stdout
+    f = parse(out, "n1")
+    assert f"file:{conf}" in f.limits
+    res = run(
+        bl, Facts({**f.sections, "os-release": "ID=debian\nVERSION_ID=12\n"}, f.status, f.limits)
+    )
+    assert res["login.umask"].status is Status.ERROR
+    assert "not read to the end" in res["login.umask"].evidence[0]

@@ -27,6 +27,7 @@ from builder.disk_image import (
     parse_qcow2_header,
     parse_size,
 )
+from harden import signals
 from harden.errors import ExitCode, InputError
 
 GIB = 1 << 30
@@ -260,7 +261,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_handlers_are_restored() -> None:
     before = signal.getsignal(signal.SIGTERM)
     cleaned: list[str] = []
     with (
-        pytest.raises(children.Terminated) as e,
+        pytest.raises(signals.Terminated) as e,
         children.cleanup_on_signals(),
         children.cleanup_on_signals(),  # nested: one installation
     ):
@@ -277,7 +278,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_handlers_are_restored() -> None:
 
 
 def test_terminated_kills_what_unwinding_missed() -> None:
-    with pytest.raises(children.Terminated), children.cleanup_on_signals():
+    with pytest.raises(signals.Terminated), children.cleanup_on_signals():
         proc = children.spawn(["sleep", "300"])
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)

@@ -32,7 +32,9 @@ def test_split_tag_keeps_the_port_in_the_repository() -> None:
 @pytest.mark.parametrize(
     ("ref", "scheme"),
     [
-        ("debian:12", "docker-image"),
+        ("debian:12", "registry"),  # refused later: it names no registry host
+        ("127.0.0.1:5000/library/debian:12", "registry"),
+        ("docker-image://debian:12", "local"),
         ("docker://web", "docker"),
         ("ssh://root@127.0.0.1:2222", "ssh"),
         ("/var/cache/harden/templates/t.qcow2", "qcow2"),
@@ -40,6 +42,11 @@ def test_split_tag_keeps_the_port_in_the_repository() -> None:
 )
 def test_scheme_of(ref: str, scheme: str) -> None:
     assert scheme_of(ref) == scheme
+
+
+def test_local_images_are_named_as_such() -> None:
+    assert scheme_of("debian:12", local=True) == "local"
+    assert scheme_of("127.0.0.1:5000/library/debian:12", local=True) == "local"
 
 
 def test_unknown_scheme_is_a_usage_error() -> None:
