@@ -283,8 +283,6 @@ def assess(facts: ImageFacts, clock: Clock, warn_within: dt.timedelta) -> ImageS
     expires_at: dt.datetime | None = None
 
     found[State.UNKNOWN] += list(facts.unreachable)
-    if facts.archive_problem:
-        found[State.UNKNOWN].append(facts.archive_problem)
     if not facts.unreachable and facts.digest is None:
         found[State.MISSING].append(f"no image at {facts.destination}")
     if facts.digest is not None:
@@ -346,6 +344,11 @@ def assess(facts: ImageFacts, clock: Clock, warn_within: dt.timedelta) -> ImageS
                 f"security fix pending: {describe_fix(facts.fixes, u)}" for u in security
             ]
 
+    if facts.archive_problem:
+        # an archive that cannot be read leaves the security state unknown; an image that needs
+        # a rebuild anyway (stale, revoked, missing) keeps that state, the problem as a reason
+        settled = next((x for x in (State.MISSING, State.REVOKED, State.STALE) if found[x]), None)
+        found[settled or State.UNKNOWN].append(facts.archive_problem)
     present = frozenset(s for s, reasons in found.items() if reasons)
     state = next((s for s in _ORDER if s in present), State.FRESH)
     reasons = tuple(r for s in _ORDER for r in found[s]) + facts.notes

@@ -160,9 +160,12 @@ def test_sbom_round_trips_to_the_packages_status_compares() -> None:
 
 
 def test_archive_problems_make_the_state_unknown_with_the_reason() -> None:
-    from harden.clock import FixedClock
-    from harden.lifecycle import ImageFacts, State, assess
+    import dataclasses
 
+    from harden.clock import FixedClock
+    from harden.lifecycle import ImageFacts, State, Verification, assess
+
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     facts = ImageFacts(
         name="x",
         definition="x.yaml",
@@ -171,8 +174,14 @@ def test_archive_problems_make_the_state_unknown_with_the_reason() -> None:
         digest="sha256:" + "b" * 64,
         archive_state="archive unreachable",
         archive_problem="archive unreachable: http://127.0.0.1:9/dists/x/InRelease",
+        verification=Verification(now, now + dt.timedelta(days=9), True, "sha256:" + "c" * 64),
+        current_baseline_digest="sha256:" + "c" * 64,
     )
-    st = assess(facts, FixedClock(dt.datetime(2026, 1, 2, tzinfo=dt.UTC)), dt.timedelta(0))
+    st = assess(facts, FixedClock(now), dt.timedelta(0))
     assert st.state is State.UNKNOWN
     assert st.label == "unknown (archive unreachable)"
     assert st.to_json()["archive"]["state"] == "archive unreachable"
+    # an image that needs a rebuild anyway keeps that state; the problem is one of its reasons
+    stale = assess(dataclasses.replace(facts, verification=None), FixedClock(now), dt.timedelta(0))
+    assert stale.state is State.STALE
+    assert facts.archive_problem in stale.reasons
