@@ -20,18 +20,20 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from bench.common import Result, interleaved
 from harden.attest import dsse
 from harden.attest.keys import KeyType, keygen, load_public_key, load_signer
-from harden.attest.predicates import HARDEN_COMPLIANCE
+from harden.attest.predicates import CYCLONEDX_BOM, HARDEN_COMPLIANCE
 from harden.attest.statements import Subject, serialize
+from harden.attest.statements import sbom as sbom_statement
 from harden.attest.store import attach
 from harden.baseline.resolve import Catalogue
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
 from harden.inventory import ContentCache, Inventory
-from harden.lifecycle import State, assess
+from harden.lifecycle import assess
 from harden.oci import RegistryClient
 from harden.oci.model import OCI_MANIFEST, Descriptor, canonical_json, compute_digest
 from harden.results import rfc3339
@@ -65,8 +67,10 @@ def _compliance(subject: Subject, baseline: dict[str, str], now: dt.datetime) ->
     return serialize(statement)
 
 
-def _setup() -> tuple[Path, Path]:
-    """(definitions dir, public key); pushes everything once."""
+def _setup(work: Path = WORK, repo: str = REPO, sbom: bool = False) -> tuple[Path, Path]:
+    """(definitions dir, public key); pushes everything once. With ``sbom`` every image also
+    carries a signed CycloneDX SBOM (``SBOM_PACKAGES`` packages, one of them zzbench 1.0)."""
+    WORK, REPO = work, repo
     defs, marker = WORK / "images", WORK / "setup.json"
     client = RegistryClient(REGISTRY)
     if marker.exists() and client.head_manifest(REPO, f"img-{COUNT - 1:03d}") is not None:
@@ -142,6 +146,10 @@ def _setup() -> tuple[Path, Path]:
         subject = Descriptor(OCI_MANIFEST, digest, len(manifest))
         payload = _compliance(Subject(f"{REGISTRY}/{REPO}", digest), baseline, now)
         attach(own, REPO, subject, dsse.sign(payload, signer), HARDEN_COMPLIANCE, now)
+        if sbom:
+            doc = _sbom_doc(f"{REGISTRY}/{REPO}", digest, now)
+            st = serialize(sbom_statement(Subject(f"{REGISTRY}/{REPO}", digest), doc))
+            attach(own, REPO, subject, dsse.sign(st, signer), CYCLONEDX_BOM, now)
         (defs / f"img-{i:03d}.yaml").write_text(
             json.dumps(
                 {
@@ -163,22 +171,38 @@ def _setup() -> tuple[Path, Path]:
     return defs, pub
 
 
-def _status(defs_dir: Path, pub: Path, jobs: int, cache_path: Path) -> int:
+def _status(
+    defs_dir: Path,
+    pub: Path,
+    jobs: int,
+    cache_path: Path,
+    archive_cache: Path | None = None,
+) -> int:
+    """One `harden status` as the use case runs it; with ``archive_cache`` the pending security
+    updates of every image's SBOM are checked too (every image then says outdated)."""
+    from harden.debian.archive import ArchiveReader
+    from harden.debian.check import SecurityCheck
+
     defs = [load_definition(p) for p in sorted(defs_dir.glob("*.yaml"))]
     clock = SystemClock()
+    security = (
+        SecurityCheck(ArchiveReader(archive_cache, clock)) if archive_cache is not None else None
+    )
     inventory = Inventory(
         Catalogue.from_search_path([]),
         [load_public_key(pub)],
         clock,
         jobs=jobs,
         cache=ContentCache(cache_path),
+        security=security,
     )
     statuses = [assess(f, clock, dt.timedelta(days=7)) for f in inventory.facts(defs)]
-    fresh = sum(s.state is State.FRESH for s in statuses)
-    if len(statuses) != COUNT or fresh != COUNT:
-        bad = [(s.name, s.label, s.reasons[:1]) for s in statuses if s.state is not State.FRESH]
-        raise RuntimeError(f"expected {COUNT} fresh images, got {fresh}: {bad[:3]}")
-    return fresh
+    want = "outdated (security: 1 package)" if security else "fresh"
+    good = sum(s.label == want for s in statuses)
+    if len(statuses) != COUNT or good != COUNT:
+        bad = [(s.name, s.label, s.reasons[:1]) for s in statuses if s.label != want]
+        raise RuntimeError(f"expected {COUNT} {want} images, got {good}: {bad[:3]}")
+    return good
 
 
 def run() -> list[Result]:
@@ -192,6 +216,7 @@ def run() -> list[Result]:
         lambda: _status(defs, pub, 8, cache), lambda: _status(defs, pub, 1, cache), REPEAT
     )
     return [
+        *run_sbom(),
         Result(
             name=f"status {COUNT} images, 8 threads (warm cache)",
             harden_s=concurrent,
@@ -209,6 +234,141 @@ def run() -> list[Result]:
             target=f"< {TARGET_S:.0f} s",
             met=cold < TARGET_S,
         ),
+    ]
+
+
+# ---- the same 500 images, each with a signed SBOM, against one signed local archive ----------
+SBOM_WORK = WORK.with_name(WORK.name + "-sbom")
+SBOM_REPO = "bench/status-sbom"
+SBOM_PACKAGES = 150
+
+
+def _sbom_doc(name: str, digest: str, now: dt.datetime) -> dict[str, Any]:
+    from harden.debian.dpkg import Package
+    from harden.sbom import cyclonedx
+
+    pkgs = [
+        Package(f"libbench{i:03d}", f"1.{i}-1", "amd64", f"bench{i}", f"1.{i}-1")
+        for i in range(SBOM_PACKAGES - 1)
+    ]
+    pkgs.append(Package("zzbench", "1.0", "all", "zzbench", "1.0"))
+    return cyclonedx(
+        sorted(pkgs),
+        subject_name=name,
+        subject_digest=digest,
+        distro="debian-12",
+        now=now,
+        codename="bookworm",
+    )
+
+
+def _archive(root: Path) -> Path:
+    """A signed archive (gpg test key, apt-ftparchive): bookworm-security has zzbench 1.1 and
+    new versions of half the libbench packages' neighbours (names not installed); -updates is
+    empty. Returns the keyring."""
+    import subprocess
+
+    gnupg, keyring = root / "gnupg", root / "bench-archive.gpg"
+    if not keyring.exists():
+        gnupg.mkdir(parents=True, mode=0o700)
+        subprocess.run(
+            [
+                "gpg",
+                "--batch",
+                "--homedir",
+                str(gnupg),
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                "harden bench archive <bench@test.invalid>",
+                "ed25519",
+                "sign",
+                "never",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        keyring.write_bytes(
+            subprocess.run(
+                ["gpg", "--homedir", str(gnupg), "--export"], capture_output=True, check=True
+            ).stdout
+        )
+    security = "Package: zzbench\nVersion: 1.1\nArchitecture: all\n\n" + "".join(
+        f"Package: other{i:04d}\nVersion: 2.{i}\nArchitecture: amd64\n\n" for i in range(2000)
+    )
+    for suite, text in (("bookworm-security", security), ("bookworm-updates", "")):
+        d = root / "www/dists" / suite
+        idx = d / "main/binary-amd64"
+        idx.mkdir(parents=True, exist_ok=True)
+        import lzma
+
+        (idx / "Packages.xz").write_bytes(lzma.compress(text.encode()))
+        release = subprocess.run(
+            ["apt-ftparchive", "-o", f"APT::FTPArchive::Release::Suite={suite}", "release", str(d)],
+            capture_output=True,
+            check=True,
+        ).stdout
+        (d / "Release").write_bytes(release)
+        (d / "InRelease").unlink(missing_ok=True)
+        subprocess.run(
+            [
+                "gpg",
+                "--batch",
+                "--homedir",
+                str(gnupg),
+                "--clearsign",
+                "-o",
+                str(d / "InRelease"),
+                str(d / "Release"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return keyring
+
+
+def run_sbom() -> list[Result]:
+    import functools
+    import http.server
+    import threading
+
+    defs, pub = _setup(SBOM_WORK, SBOM_REPO, sbom=True)
+    keyring = _archive(SBOM_WORK / "archive")
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(SBOM_WORK / "archive/www")
+    )
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for p in defs.glob("*.yaml"):  # the archive's port changes per run
+            doc = json.loads(p.read_text())
+            doc["archive"] = {"mirror": url, "keyring": str(keyring)}
+            p.write_text(json.dumps(doc))
+        cache, archive_cache = SBOM_WORK / "inventory.db", SBOM_WORK / "archive-cache"
+        cache.unlink(missing_ok=True)
+        shutil.rmtree(archive_cache, ignore_errors=True)
+        t0 = time.perf_counter()
+        _status(defs, pub, 8, cache, archive_cache)  # cold: registry and archive
+        cold = time.perf_counter() - t0
+        warm, without = interleaved(
+            lambda: _status(defs, pub, 8, cache, archive_cache),
+            lambda: _status(defs, pub, 8, cache),
+            REPEAT,
+        )
+    finally:
+        server.shutdown()
+    return [
+        Result(
+            name=f"status {COUNT} images with SBOMs vs one signed archive (warm)",
+            harden_s=warm,
+            baseline_name="same, no archive check",
+            baseline_s=without,
+            target=f"< {TARGET_S:.0f} s",
+            met=warm < TARGET_S,
+            note=f"cold (registry + archive): {cold:.2f} s; {SBOM_PACKAGES} packages per image",
+        )
     ]
 
 

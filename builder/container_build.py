@@ -38,6 +38,8 @@ from harden.baseline.kinds import ImageCheck, ImageConfig, PackagePresent
 from harden.baseline.model import Target
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
+from harden.debian.fixes import Fix
+from harden.debian.pending import PendingUpdate
 from harden.errors import EnvironmentProblem, ImageDefinitionError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.labels import BASE_DIGEST as OCI_BASE_DIGEST
@@ -86,6 +88,8 @@ class BuildResult:
     base_digest: str
     baseline: ResolvedBaseline
     report: VerifyReport
+    updates: tuple[PendingUpdate, ...] = ()  # security/stable updates the build installed
+    fixes: tuple[Fix, ...] = ()  # what the installed security updates fixed (CVE/DSA ids)
 
     @property
     def compliant(self) -> bool:
@@ -200,6 +204,25 @@ def _base_config_changes(cfg: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _updates(
+    engine: Engine,
+    image_id: str,
+    restore: list[str],
+    defn: ImageDefinition,
+    clock: Clock,
+    progress: Progress,
+) -> tuple[str, tuple[PendingUpdate, ...], tuple[Fix, ...]]:
+    """Remediation step 0, visible in the progress and the provenance: apply the security and
+    stable updates of the archive the definition pins (else the host's apt sources)."""
+    from builder.updates import apply_updates
+    from harden.debian.archive import ArchiveReader
+    from harden.paths import harden_home
+
+    progress("remediation: security and stable updates")
+    reader = ArchiveReader(harden_home() / "archive", clock)
+    return apply_updates(engine, image_id, restore, reader, defn.update_archives, progress)
+
+
 def golden_labels(
     base_labels: Mapping[str, str], definition_labels: Mapping[str, str], harden: Mapping[str, str]
 ) -> dict[str, str]:
@@ -290,6 +313,8 @@ def build_container(
 
     image_id: str | None = None
     reused = False
+    updates: tuple[PendingUpdate, ...] = ()
+    fixes: tuple[Fix, ...] = ()
     if not force:
         # an image committed before labels were cleaned (it carries the temporary label of its
         # remediation container) is never reused: it is rebuilt with clean labels
@@ -312,6 +337,9 @@ def build_container(
         base_cfg = engine.image(base_id).attrs.get("Config") or {}
         restore = _base_config_changes(base_cfg)
         current = base_id
+        if doc.archive is None or doc.archive.apply:
+            current, updates, fixes = _updates(engine, current, restore, defn, clock, progress)
+        updated = current if current != base_id else None
         labels = golden_labels(
             base_cfg.get("Labels") or {},
             doc.labels,
@@ -371,6 +399,8 @@ def build_container(
         finally:
             if intermediate is not None:
                 engine.remove_image(intermediate)
+            if updated is not None:  # the updates step's commit, like the install step's
+                engine.remove_image(updated)
         ran = parse_facts(stdout, nonce) if commands else None
         report = _verify_committed(engine, image_id, baseline, clock, reference, ran, progress)
     else:
@@ -405,4 +435,6 @@ def build_container(
         base_digest=base_digest,
         baseline=baseline,
         report=report,
+        updates=updates,
+        fixes=fixes,
     )

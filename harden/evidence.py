@@ -392,6 +392,9 @@ class ImageEvidence:
     last_build: dt.datetime | None  # the last successful build, reused (inputs unchanged) too
     control_rules: Mapping[str, tuple[str, ...]]  # control key -> the image's rules for it
     scan: Mapping[str, Any] | None = None  # the latest verified OpenSCAP scan attestation
+    # pending security fixes (package, versions, CVE/DSA ids, published) from the image's signed
+    # SBOM against its archive; None = not checked
+    pending_fixes: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def all_verified(self) -> bool:
@@ -420,6 +423,9 @@ class ImageEvidence:
             "last_build": rfc3339(self.last_build) if self.last_build else None,
             "history": [h.to_json() for h in self.history],
             "openscap_scan": dict(self.scan) if self.scan is not None else None,
+            "pending_security_fixes": None
+            if self.pending_fixes is None
+            else [dict(p) for p in self.pending_fixes],
         }
 
 
@@ -728,8 +734,11 @@ def collect(
     images_dir: str = "images",
     since: dt.datetime | None = None,
     controls: Sequence[str] = (),
+    pending: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Bundle:
-    """Assemble the evidence bundle; RegistryError when a registry cannot be reached."""
+    """Assemble the evidence bundle; RegistryError when a registry cannot be reached.
+
+    ``pending``: image name -> its pending security fixes (from `harden status`'s check)."""
     now = clock.now()
     today = now.astimezone(dt.UTC).date()
     golden = [d for d in definitions if d.doc.destination]
@@ -826,6 +835,9 @@ def collect(
                 last_build=max((h.at for h in builds), default=None),
                 control_rules=image_controls[d.name],
                 scan=_signed_scan(verified),
+                pending_fixes=tuple(pending[d.name])
+                if pending is not None and d.name in pending
+                else None,
             )
         )
         signed_waivers: set[str] = set()

@@ -24,7 +24,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -47,6 +47,9 @@ from harden.errors import ImageDefinitionError, InputError
 from harden.paths import shipped_suites_dir
 from harden.testsuite import Suite
 from harden.yamlio import LineMap, load_file
+
+if TYPE_CHECKING:
+    from harden.debian.sources import Archive
 
 ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-_:/@]*$", max_length=255)]
 _DURATION = re.compile(r"^(\d+)([hdw])$")
@@ -82,6 +85,25 @@ class VmSource(Strict):
     ssh_key: str | None = None
 
 
+class ArchivePin(Strict):
+    """Where security and stable updates come from (default: the host's apt sources).
+
+    ``mirror`` serves ``<codename>-updates`` and, unless ``security_mirror`` is given, also
+    ``<codename>-security``: a snapshot URL pins every update a build applies (reproducible).
+    ``snapshot: true`` accepts a signed index past its ``Valid-Until`` (as apt's snapshot option
+    does; a pinned snapshot is old by design)."""
+
+    mirror: Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=1024)] | None = (
+        None
+    )
+    security_mirror: (
+        Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=1024)] | None
+    ) = None
+    keyring: str | None = None  # default: /usr/share/keyrings/debian-archive-keyring.gpg
+    snapshot: bool = False
+    apply: bool = True  # the build upgrades the packages the archive has fixes for
+
+
 SHIPPED_PREFIX = "harden:"  # harden's own suites: harden:behaviour/container, harden:behaviour/vm
 
 
@@ -107,6 +129,7 @@ class ImageDefinitionDoc(Strict):
     max_age: str = "30d"
     labels: dict[str, str] = Field(default_factory=dict)
     tests: list[str | TestSuiteEntry] = Field(default_factory=list)
+    archive: ArchivePin | None = None  # security/updates source (default: host apt sources)
 
     @field_validator("max_age")
     @classmethod
@@ -142,6 +165,22 @@ class ImageDefinition:
 
     def resolve_baseline(self, catalogue: Catalogue) -> ResolvedBaseline:
         return resolve(catalogue, self.doc.baseline.id, self.overrides())
+
+    def update_archives(self, codename: str) -> list[Archive]:
+        """The security and updates suites this image is compared with and upgraded from: the
+        definition's ``archive`` pin, else the host's apt sources."""
+        from harden.debian.sources import archives_for
+
+        pin = self.doc.archive
+        if pin is None:
+            return archives_for(codename)
+        return archives_for(
+            codename,
+            mirror=pin.mirror,
+            security_mirror=pin.security_mirror,
+            keyring=Path(pin.keyring) if pin.keyring else None,
+            snapshot=pin.snapshot,
+        )
 
     def suites(self) -> tuple[Suite, ...]:
         """The definition's test suites, paths resolved against the definition's folder."""

@@ -35,7 +35,7 @@ from typing import Any
 from harden import labels
 from harden.attest import dsse, revlist
 from harden.attest.keys import PublicKey
-from harden.attest.predicates import _utc_timestamp
+from harden.attest.predicates import CYCLONEDX_BOM, _utc_timestamp
 from harden.attest.store import (
     AttestationProblem,
     FetchedEnvelope,
@@ -45,6 +45,7 @@ from harden.attest.store import (
 )
 from harden.baseline.resolve import Catalogue
 from harden.clock import Clock
+from harden.debian.check import SecurityCheck
 from harden.errors import AttestationError, HardenError, InputError, RegistryError
 from harden.files import sha256_file
 from harden.gate import RevocationListView, gather_evidence, latest_compliance
@@ -214,6 +215,7 @@ class Inventory:
         jobs: int = DEFAULT_JOBS,
         cache: ContentCache | None = None,
         client_factory: ClientFactory = _default_factory,
+        security: SecurityCheck | None = None,
     ) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
@@ -223,6 +225,7 @@ class Inventory:
         self.jobs = jobs
         self.cache = cache or ContentCache(None)
         self._factory = client_factory
+        self.security = security  # None: pending security updates are not checked
         self._local = threading.local()
         self._baselines: dict[str, str] = {}
         self._baseline_lock = threading.Lock()
@@ -355,8 +358,9 @@ class Inventory:
             )
         if down.get(dest.registry):
             return _replace(facts, unreachable=(*unreachable, str(down[dest.registry])))
+        sbom: dict[str, Any] | None = None
         try:
-            facts = self._image(facts, dest)
+            facts, sbom = self._image(facts, dest)
             if doc.promote_to:
                 prod = refs[doc.promote_to].ref
                 if prod is not None and not down.get(prod.registry):
@@ -367,18 +371,41 @@ class Inventory:
             facts = self._with_revocation_list(facts, dest.registry)
         except RegistryError as e:
             unreachable.append(e.message)
+        if sbom is not None and self.security is not None:
+            facts = self._pending(facts, defn, sbom, self.security)
         return _replace(
             facts, current_base_digest=base_now, unreachable=tuple(unreachable), notes=notes
         )
 
-    def _image(self, facts: ImageFacts, dest: Reference) -> ImageFacts:
+    @staticmethod
+    def _pending(
+        facts: ImageFacts, defn: ImageDefinition, sbom: dict[str, Any], security: SecurityCheck
+    ) -> ImageFacts:
+        """The packages of the image's signed SBOM against its archive's security suites."""
+        from harden.debian.check import unreachable
+        from harden.sbom import codename_of, installed_of
+
+        codename = codename_of(sbom)
+        if codename is None:
+            return _replace(facts, notes=(*facts.notes, "the SBOM names no Debian release"))
+        try:
+            found = security.pending(defn.update_archives(codename), installed_of(sbom))
+        except HardenError as e:
+            state = "archive unreachable" if unreachable(e) else "archive refused"
+            return _replace(facts, archive_state=state, archive_problem=f"{state}: {e.message}")
+        return _replace(facts, pending_updates=found.updates, fixes=found.fixes)
+
+    def _image(
+        self, facts: ImageFacts, dest: Reference
+    ) -> tuple[ImageFacts, dict[str, Any] | None]:
+        """The image's facts and its newest verified SBOM (CycloneDX), if it has one."""
         client = self.client(dest.registry)
         try:
             found = client.head_manifest(dest.repository, dest.tag or "latest")
         except RegistryNotFound:
             found = None
         if found is None:
-            return facts
+            return facts, None
         digest = found.digest
         labels = self._labels(client, dest.repository, digest)
         created = _time(labels.get(LABEL_CREATED))
@@ -393,7 +420,7 @@ class Inventory:
         envelopes, problems = fetched.envelopes, fetched.problems
         if not self.trusted:
             problems = ["no trusted key given (--key): attestations cannot be verified", *problems]
-            return _replace(facts, attestation_problems=tuple(problems))
+            return _replace(facts, attestation_problems=tuple(problems)), None
         ev = gather_evidence(envelopes, self.trusted, digest, self.clock.now())
         problems += list(ev.rejected)
         c, unreadable = latest_compliance(ev)  # the same choice the promotion gate makes
@@ -424,7 +451,7 @@ class Inventory:
             verification=verification,
             attestation_problems=tuple(problems),
             revocations=tuple(revocations),
-        )
+        ), newest_sbom(ev.for_subject(CYCLONEDX_BOM))
 
     def _revocation_list(self, registry: str) -> RevocationListView | None:
         """The signed revocation list governing ``registry`` (read once per registry)."""
@@ -535,6 +562,18 @@ class Inventory:
         if found is None:
             raise RegistryNotFound(f"{ref_text}: no such image", hint="check the reference")
         return ref, found.digest
+
+
+def newest_sbom(statements: Sequence[Any]) -> dict[str, Any] | None:
+    """The CycloneDX document of the newest (``metadata.timestamp``) verified SBOM statement."""
+    best: tuple[str, dict[str, Any]] | None = None
+    for s in statements:
+        doc = s.statement.predicate
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        when = str(meta.get("timestamp", "")) if isinstance(meta, dict) else ""
+        if best is None or when > best[0]:
+            best = (when, doc)
+    return best[1] if best else None
 
 
 def _base_of(defn: ImageDefinition) -> str | None:

@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from harden.clock import Clock
+from harden.debian.fixes import Fix
 from harden.debian.pending import PendingUpdate
 from harden.errors import ExitCode
 from harden.results import rfc3339
@@ -115,6 +116,10 @@ class ImageFacts:
     # pending updates of the packages in the image's SBOM; None = not checked (no SBOM/archive)
     pending_updates: tuple[PendingUpdate, ...] | None = None
     production_problems: tuple[str, ...] = ()  # what the revocation list says of production
+    fixes: tuple[Fix, ...] = ()  # the CVE/DSA/DLA ids of the pending security updates
+    # the archive could not be read ("archive unreachable") or was refused ("archive refused")
+    archive_state: str | None = None
+    archive_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ class ImageStatus:
         """``outdated (base)``, ``stale``, ..."""
         if self.state is State.OUTDATED:
             return f"outdated ({', '.join(self.outdated)})"
+        if self.state is State.UNKNOWN and self.facts.archive_state and not self.facts.unreachable:
+            return f"unknown ({self.facts.archive_state})"
         return self.state.value
 
     @property
@@ -200,9 +207,13 @@ class ImageStatus:
                     "candidate": u.candidate,
                     "suite": u.suite,
                     "security": u.security,
+                    **fix_json(f.fixes, u),
                 }
                 for u in f.pending_updates
             ],
+            "archive": {"state": f.archive_state, "problem": f.archive_problem}
+            if f.archive_state
+            else None,
             "revoked": bool(f.revocations),
             "revocations": [
                 {
@@ -219,6 +230,26 @@ class ImageStatus:
     def recorded_baseline(self) -> str | None:
         v = self.facts.verification
         return v.baseline_digest if v else self.facts.recorded_baseline_digest
+
+
+def _fix_for(fixes: Sequence[Fix], u: PendingUpdate) -> Fix | None:
+    return next((x for x in fixes if x.update == u), None)
+
+
+def fix_json(fixes: Sequence[Fix], u: PendingUpdate) -> dict[str, Any]:
+    fix = _fix_for(fixes, u)
+    return {"fixes": list(fix.ids) if fix else [], "published": fix.published if fix else None}
+
+
+def describe_fix(fixes: Sequence[Fix], u: PendingUpdate) -> str:
+    """``zzhello 1.0 -> 1.1 (bookworm-security) fixes CVE-..., DSA-... (published ...)``."""
+    fix = _fix_for(fixes, u)
+    text = u.describe()
+    if fix and fix.ids:
+        text += " fixes " + ", ".join(fix.ids)
+    if fix and fix.published:
+        text += f" (published {fix.published})"
+    return text
 
 
 _ORDER = (
@@ -319,8 +350,15 @@ def assess(facts: ImageFacts, clock: Clock, warn_within: dt.timedelta) -> ImageS
         if security:
             n = len(security)
             outdated.append(f"security: {n} package{'s' if n != 1 else ''}")
-            found[State.OUTDATED] += [f"security fix pending: {u.describe()}" for u in security]
+            found[State.OUTDATED] += [
+                f"security fix pending: {describe_fix(facts.fixes, u)}" for u in security
+            ]
 
+    if facts.archive_problem:
+        # an archive that cannot be read leaves the security state unknown; an image that needs
+        # a rebuild anyway (stale, revoked, missing) keeps that state, the problem as a reason
+        settled = next((x for x in (State.MISSING, State.REVOKED, State.STALE) if found[x]), None)
+        found[settled or State.UNKNOWN].append(facts.archive_problem)
     present = frozenset(s for s, reasons in found.items() if reasons)
     state = next((s for s in _ORDER if s in present), State.FRESH)
     reasons = tuple(r for s in _ORDER for r in found[s]) + facts.notes

@@ -27,6 +27,8 @@ from packageurl import PackageURL
 from harden.debian.dpkg import Package
 
 CYCLONEDX_BOM = "https://cyclonedx.org/bom"
+CODENAME_PROPERTY = "harden:debian:codename"
+SOURCE_PROPERTY = "harden:deb:source"
 _NAMESPACE = uuid.UUID("6f1c1f0e-4e0a-4c7a-9b35-2f8a3f4d9a11")
 
 
@@ -47,12 +49,18 @@ def cyclonedx(
     subject_digest: str,
     distro: str,
     now: dt.datetime,
+    codename: str | None = None,
 ) -> dict[str, Any]:
-    """The SBOM as a JSON object (CycloneDX 1.6), ready to be an in-toto predicate."""
+    """The SBOM as a JSON object (CycloneDX 1.6), ready to be an in-toto predicate.
+
+    ``codename`` (``bookworm``) is recorded as the metadata property ``harden:debian:codename``:
+    the release whose security suites ``harden status`` compares the packages with."""
     listing = "\n".join(f"{p.name} {p.version} {p.architecture}" for p in packages)
     serial = uuid.uuid5(_NAMESPACE, f"{subject_digest}\n{listing}")
     bom = Bom(serial_number=serial)
     bom.metadata.timestamp = now
+    if codename:
+        bom.metadata.properties.add(Property(name=CODENAME_PROPERTY, value=codename))
     root = Component(
         name=subject_name,
         type=ComponentType.CONTAINER,
@@ -63,7 +71,7 @@ def cyclonedx(
     components = []
     for p in packages:
         ref = purl(p, distro)
-        props = [Property(name="harden:deb:source", value=f"{p.source} {p.source_version}")]
+        props = [Property(name=SOURCE_PROPERTY, value=f"{p.source} {p.source_version}")]
         components.append(
             Component(
                 name=p.name,
@@ -92,3 +100,39 @@ def packages_of(doc: dict[str, Any]) -> dict[str, str]:
 def digest_of(doc: dict[str, Any]) -> str:
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def codename_of(doc: dict[str, Any]) -> str | None:
+    """The Debian codename recorded in the document's metadata (None when it names none)."""
+    meta = doc.get("metadata")
+    for prop in (meta.get("properties") or []) if isinstance(meta, dict) else []:
+        if isinstance(prop, dict) and prop.get("name") == CODENAME_PROPERTY:
+            value = prop.get("value")
+            return str(value) if isinstance(value, str) and value.isalnum() else None
+    return None
+
+
+def installed_of(doc: dict[str, Any]) -> tuple[Package, ...]:
+    """The Debian packages a signed SBOM lists, as :class:`Package` (for pending updates)."""
+    out: list[Package] = []
+    for comp in doc.get("components") or []:
+        if not isinstance(comp, dict):
+            continue
+        ref = comp.get("purl")
+        name, version = comp.get("name"), comp.get("version")
+        if not isinstance(ref, str) or not ref.startswith("pkg:deb/"):
+            continue
+        if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
+            continue
+        query = ref.partition("?")[2]
+        at = query.find("arch=")
+        arch = query[at + 5 :].split("&", 1)[0] if at >= 0 else ""
+        source, source_version = name, version
+        for prop in comp.get("properties") or ():
+            if isinstance(prop, dict) and prop.get("name") == SOURCE_PROPERTY:
+                parts = str(prop.get("value", "")).split()
+                if len(parts) == 2:
+                    source, source_version = parts
+        out.append(Package(name, version, arch, source, source_version))
+    out.sort(key=lambda p: (p.name, p.architecture, p.version))
+    return tuple(out)

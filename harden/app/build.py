@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from builder.docker_engine import Engine
     from builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
+    from harden.oci.client import RegistryClient
     from harden.oci.types import Descriptor
     from harden.scan.model import ScanResult
 
@@ -159,6 +160,10 @@ def build(
         attached = attach_build_attestations(result, defn, signer, ctx.clock, client)
     except HardenError as e:
         return dataclasses.replace(built, attestation_error=e)
+    try:
+        attached += _attach_inventory(result, signer, ctx, client, engine)
+    except HardenError as e:
+        return dataclasses.replace(built, attestation_error=e)
     ctx.progress(f"attached {len(attached)} signed attestation(s) to {result.digest}")
     built = dataclasses.replace(built, attached=tuple(attached))
     if scan is not None:
@@ -173,6 +178,45 @@ def build(
             return dataclasses.replace(built, scan_error=e)
         ctx.progress(f"attached the signed OpenSCAP scan ({scan.profile_short}) to {result.digest}")
     return built
+
+
+def _attach_inventory(
+    result: BuildResult,
+    signer: Signer,
+    ctx: Context,
+    client: RegistryClient,
+    engine: Callable[[], Engine] | None,
+) -> list[Descriptor]:
+    """The pushed image's package inventory (its dpkg database, read without running it) as a
+    signed CycloneDX attestation; with security updates installed, the OpenVEX of what they
+    fixed."""
+    from builder.docker_engine import Engine
+    from builder.packages import NoPackageDatabase, image_packages
+    from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
+    from harden.sbom import purl
+
+    assert result.digest is not None
+    try:
+        packages, release = image_packages((engine or Engine.connect)(), result.image_id)
+    except NoPackageDatabase as e:
+        ctx.progress(f"no package inventory attached: {e.message}")
+        return []
+    ctx.progress(f"package inventory: {len(packages)} packages ({release.purl_distro})")
+    out = [
+        attach_sbom_attestation(
+            result.reference, result.digest, packages, release, signer, ctx.clock, client
+        )
+    ]
+    cves = sorted({i for f in result.fixes for i in f.ids if i.startswith("CVE-")})
+    if cves:
+        purls = {p.name: purl(p, release.purl_distro).to_string() for p in packages}
+        out.append(
+            attach_vex_attestation(
+                result.reference, result.digest, result.fixes, purls, signer, ctx.clock, client
+            )
+        )
+        ctx.progress(f"VEX: {len(cves)} CVE(s) fixed by the applied updates: {', '.join(cves)}")
+    return out
 
 
 def _check_scan(defn: ImageDefinition, profile: str) -> None:

@@ -94,10 +94,12 @@ def sign_build(
     base_name: str,
     base_digest: str,
     baseline: ResolvedBaseline,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[SignedStatement]:
     """After ``harden build --key``: provenance, test-result and compliance of what was built
     (validUntil = verified time + the definition's max_age)."""
     build = build_info(
+        extra=extra,
         build_type=build_type,
         definition={"name": defn.name, "path": str(defn.path), "sha256": defn.sha256},
         base_name=base_name,
@@ -138,6 +140,7 @@ def build_info(
     baseline: ResolvedBaseline,
     started: dt.datetime,
     finished: dt.datetime,
+    extra: Mapping[str, Any] | None = None,
 ) -> BuildInfo:
     from harden import __version__
     from harden.attest.statements import BuildInfo
@@ -154,6 +157,7 @@ def build_info(
         harden_version=__version__,
         started_on=started,
         finished_on=finished,
+        extra_parameters=dict(extra or {}),
     )
 
 
@@ -185,6 +189,19 @@ def attach_build_attestations(
         base_name=result.base_name,
         base_digest=result.base_digest,
         baseline=result.baseline,
+        extra={
+            # the remediation step that applied Debian's security and stable updates
+            "appliedUpdates": [
+                {
+                    "package": u.name,
+                    "from": u.installed,
+                    "to": u.candidate,
+                    "suite": u.suite,
+                    "source": u.source,
+                }
+                for u in result.updates
+            ]
+        },
     )
     return attach_signed(client, reference.repository, subject, signed, clock)
 
@@ -292,6 +309,77 @@ def attach_scan_attestation(
     statement = openscap_scan(
         Subject(f"{ref.registry}/{ref.repository}", digest), scan, clock.now()
     )
+    signed = SignedStatement(
+        str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
+    )
+    return attach_signed(client, ref.repository, subject, [signed], clock)[0]
+
+
+def attach_sbom_attestation(
+    reference: str,
+    digest: str,
+    packages: Sequence[Any],
+    release: Any,
+    signer: Signer,
+    clock: Clock,
+    client: RegistryClient | None = None,
+) -> Descriptor:
+    """After ``harden build --key``: the package inventory of the pushed image as a signed
+    CycloneDX 1.6 statement (predicate ``https://cyclonedx.org/bom``), subject = its digest."""
+    from harden.attest import dsse
+    from harden.attest.statements import Subject, sbom, serialize
+    from harden.attest.store import SignedStatement
+    from harden.errors import RegistryError
+    from harden.oci import RegistryClient, parse_reference
+    from harden.sbom import cyclonedx
+
+    ref = parse_reference(reference)
+    client = client or RegistryClient.for_reference(ref)
+    subject = client.head_manifest(ref.repository, digest)
+    if subject is None:
+        raise RegistryError(f"{reference}@{digest} is not in the registry")
+    name = f"{ref.registry}/{ref.repository}"
+    doc = cyclonedx(
+        packages,
+        subject_name=name,
+        subject_digest=digest,
+        distro=release.purl_distro,
+        now=clock.now(),
+        codename=release.codename or None,
+    )
+    statement = sbom(Subject(name, digest), doc)
+    signed = SignedStatement(
+        str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
+    )
+    return attach_signed(client, ref.repository, subject, [signed], clock)[0]
+
+
+def attach_vex_attestation(
+    reference: str,
+    digest: str,
+    fixes: Sequence[Any],
+    purls: Mapping[str, str],
+    signer: Signer,
+    clock: Clock,
+    client: RegistryClient | None = None,
+) -> Descriptor:
+    """After a build that installed security updates: a signed OpenVEX v0.2.0 statement naming
+    each CVE those updates fixed as ``fixed`` in the pushed image (subject = its digest)."""
+    from harden.attest import dsse
+    from harden.attest.statements import Subject, serialize, vex
+    from harden.attest.store import SignedStatement
+    from harden.debian.fixes import openvex
+    from harden.errors import RegistryError
+    from harden.oci import RegistryClient, parse_reference
+
+    ref = parse_reference(reference)
+    client = client or RegistryClient.for_reference(ref)
+    subject = client.head_manifest(ref.repository, digest)
+    if subject is None:
+        raise RegistryError(f"{reference}@{digest} is not in the registry")
+    name = f"{ref.registry}/{ref.repository}"
+    doc = openvex(fixes, product=f"{name}@{digest}", purls=purls, now=clock.now())
+    statement = vex(Subject(name, digest), doc)
     signed = SignedStatement(
         str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
     )

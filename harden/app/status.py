@@ -64,16 +64,25 @@ def tracked_definitions(
 def make_inventory(
     catalogue: Catalogue, trusted: Sequence[PublicKey], ctx: Context, jobs: int
 ) -> Inventory:
+    from harden.debian.archive import ArchiveReader
+    from harden.debian.check import SecurityCheck
     from harden.inventory import ContentCache, Inventory
     from harden.paths import harden_home
 
     cache = ContentCache(harden_home() / "inventory.db")
     if cache.rebuilt:
         ctx.progress("the local inventory cache was unreadable: rebuilding it from the registry")
+    security = SecurityCheck(ArchiveReader(harden_home() / "archive", ctx.clock))
     if ctx.registry is default_client:  # the inventory's own default: one retry, for speed
-        return Inventory(catalogue, trusted, ctx.clock, jobs=jobs, cache=cache)
+        return Inventory(catalogue, trusted, ctx.clock, jobs=jobs, cache=cache, security=security)
     return Inventory(
-        catalogue, trusted, ctx.clock, jobs=jobs, cache=cache, client_factory=ctx.registry
+        catalogue,
+        trusted,
+        ctx.clock,
+        jobs=jobs,
+        cache=cache,
+        client_factory=ctx.registry,
+        security=security,
     )
 
 

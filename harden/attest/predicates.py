@@ -34,6 +34,8 @@ HARDEN_COMPLIANCE = "https://harden.dev/attestation/compliance/v1"
 HARDEN_REVOCATION = "https://harden.dev/attestation/revocation/v1"
 HARDEN_OPENSCAP_SCAN = "https://harden.dev/attestation/openscap-scan/v1"
 HARDEN_REVOCATION_LIST = "https://harden.dev/attestation/revocation-list/v1"
+CYCLONEDX_BOM = "https://cyclonedx.org/bom"  # the package inventory (SBOM), CycloneDX 1.6
+OPENVEX = "https://openvex.dev/ns/v0.2.0"  # which CVEs a rebuild fixed
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harden.attest.predicates import (
+    CYCLONEDX_BOM,
     HARDEN_COMPLIANCE,
     HARDEN_OPENSCAP_SCAN,
     HARDEN_REVOCATION,
+    OPENVEX,
     SLSA_PROVENANCE,
     STATEMENT_TYPE,
     TEST_RESULT,
@@ -46,10 +48,12 @@ __all__ = [
     "ARTIFACT_TYPE_FOR_PREDICATE",
     "BUILD_TYPE_CONTAINER",
     "BUILD_TYPE_VM",
+    "CYCLONEDX_BOM",
     "HARDEN_COMPLIANCE",
     "HARDEN_REVOCATION",
     "LEGACY_DSSE_MEDIA_TYPE",
     "MAX_STATEMENT_BYTES",
+    "OPENVEX",
     "PREDICATE_TYPE_ANNOTATION",
     "SLSA_PROVENANCE",
     "STATEMENT_TYPE",
@@ -68,8 +72,10 @@ __all__ = [
     "parse",
     "provenance",
     "revocation",
+    "sbom",
     "serialize",
     "test_result",
+    "vex",
 ]
 
 # OCI artifactType (and layer mediaType) of one DSSE envelope stored as a referrer, per predicate
@@ -80,6 +86,8 @@ ARTIFACT_TYPE_FOR_PREDICATE: dict[str, str] = {
     HARDEN_COMPLIANCE: "application/vnd.harden.compliance+dsse",
     HARDEN_REVOCATION: "application/vnd.harden.revocation+dsse",
     HARDEN_OPENSCAP_SCAN: "application/vnd.harden.openscap-scan+dsse",
+    CYCLONEDX_BOM: "application/vnd.cyclonedx+dsse",
+    OPENVEX: "application/vnd.openvex+dsse",
 }
 # cosign's legacy label for a DSSE layer; readers accept it too
 LEGACY_DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -355,6 +363,16 @@ def openscap_scan(
     return _statement(subject, HARDEN_OPENSCAP_SCAN, predicate)
 
 
+def sbom(subject: Subject | Sequence[Subject], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The package inventory: a CycloneDX 1.6 document (:func:`harden.sbom.cyclonedx`)."""
+    return _statement(subject, CYCLONEDX_BOM, dict(doc))
+
+
+def vex(subject: Subject | Sequence[Subject], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenVEX v0.2.0 document (:func:`harden.debian.fixes.openvex`) about the subject."""
+    return _statement(subject, OPENVEX, dict(doc))
+
+
 def serialize(statement: Mapping[str, Any]) -> bytes:
     """Compact canonical JSON: sorted keys, no spaces, UTF-8, no NaN."""
     return json.dumps(
@@ -363,11 +381,13 @@ def serialize(statement: Mapping[str, Any]) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise AttestationError(f"duplicate JSON key {k!r}")
-        out[k] = v
+    out = dict(pairs)  # C speed; the loop below only runs when a key repeats (SBOMs are large)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise AttestationError(f"duplicate JSON key {k!r}")
+            seen.add(k)
     return out
 
 

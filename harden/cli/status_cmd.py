@@ -129,9 +129,11 @@ def status(
     \b
     States: fresh, expiring (stale within --warn-within), stale (older than max_age, past
     validUntil, a waiver expired, or no verified compliance attestation), outdated (base or
-    baseline changed since the build: "outdated (base)"), revoked, missing (nothing at the
-    destination), unknown (a registry could not be asked; never fresh).
-    Exit 0 all fresh or expiring, 1 something needs a rebuild, 4 a registry is unreachable.
+    baseline changed since the build: "outdated (base)"; or Debian published security fixes for
+    packages in the image's signed SBOM: "outdated (security: 3 packages)", with the packages,
+    versions and CVE/DSA ids), revoked, missing (nothing at the destination), unknown (a
+    registry or the Debian archive could not be asked or did not verify; never fresh).
+    Exit 0 all fresh or expiring, 1 something needs a rebuild, 4 a registry or archive problem.
     """
     from harden.app.status import status as run_status
     from harden.lifecycle import SCHEMA_VERSION

@@ -88,6 +88,7 @@ class Archive:
     suite: str
     component: str = "main"
     keyring: Path = DEFAULT_KEYRING
+    check_valid_until: bool = True  # False for a pinned snapshot (old by design)
 
     @property
     def label(self) -> str:
@@ -123,3 +124,35 @@ def update_archives(
             hint="add them to /etc/apt/sources.list.d or set HARDEN_DEBIAN_MIRROR",
         )
     return out
+
+
+def archives_for(
+    codename: str,
+    *,
+    mirror: str | None = None,
+    security_mirror: str | None = None,
+    keyring: Path | None = None,
+    snapshot: bool = False,
+    etc_apt: Path = Path("/etc/apt"),
+) -> list[Archive]:
+    """The security and updates suites for ``codename``: pinned by an image definition's
+    ``archive`` (both suites from ``mirror`` unless ``security_mirror`` is given), else the
+    host's apt sources (:func:`update_archives`)."""
+    if mirror or security_mirror:
+        key = keyring or DEFAULT_KEYRING
+        out = []
+        for uri, flavour in ((security_mirror or mirror, "security"), (mirror, "updates")):
+            if uri:
+                out.append(
+                    Archive(
+                        uri.rstrip("/"),
+                        f"{codename}-{flavour}",
+                        keyring=key,
+                        check_valid_until=not snapshot,
+                    )
+                )
+        return out
+    found = update_archives(codename, host_sources(etc_apt))
+    if keyring is not None:
+        found = [Archive(a.uri, a.suite, a.component, keyring) for a in found]
+    return found

@@ -139,3 +139,49 @@ def test_cyclonedx_sbom_is_reproducible_and_names_debian_purls() -> None:
     purls = {c["purl"] for c in doc["components"]}
     assert "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12" in purls
     assert packages_of(doc) == {p.name: p.version for p in pkgs}
+
+
+def test_sbom_round_trips_to_the_packages_status_compares() -> None:
+    from harden.sbom import codename_of, installed_of
+
+    pkgs = parse_status(STATUS)
+    doc = cyclonedx(
+        pkgs,
+        subject_name="x",
+        subject_digest="sha256:" + "a" * 64,
+        distro="debian-12",
+        now=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        codename="bookworm",
+    )
+    assert installed_of(doc) == pkgs
+    assert codename_of(doc) == "bookworm"
+    doc["metadata"]["properties"][0]["value"] = "../../x"  # never a path into the archive
+    assert codename_of(doc) is None
+
+
+def test_archive_problems_make_the_state_unknown_with_the_reason() -> None:
+    import dataclasses
+
+    from harden.clock import FixedClock
+    from harden.lifecycle import ImageFacts, State, Verification, assess
+
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    facts = ImageFacts(
+        name="x",
+        definition="x.yaml",
+        destination="r/x:latest",
+        max_age=dt.timedelta(days=30),
+        digest="sha256:" + "b" * 64,
+        archive_state="archive unreachable",
+        archive_problem="archive unreachable: http://127.0.0.1:9/dists/x/InRelease",
+        verification=Verification(now, now + dt.timedelta(days=9), True, "sha256:" + "c" * 64),
+        current_baseline_digest="sha256:" + "c" * 64,
+    )
+    st = assess(facts, FixedClock(now), dt.timedelta(0))
+    assert st.state is State.UNKNOWN
+    assert st.label == "unknown (archive unreachable)"
+    assert st.to_json()["archive"]["state"] == "archive unreachable"
+    # an image that needs a rebuild anyway keeps that state; the problem is one of its reasons
+    stale = assess(dataclasses.replace(facts, verification=None), FixedClock(now), dt.timedelta(0))
+    assert stale.state is State.STALE
+    assert facts.archive_problem in stale.reasons
