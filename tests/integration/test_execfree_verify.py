@@ -260,6 +260,9 @@ def test_lying_dpkg_query_cannot_pass_verify_or_build(
                 "baseline": {"id": "debian-container"},
                 "destination": dest,
                 "max_age": "30d",
+                # the fake sudo 1.0-1 entry is not a real package to upgrade: this test is about
+                # the verification, not the updates step
+                "archive": {"apply": False},
             }
         )
     )
