@@ -153,6 +153,13 @@ def archives_for(
                 )
         return out
     found = update_archives(codename, host_sources(etc_apt))
-    if keyring is not None:
-        found = [Archive(a.uri, a.suite, a.component, keyring) for a in found]
-    return found
+    return [
+        Archive(
+            a.uri,
+            a.suite,
+            a.component,
+            keyring or a.keyring,
+            check_valid_until=a.check_valid_until and not snapshot,
+        )
+        for a in found
+    ]
