@@ -152,23 +152,23 @@ def test_host_sources_reads_deb822_and_one_line_lists(tmp_path: Path) -> None:
     d = tmp_path / "sources.list.d"
     d.mkdir()
     (d / "debian.sources").write_text(
-        "Types: deb\n# a comment\nURIs: http://mirror.invalid/debian/\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.invalid/archive/\n"
         "Suites: bookworm bookworm-updates\nComponents: main contrib\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-        "Types: deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n"
+        "Types: deb-src\nURIs: http://mirror.invalid/archive\nSuites: bookworm\n"
         "Components: main\n\n"
-        "Types: deb\nEnabled: no\nURIs: http://off.invalid/debian\nSuites: bookworm\n"
+        "Types: deb\nEnabled: no\nURIs: http://off.invalid/archive\nSuites: bookworm\n"
         "Components: main\n"
     )
     (d / "security.list").write_text(
-        "deb [signed-by=/k.gpg] http://sec.invalid/debian-security bookworm-security main\n"
+        "deb [signed-by=/k.gpg] http://sec.invalid/archive-security bookworm-security main\n"
     )
     (d / "ignored.list.disabled").write_text("deb http://no.invalid/ bookworm main\n")
     found = host_sources(tmp_path)
     assert found == [
-        AptSource("http://mirror.invalid/debian", "bookworm", ("main", "contrib")),
-        AptSource("http://mirror.invalid/debian", "bookworm-updates", ("main", "contrib")),
-        AptSource("http://sec.invalid/debian-security", "bookworm-security", ("main",)),
+        AptSource("http://mirror.invalid/archive", "bookworm", ("main", "contrib")),
+        AptSource("http://mirror.invalid/archive", "bookworm-updates", ("main", "contrib")),
+        AptSource("http://sec.invalid/archive-security", "bookworm-security", ("main",)),
     ]
     trixie = image_sources(found, "bookworm", "trixie", {})
     assert [s.suite for s in trixie] == ["trixie", "trixie-updates", "trixie-security"]

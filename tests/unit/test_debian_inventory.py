@@ -94,26 +94,26 @@ def test_packages_index_keeps_the_newest_version() -> None:
 def test_sources_deb822_and_one_line(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list").write_text(
-        "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian-security "
+        "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/archive-security "
         "bookworm-security main\n"
     )
     (tmp_path / "sources.list.d" / "debian.sources").write_text(
-        "Types: deb\n# note\nURIs: http://mirror.invalid/debian\n"
+        "Types: deb\n# note\nURIs: http://mirror.invalid/archive\n"
         "Suites: bookworm bookworm-updates\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
         "Types: deb-src\nURIs: http://src.invalid/\nSuites: bookworm\nComponents: main\n"
     )
     sources = host_sources(tmp_path)
     assert [(s.uri, s.suite) for s in sources] == [
-        ("http://mirror.invalid/debian-security", "bookworm-security"),
-        ("http://mirror.invalid/debian", "bookworm"),
-        ("http://mirror.invalid/debian", "bookworm-updates"),
+        ("http://mirror.invalid/archive-security", "bookworm-security"),
+        ("http://mirror.invalid/archive", "bookworm"),
+        ("http://mirror.invalid/archive", "bookworm-updates"),
     ]
     archives = update_archives("trixie", sources)
     assert [(a.uri, a.suite, str(a.keyring)) for a in archives] == [
-        ("http://mirror.invalid/debian-security", "trixie-security", "/k.gpg"),
+        ("http://mirror.invalid/archive-security", "trixie-security", "/k.gpg"),
         (
-            "http://mirror.invalid/debian",
+            "http://mirror.invalid/archive",
             "trixie-updates",
             "/usr/share/keyrings/debian-archive-keyring.gpg",
         ),
