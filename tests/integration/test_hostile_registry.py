@@ -72,6 +72,20 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "k.pub"
 
 
+# The peak RSS is measured by a small probe process that starts harden and reads its own
+# RUSAGE_CHILDREN: a child forked straight from pytest starts with pytest's resident pages counted
+# in its ru_maxrss (hundreds of MB late in a full run), which would measure pytest, not harden.
+PROBE = (
+    "import os, resource, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_, status = os.waitpid(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_measured(args: list[str], home: Path) -> tuple[int, str, str, float]:
     """``harden ARGS`` as a child process: exit code, stdout, stderr and its peak RSS in MB."""
     env = {
@@ -80,22 +94,27 @@ def run_measured(args: list[str], home: Path) -> tuple[int, str, str, float]:
         "HARDEN_REGISTRY_DEADLINE": DEADLINE,
         "HARDEN_REGISTRY_READ_TIMEOUT": DEADLINE,
     }
-    out, err = home / "stdout", home / "stderr"
+    out, err, rss = home / "stdout", home / "stderr", home / "maxrss-kb"
     home.mkdir(parents=True, exist_ok=True)
     with out.open("w") as o, err.open("w") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from harden.cli import main; main()", *args],
+        code = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PROBE,
+                str(rss),
+                sys.executable,
+                "-c",
+                "from harden.cli import main; main()",
+                *args,
+            ],
             stdout=o,
             stderr=e,
             env=env,
             cwd=ROOT,
-        )
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            proc.returncode = 0  # reaped by wait4
-    code = os.waitstatus_to_exitcode(status)
-    return code, out.read_text(), err.read_text(), usage.ru_maxrss / 1024
+            check=False,
+        ).returncode
+    return code, out.read_text(), err.read_text(), int(rss.read_text()) / 1024
 
 
 def _definition(d: Path, ref: str) -> Path:
