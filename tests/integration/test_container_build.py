@@ -244,7 +244,8 @@ def test_ctrl_c_during_build_leaves_no_container(
     tmp_path: Path, client: docker.DockerClient
 ) -> None:
     bdir = _failing_baseline(tmp_path, "sleep 30")
-    d = definition(tmp_path, "itest-interrupt", baseline={"id": "broken"})
+    # no updates step: the interrupt is meant for the remediation container
+    d = definition(tmp_path, "itest-interrupt", baseline={"id": "broken"}, archive={"apply": False})
     before = set(temp_containers(client))
     p = subprocess.Popen(
         [
