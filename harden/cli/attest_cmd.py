@@ -20,6 +20,7 @@ from harden.cli.common import (
     load_trusted,
     plain_table,
     progress,
+    trusted_keys_option,
 )
 from harden.errors import ExitCode
 
@@ -158,14 +159,7 @@ def _summary(statement: Statement) -> str:
 
 @attestation.command("verify")
 @click.argument("ref")
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key (PEM); repeatable.",
-)
+@trusted_keys_option("Trusted public key (PEM); repeatable.", required=True)
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )

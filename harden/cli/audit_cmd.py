@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from harden.audit import GENESIS, AuditLog
-from harden.cli.common import context, dump_json, emit, output_option, plain_table, progress
+from harden.cli.common import (
+    context,
+    dump_json,
+    emit,
+    output_option,
+    plain_table,
+    progress,
+    trusted_keys_option,
+)
 from harden.clock import parse_utc
 from harden.errors import ExitCode, UsageError
 from harden.report.formats import clean_line
@@ -56,12 +64,8 @@ def audit() -> None:
     default=None,
     help="A head recorded earlier (e.g. in a CI log); fail if it is no longer in the chain.",
 )
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key for the signed checkpoints at $HARDEN_AUDIT_ANCHOR; repeatable.",
+@trusted_keys_option(
+    "Trusted public key for the signed checkpoints at $HARDEN_AUDIT_ANCHOR; repeatable."
 )
 @click.pass_context
 def verify(ctx: click.Context, expect_head: str | None, keys: tuple[Path, ...]) -> None:

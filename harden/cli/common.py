@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -27,6 +27,21 @@ baselines_option = click.option(
     help="Extra directory of baseline YAML files (searched before the shipped ones; "
     "also $HARDEN_BASELINES).",
 )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def trusted_keys_option(help: str, *, required: bool = False) -> Callable[[F], F]:
+    """``--key PUB`` (repeatable) -> ``keys``: the trusted public keys a command checks with."""
+    return click.option(
+        "--key",
+        "keys",
+        multiple=True,
+        required=required,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help,
+    )
 
 
 output_option = click.option(

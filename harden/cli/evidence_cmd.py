@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, context, load_trusted, progress
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    context,
+    load_trusted,
+    progress,
+    trusted_keys_option,
+)
 
 
 @click.command()
@@ -26,12 +33,8 @@ from harden.cli.common import baselines_option, catalogue, context, load_trusted
     help="Directory to write index.html and evidence.json to (replaced atomically).",
 )
 @click.option("--since", default=None, metavar="DATE", help="History from DATE on (2025-03-01).")
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key (PEM); repeatable. Every cited attestation is checked with them.",
+@trusted_keys_option(
+    "Trusted public key (PEM); repeatable. Every cited attestation is checked with them."
 )
 @click.option(
     "--control",

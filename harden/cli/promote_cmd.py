@@ -16,6 +16,7 @@ from harden.cli.common import (
     output_option,
     plain_table,
     progress,
+    trusted_keys_option,
 )
 from harden.errors import ExitCode
 
@@ -26,13 +27,8 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key (PEM, from `harden keygen`); repeatable, every key is tried.",
+@trusted_keys_option(
+    "Trusted public key (PEM, from `harden keygen`); repeatable, every key is tried.", required=True
 )
 @click.option(
     "--max-age",

@@ -18,6 +18,7 @@ from harden.cli.common import (
     output_option,
     plain_table,
     progress,
+    trusted_keys_option,
 )
 from harden.errors import ExitCode
 
@@ -135,13 +136,7 @@ def rebuild(
     show_default=True,
 )
 @click.option("--all", "everything", is_flag=True, help="Plan every image, needed or not.")
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key (repeatable), as for `harden status`.",
-)
+@trusted_keys_option("Trusted public key (repeatable), as for `harden status`.")
 @click.option(
     "--build-args",
     default=DEFAULT_BUILD_ARGS,

@@ -16,6 +16,7 @@ from harden.cli.common import (
     load_trusted,
     plain_table,
     progress,
+    trusted_keys_option,
 )
 from harden.errors import ExitCode
 
@@ -65,14 +66,7 @@ def refresh_cmd(registry: str, key_uri: str, valid_for: dt.timedelta) -> None:
 
 @revocations.command("show")
 @click.argument("registry")
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key (PEM); repeatable.",
-)
+@trusted_keys_option("Trusted public key (PEM); repeatable.", required=True)
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )

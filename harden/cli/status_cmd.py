@@ -21,6 +21,7 @@ from harden.cli.common import (
     output_option,
     plain_table,
     progress,
+    trusted_keys_option,
 )
 
 if TYPE_CHECKING:
@@ -90,12 +91,8 @@ def render_table(statuses: Sequence[ImageStatus]) -> str:
 
 @click.command()
 @click.argument("directory", required=False, default=DEFAULT_DIR, type=click.Path(path_type=Path))
-@click.option(
-    "--key",
-    "keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Trusted public key (repeatable). Without one no attestation verifies: all stale.",
+@trusted_keys_option(
+    "Trusted public key (repeatable). Without one no attestation verifies: all stale."
 )
 @baselines_option
 @click.option(
