@@ -10,12 +10,15 @@ import click
 from harden.cli.common import (
     baselines_option,
     catalogue,
+    complete_baseline_ids,
+    complete_definitions,
     compliance_state,
     context,
     dump_json,
     emit,
     load_signer_from_uri,
     load_trusted,
+    output_option,
     plain_table,
     progress,
 )
@@ -34,12 +37,19 @@ def _table(rows: list[list[str]]) -> str:
 @click.option("--key", "key_uri", required=True, help="Signing key URI: file:PATH or a path.")
 @click.option(
     "--definition",
+    shell_complete=complete_definitions,
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="The image definition: its baseline (with parameters and waivers), max_age as the "
     "validity, and SLSA provenance (base from the image's OCI base annotations).",
 )
-@click.option("--baseline", "baseline_id", default=None, help="Baseline id (without --definition).")
+@click.option(
+    "--baseline",
+    "baseline_id",
+    default=None,
+    shell_complete=complete_baseline_ids,
+    help="Baseline id (without --definition).",
+)
 @baselines_option
 @click.option("--valid-for", default=None, help="Validity window (default: max_age or 30d).")
 def attest(
@@ -84,9 +94,15 @@ def attestation() -> None:
 @attestation.command("list")
 @click.argument("ref")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
-def list_cmd(ref: str, fmt: str) -> None:
+@output_option
+def list_cmd(ref: str, fmt: str, output: Path | None) -> None:
     """List the attestation referrers of REF (nothing is verified; see `verify`)."""
     from harden.app.attest import list_attestations
     from harden.attest.statements import PREDICATE_TYPE_ANNOTATION
@@ -101,7 +117,7 @@ def list_cmd(ref: str, fmt: str) -> None:
             "digest": digest,
             "attestations": [d.to_json() for d in found],
         }
-        emit(dump_json(doc), None)
+        emit(dump_json(doc), output)
         return
     rows = [
         [
@@ -114,7 +130,7 @@ def list_cmd(ref: str, fmt: str) -> None:
     ]
     emit(
         plain_table(["REFERRER", "ARTIFACT TYPE", "PREDICATE TYPE (unverified)", "CREATED"], rows),
-        None,
+        output,
     )
     progress(f"{len(found)} attestation(s) refer to {digest}")
 
@@ -161,9 +177,15 @@ def _summary(statement: Statement) -> str:
     help="Trusted public key (PEM); repeatable.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
-def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
+@output_option
+def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str, output: Path | None) -> None:
     """Verify the signatures of REF's attestations with the public key(s).
 
     Prints each attestation's predicate type and result. Exit 0 when at least one attestation
@@ -204,7 +226,7 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
                     "attestations": rows,
                 }
             ),
-            None,
+            output,
         )
     else:
         table = [
@@ -215,7 +237,7 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
             ]
             for r in rows
         ]
-        emit(_table(table), None)
+        emit(_table(table), output)
     progress(f"{ok} of {len(rows)} attestation(s) of {digest} verified")
     if ok == 0:
         raise click.exceptions.Exit(int(ExitCode.POLICY))

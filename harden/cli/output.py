@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-import click
-
-from harden.cli.common import dump_json, emit, plain_table
+from harden.cli.common import color_allowed, dump_json, emit, note, plain_table
 from harden.results import Status, VerifyReport
 
 FORMAT_CHOICES = ["table", "json", "junit", "sarif", "html"]
@@ -19,13 +16,11 @@ def render_report(report: VerifyReport, fmt: str, output: Path | None) -> None:
         from harden.report import Format, render, summary_line
     except ImportError:  # formatters not available: fall back to the built-in two
         emit(_fallback(report, fmt), output)
-        click.echo(_fallback_summary(report), err=True)
+        note(_fallback_summary(report))
         return
-    color = (
-        fmt == "table" and output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    )
+    color = fmt == "table" and output is None and color_allowed(sys.stdout)
     emit(render(report, Format(fmt), color=color), output)
-    click.echo(summary_line(report), err=True)
+    note(summary_line(report))
 
 
 def _fallback(report: VerifyReport, fmt: str) -> str:

@@ -59,7 +59,12 @@ directory_argument = click.argument(
 )
 @baselines_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
 @output_option
 def rebuild(
@@ -129,6 +134,7 @@ def rebuild(
 @directory_argument
 @click.option(
     "--format",
+    "-f",
     "fmt",
     type=click.Choice(["json", "github-matrix", "gitlab"]),
     default="json",

@@ -42,7 +42,12 @@ def _default_by() -> str:
 @click.option("--by", default=None, help="Who revokes (default: user@host).")
 @baselines_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
 def revoke(
     ref: str,

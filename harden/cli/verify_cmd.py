@@ -6,9 +6,18 @@ from pathlib import Path
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, context, output_option
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    complete_baseline_ids,
+    complete_definitions,
+    context,
+    exit_code_option,
+    fail_on_option,
+    output_option,
+    policy_exit,
+)
 from harden.cli.output import FORMAT_CHOICES, render_report
-from harden.errors import ExitCode
 from harden.imagedef import load_definition
 from harden.testsuite import Suite
 
@@ -18,12 +27,14 @@ from harden.testsuite import Suite
 @click.option(
     "--baseline",
     "baseline_id",
+    shell_complete=complete_baseline_ids,
     default=None,
     help="Baseline id (default: the one recorded in the image's labels, else debian-container "
     "for containers and debian-vm for machines).",
 )
 @click.option(
     "--definition",
+    shell_complete=complete_definitions,
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Image definition (images/*.yaml) whose baseline, parameters and waivers to verify "
@@ -31,9 +42,11 @@ from harden.testsuite import Suite
 )
 @baselines_option
 @click.option(
-    "--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True
+    "--format", "-f", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True
 )
 @output_option
+@fail_on_option
+@exit_code_option
 @click.option(
     "--tests",
     "test_paths",
@@ -82,6 +95,8 @@ def verify(
     baseline_dirs: tuple[Path, ...],
     fmt: str,
     output: Path | None,
+    fail_on: str | None,
+    exit_code: int | None,
     test_paths: tuple[Path, ...],
     tests_k: str | None,
     tests_m: str | None,
@@ -139,5 +154,4 @@ def verify(
         scan_profile=scan_profile,
     )
     render_report(report, fmt, output)
-    if not report.compliant:
-        raise click.exceptions.Exit(int(ExitCode.POLICY))
+    policy_exit(not report.compliant_at(fail_on), exit_code)
