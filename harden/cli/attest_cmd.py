@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from harden.cli.common import (
+    allow_unencrypted_option,
     baselines_option,
     catalogue,
     complete_baseline_ids,
@@ -52,7 +53,9 @@ def _table(rows: list[list[str]]) -> str:
 )
 @baselines_option
 @click.option("--valid-for", default=None, help="Validity window (default: max_age or 30d).")
+@allow_unencrypted_option
 def attest(
+    allow_unencrypted: bool,
     ref: str,
     key_uri: str,
     definition: Path | None,
@@ -70,7 +73,9 @@ def attest(
     from harden.app.attest import attest as run_attest
     from harden.imagedef import load_definition, parse_duration
 
-    signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
+    signer = load_signer_from_uri(
+        key_uri, allow_unencrypted=allow_unencrypted
+    )  # a bad key fails before any work
     defn = load_definition(definition) if definition else None
     validity = parse_duration(valid_for) if valid_for else None
     done = run_attest(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from harden.cli.common import (
+    allow_unencrypted_option,
     baselines_option,
     catalogue,
     complete_definitions,
@@ -68,7 +69,9 @@ from harden.imagedef import load_definition
     "score in the report and, with --key, attach the result as a signed openscap-scan "
     "attestation (what `promote --min-scan-score` requires). Write --scan=PROFILE.",
 )
+@allow_unencrypted_option
 def build(
+    allow_unencrypted: bool,
     definition: Path,
     baseline_dirs: tuple[Path, ...],
     force: bool,
@@ -93,7 +96,11 @@ def build(
     from harden.app.build import build as run_build
 
     defn = load_definition(definition)
-    signer = load_signer_from_uri(key_uri) if key_uri is not None else None  # fails first
+    signer = (
+        load_signer_from_uri(key_uri, allow_unencrypted=allow_unencrypted)
+        if key_uri is not None
+        else None
+    )  # fails first
     built = run_build(
         defn,
         catalogue(baseline_dirs),

@@ -177,15 +177,49 @@ def context() -> Context:
     return Context.from_environment(progress)
 
 
-def load_signer_from_uri(uri: str) -> Signer:
-    """The signer for ``--key URI``; the password from $HARDEN_KEY_PASSWORD or a prompt."""
+def load_signer_from_uri(uri: str, *, allow_unencrypted: bool = False) -> Signer:
+    """The signer for ``--key URI``; the password from $HARDEN_KEY_PASSWORD, else a prompt on
+    a terminal (no terminal: exit 4 naming the variable, never a GetPassWarning)."""
     from harden.attest import keys
+    from harden.errors import SigningKeyError
+
+    if keys.PASSWORD_ENV not in os.environ:
+        # first without a password: a public key or an unencrypted one is said before any
+        # prompt, and an allowed unencrypted key needs no password at all
+        try:
+            return keys.load_signer(uri, None, allow_unencrypted=allow_unencrypted)
+        except SigningKeyError as e:
+            if "no password was given" not in e.message:
+                raise
+    return keys.load_signer(
+        uri, keys.password_from_env_or_prompt(tty_prompt()), allow_unencrypted=allow_unencrypted
+    )
+
+
+def _is_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def tty_prompt(confirm: bool = False) -> Any:
+    """A hidden password prompt when stdin and stderr are terminals, else None."""
+    if not _is_terminal():
+        return None
 
     def prompt() -> str:
-        value: str = click.prompt("Key password", hide_input=True, err=True)
+        value: str = click.prompt(
+            "Key password", hide_input=True, confirmation_prompt=confirm, err=True
+        )
         return value
 
-    return keys.load_signer(uri, keys.password_from_env_or_prompt(prompt))
+    return prompt
+
+
+allow_unencrypted_option = click.option(
+    "--allow-unencrypted-key",
+    "allow_unencrypted",
+    is_flag=True,
+    help="Accept a private key that is not encrypted with a password (refused by default).",
+)
 
 
 def load_trusted(keys: Sequence[Path]) -> list[PublicKey]:
