@@ -101,9 +101,10 @@ def build(
         if key_uri is not None
         else None
     )  # fails first
+    cat = catalogue(baseline_dirs)
     built = run_build(
         defn,
-        catalogue(baseline_dirs),
+        cat,
         context(),
         signer=signer,
         force=force,
@@ -114,7 +115,7 @@ def build(
     if fmt == "json":
         emit(dump_json(built.to_json()), output)
     else:
-        render_report(built.report, fmt, output)
+        render_report(built.report, fmt, output, cat)
     if built.attestation_error is not None:
         progress(built.attestation_error.diagnostics())
         progress(

@@ -142,9 +142,10 @@ def verify(
         )
         for p in test_paths
     ]
+    cat = catalogue(baseline_dirs)
     report = verify_reference(
         ref,
-        catalogue(baseline_dirs),
+        cat,
         context(),
         baseline_id=baseline_id,
         definition=load_definition(definition) if definition is not None else None,
@@ -153,5 +154,5 @@ def verify(
         suites=suites,
         scan_profile=scan_profile,
     )
-    render_report(report, fmt, output)
+    render_report(report, fmt, output, cat)
     policy_exit(not report.compliant_at(fail_on), exit_code)
