@@ -131,6 +131,7 @@ class BuildInfo:
     started_on: dt.datetime
     finished_on: dt.datetime
     invocation_id: str | None = None
+    internal_parameters: Mapping[str, Any] = field(default_factory=dict)  # e.g. the CI run
     extra_parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -183,7 +184,7 @@ def provenance(subject: Subject | Sequence[Subject], build: BuildInfo) -> dict[s
         "buildDefinition": {
             "buildType": build.build_type,
             "externalParameters": external,
-            "internalParameters": {},
+            "internalParameters": dict(build.internal_parameters),
             "resolvedDependencies": [
                 {
                     "name": "base-image",
