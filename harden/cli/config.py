@@ -45,7 +45,15 @@ def config_path() -> Path | None:
     for d in (os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":"):
         if d:
             candidates.append(Path(d) / "harden" / "config.toml")
-    return next((p for p in candidates if p.is_file()), None)
+    return next((p for p in candidates if _readable_file(p)), None)
+
+
+def _readable_file(path: Path) -> bool:
+    """An unreadable place (a working directory the user may not list) holds no config."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def default_map(cli: click.Group) -> dict[str, Any] | None:
