@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,10 +17,15 @@ from harden.cli.common import (
     fail_on_option,
     output_option,
     policy_exit,
+    warn,
 )
 from harden.cli.output import FORMAT_CHOICES, render_report
 from harden.imagedef import load_definition
 from harden.testsuite import Suite
+
+if TYPE_CHECKING:
+    from harden.baseline.resolve import Catalogue
+    from harden.results import VerifyReport
 
 
 @click.command()
@@ -155,4 +161,23 @@ def verify(
         scan_profile=scan_profile,
     )
     render_report(report, fmt, output, cat)
+    warn_target_mismatch(report, cat)
     policy_exit(not report.compliant_at(fail_on), exit_code)
+
+
+def warn_target_mismatch(report: VerifyReport, cat: Catalogue) -> None:
+    """`--baseline debian-vm` on a container: say so instead of a silent pile of n/a results."""
+    from harden.baseline.resolve import resolve
+    from harden.errors import HardenError
+
+    try:
+        targets = sorted(t.value for t in resolve(cat, report.baseline.id).targets)
+    except HardenError:
+        return
+    if report.target not in targets:
+        na = report.summary()["not_applicable"]
+        warn(
+            f"baseline {report.baseline.id} targets {', '.join(targets)}, not {report.target} "
+            f"images: {na} of its results are not applicable here; pick a baseline for "
+            f"{report.target}s (harden baseline list shows TARGETS)"
+        )
