@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.integration.needs import unavailable
+from needs import unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.integration.needs import unavailable
+from needs import unavailable
 
 pytestmark = pytest.mark.integration
 

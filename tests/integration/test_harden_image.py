@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.integration.needs import unavailable
+from needs import unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.integration.needs import unavailable
+from needs import unavailable
 
 pytestmark = pytest.mark.integration
 
