@@ -103,6 +103,9 @@ def test_build_progress_has_times_on_a_tty_and_none_when_piped(
         timeout=600,
         check=False,
     )
+    dest = re.search(r"(?m)^destination: (\S+)", definition.read_text())
+    assert dest is not None
+    subprocess.run(["docker", "rmi", "-f", dest.group(1)], capture_output=True, check=False)
     assert piped.returncode in (0, 1), piped.stderr[-3000:]
     assert piped.stderr.strip()  # progress is there ...
     assert not TIMED.search(piped.stderr), piped.stderr[-3000:]  # ... without times
