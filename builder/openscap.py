@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harden.errors import EnvironmentProblem, InputError, TargetError
+from harden.paths import setup_hint
 from harden.scan.arf import parse_arf
 from harden.scan.model import SSG_RULE_PREFIX, RuleOutcome, ScanResult, XccdfResult, profile_id
 from harden.scan.rootfs import read_os_release, unpack_export
@@ -40,7 +41,11 @@ DEFAULT_SSG_DIR = Path("/usr/share/harden/ssg")
 DEFAULT_TIMEOUT = 600.0
 DPKGINFO_FAILED = "dpkginfo_init has failed"
 APT_CACHE_DIR = ".harden-oscap-apt"  # created inside a root harden unpacked itself
-INSTALL_HINT = "install OpenSCAP and the SSG content with: sudo scripts/openscap.sh"
+INSTALL_HINT = setup_hint(
+    "install OpenSCAP and the SSG content with: sudo scripts/openscap.sh",
+    "install OpenSCAP and the SCAP Security Guide content "
+    "(Debian: apt-get install openscap-scanner ssg-debian, or the SSG release zip)",
+)
 # short profile names: the default per target kind (see docs/scanner-agreement.md)
 DEFAULT_PROFILE = {"container": "anssi_bp28_enhanced", "vm": "anssi_bp28_enhanced"}
 ANSSI_LEVELS = ("minimal", "intermediary", "enhanced", "high")

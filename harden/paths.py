@@ -34,3 +34,13 @@ def harden_home() -> Path:
     if env:
         return Path(env)
     return Path.home() / ".local" / "state" / "harden"
+
+
+def in_checkout() -> bool:
+    """True when running from a source checkout (its scripts/ are there to name in hints)."""
+    return (_PKG.parent / "scripts" / "services.sh").is_file()
+
+
+def setup_hint(checkout: str, installed: str) -> str:
+    """A hint that makes sense where harden runs: scripts/ of a checkout, else plain advice."""
+    return checkout if in_checkout() else installed

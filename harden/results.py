@@ -45,6 +45,17 @@ class WaiverInfo:
         }
 
 
+SEVERITY_ORDER = ("low", "medium", "high", "critical")
+
+
+def _severity_rank(severity: str) -> int:
+    """Unknown severities rank highest: a threshold never hides what it cannot place."""
+    try:
+        return SEVERITY_ORDER.index(severity)
+    except ValueError:
+        return len(SEVERITY_ORDER)
+
+
 @dataclass(frozen=True)
 class RuleResult:
     rule_id: str
@@ -103,6 +114,18 @@ class VerifyReport:
     @property
     def compliant(self) -> bool:
         return not any(r.status in (Status.FAILED, Status.ERROR) for r in self.results)
+
+    def compliant_at(self, min_severity: str | None) -> bool:
+        """Compliant when only failures below ``min_severity`` (low < medium < high < critical)
+        remain; an error always counts (nothing is known about that rule). ``None``: all count."""
+        if min_severity is None:
+            return self.compliant
+        floor = SEVERITY_ORDER.index(min_severity)
+        return not any(
+            r.status is Status.ERROR
+            or (r.status is Status.FAILED and _severity_rank(r.severity) >= floor)
+            for r in self.results
+        )
 
     def summary(self) -> dict[str, int]:
         counts = Counter(r.status for r in self.results)

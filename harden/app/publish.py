@@ -9,7 +9,7 @@ HardenError subclasses. It lives in the use-case layer because it takes builder'
 from __future__ import annotations
 
 import datetime as dt
-import socket
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,10 @@ def _noop(_: str) -> None:
 
 
 def builder_id() -> str:
-    return f"https://harden.dev/builders/local/{socket.gethostname()}"
+    """The SLSA builder id: the CI workflow or runner when in CI, else the local host."""
+    from harden.ci import detect
+
+    return detect(os.environ).builder_id
 
 
 def sign_for_report(
@@ -144,7 +147,9 @@ def build_info(
 ) -> BuildInfo:
     from harden import __version__
     from harden.attest.statements import BuildInfo
+    from harden.ci import detect
 
+    run = detect(os.environ)
     return BuildInfo(
         build_type=build_type,
         image_definition=definition,
@@ -153,11 +158,13 @@ def build_info(
         baseline_id=baseline.id,
         baseline_version=baseline.version,
         baseline_digest=baseline.digest,
-        builder_id=builder_id(),
+        builder_id=run.builder_id,
         harden_version=__version__,
         started_on=started,
         finished_on=finished,
         extra_parameters=dict(extra or {}),
+        invocation_id=run.invocation_id,
+        internal_parameters={"ci": run.to_json()},
     )
 
 

@@ -107,6 +107,12 @@ def _public_key(key: PublicKeyTypes, source: str) -> PublicKey:
 
 
 def public_key_from_pem(data: bytes, source: str = "public key") -> PublicKey:
+    if _pem_kind(data) == "private":
+        raise SigningKeyError(
+            f"{source} is a private key, but checking signatures needs the public key",
+            hint="pass the PREFIX.pub written by `harden keygen` (keep the PREFIX.key secret: "
+            "only `attest` and `build` take it)",
+        )
     try:
         key = load_pem_public_key(data)
     except (ValueError, TypeError) as e:
@@ -202,7 +208,9 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 SignerLoader = Callable[[str, bytes | None], Signer]
 
 
-def _load_file_signer(path_text: str, password: bytes | None) -> Signer:
+def _load_file_signer(
+    path_text: str, password: bytes | None, *, allow_unencrypted: bool = False
+) -> Signer:
     path = Path(path_text)
     try:
         st = path.stat()
@@ -213,23 +221,30 @@ def _load_file_signer(path_text: str, password: bytes | None) -> Signer:
         ) from e
     if not stat.S_ISREG(st.st_mode):
         raise SigningKeyError(f"private key {path} is not a regular file")
+    data = _read_small(path, "private key")
+    if _pem_kind(data) == "public":
+        # said before the mode check: a world-readable .pub is not a permissions problem
+        raise SigningKeyError(
+            f"{path} is a public key, but signing needs the private key",
+            hint="pass the PREFIX.key written by `harden keygen`; the PREFIX.pub is what "
+            "`promote`, `status` and `attestation verify` take as --key",
+        )
     if st.st_mode & 0o077:
         raise SigningKeyError(
             f"private key {path} is accessible by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o})",
             hint=f"chmod 600 {path}",
         )
-    data = _read_small(path, "private key")
+    # PKCS#8 ("ENCRYPTED PRIVATE KEY") or traditional OpenSSL armour ("Proc-Type: 4,ENCRYPTED")
+    encrypted = b"ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+    if not encrypted and not allow_unencrypted:
+        raise SigningKeyError(
+            f"private key {path} is not encrypted",
+            hint="re-create it with `harden keygen` (PKCS#8, encrypted with a password), or "
+            "pass --allow-unencrypted-key when the key is protected otherwise",
+        )
     try:
-        try:
-            private = load_pem_private_key(data, password or None)
-        except TypeError:
-            if password:
-                # a password was given but the key is not encrypted: the mode check above
-                # already made sure only the owner can read it
-                private = load_pem_private_key(data, None)
-            else:
-                raise
+        private = load_pem_private_key(data, (password or None) if encrypted else None)
     except TypeError as e:
         raise SigningKeyError(
             f"private key {path} is encrypted and no password was given",
@@ -247,14 +262,29 @@ def _load_file_signer(path_text: str, password: bytes | None) -> Signer:
         raise SigningKeyError(f"private key {path}: {e}") from e
 
 
+def _pem_kind(data: bytes) -> str:
+    """ "public", "private" or "" from the PEM armour (the first BEGIN line)."""
+    head = data[:4096]
+    begin = head.find(b"-----BEGIN ")
+    if begin < 0:
+        return ""
+    label = head[begin + 11 : head.find(b"-----", begin + 11)]
+    if label.endswith(b"PUBLIC KEY"):
+        return "public"
+    if label.endswith(b"PRIVATE KEY"):
+        return "private"
+    return ""
+
+
 # key URI scheme -> loader. A KMS adapter registers itself here (imported lazily by its module).
 SIGNER_FOR_URI_SCHEME: dict[str, SignerLoader] = {
     "file": _load_file_signer,
 }
 
 
-def load_signer(uri: str, password: bytes | None) -> Signer:
-    """A signer for ``uri``: ``file:PATH`` or a bare path; other schemes from the dict."""
+def load_signer(uri: str, password: bytes | None, *, allow_unencrypted: bool = False) -> Signer:
+    """A signer for ``uri``: ``file:PATH`` or a bare path; other schemes from the dict.
+    An unencrypted private key file is refused unless ``allow_unencrypted``."""
     scheme, sep, rest = uri.partition(":")
     if not sep or "/" in scheme or os.sep in scheme or len(scheme) < 2:
         # a bare path (also "C:\\..." style or "./x:y")
@@ -272,6 +302,8 @@ def load_signer(uri: str, password: bytes | None) -> Signer:
         rest = rest[2:]  # file:///abs/path
     if not rest:
         raise UsageError(f"key URI {uri!r} names no key", hint="use file:PATH")
+    if loader is _load_file_signer:
+        return _load_file_signer(rest, password, allow_unencrypted=allow_unencrypted)
     return loader(rest, password)
 
 
@@ -287,8 +319,8 @@ def password_from_env_or_prompt(
         return value.encode()
     if prompt is None:
         raise SigningKeyError(
-            "no key password available",
-            hint=f"set {PASSWORD_ENV} (non-interactive runs) or run in a terminal",
+            f"no terminal to ask for the key password and {PASSWORD_ENV} is not set",
+            hint=f"set {PASSWORD_ENV} (CI: from a secret) or run in a terminal",
         )
     return prompt().encode()
 

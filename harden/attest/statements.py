@@ -139,6 +139,7 @@ class BuildInfo:
     started_on: dt.datetime
     finished_on: dt.datetime
     invocation_id: str | None = None
+    internal_parameters: Mapping[str, Any] = field(default_factory=dict)  # e.g. the CI run
     extra_parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -191,7 +192,7 @@ def provenance(subject: Subject | Sequence[Subject], build: BuildInfo) -> dict[s
         "buildDefinition": {
             "buildType": build.build_type,
             "externalParameters": external,
-            "internalParameters": {},
+            "internalParameters": dict(build.internal_parameters),
             "resolvedDependencies": [
                 {
                     "name": "base-image",

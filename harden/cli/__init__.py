@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "plan": "harden.cli.rebuild_cmd:plan",
     "revoke": "harden.cli.revoke_cmd:revoke",
     "revocations": "harden.cli.revocations_cmd:revocations",
+    "completion": "harden.cli.completion_cmd:completion",
 }
 
 
@@ -45,15 +46,37 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         cmd: click.Command = getattr(importlib.import_module(module), attr)
+        name_envvars(cmd, f"HARDEN_{cmd_name.upper()}")
         return cmd
+
+
+def name_envvars(cmd: click.Command, prefix: str) -> None:
+    """Every option reads HARDEN_<COMMAND>_<OPTION> (spelt as its long flag, e.g.
+    HARDEN_VERIFY_FAIL_ON), between the config file and the flags in precedence."""
+    for param in cmd.params:
+        if isinstance(param, click.Option) and param.envvar is None:
+            longs = [o for o in param.opts if o.startswith("--")]
+            if longs:
+                param.envvar = f"{prefix}_{longs[0][2:].upper().replace('-', '_')}"
+    if isinstance(cmd, click.Group) and not isinstance(cmd, LazyGroup):
+        for name, sub in cmd.commands.items():
+            name_envvars(sub, f"{prefix}_{name.upper().replace('-', '_')}")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="harden")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress or summary lines on stderr (errors stay)."
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """Turn base container images and VM templates into hardened, verified, signed golden images.
+
+    \b
+    Settings, lowest to highest precedence: a config file (the first of $HARDEN_CONFIG,
+    ./harden.toml, ~/.config/harden/config.toml, /etc/xdg/harden/config.toml), then
+    HARDEN_<COMMAND>_<OPTION> variables (HARDEN_VERIFY_FORMAT=sarif), then flags.
 
     \b
     Typical flow:
@@ -63,6 +86,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    from harden.cli.common import set_quiet
+
+    set_quiet(quiet)
+
+
+name_envvars(cli, "HARDEN")
 
 
 def main(argv: list[str] | None = None) -> Any:
@@ -71,7 +100,14 @@ def main(argv: list[str] | None = None) -> Any:
     )
     signals.install()  # SIGTERM/SIGHUP take Ctrl-C's clean-up path
     try:
-        rc = cli.main(args=argv, prog_name="harden", standalone_mode=False)
+        from harden.cli.config import default_map
+
+        rc = cli.main(
+            args=argv,
+            prog_name="harden",
+            standalone_mode=False,
+            default_map=default_map(cli),
+        )
     except HardenError as e:
         if debug:
             import traceback

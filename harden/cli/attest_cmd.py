@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from harden.cli.common import (
+    allow_unencrypted_option,
     baselines_option,
     catalogue,
+    complete_baseline_ids,
+    complete_definitions,
     compliance_state,
     context,
     dump_json,
@@ -18,6 +21,7 @@ from harden.cli.common import (
     emit,
     load_signer_from_uri,
     load_trusted,
+    output_option,
     plain_table,
     progress,
     trusted_keys_option,
@@ -37,12 +41,19 @@ def _table(rows: list[list[str]]) -> str:
 @click.option("--key", "key_uri", required=True, help="Signing key URI: file:PATH or a path.")
 @click.option(
     "--definition",
+    shell_complete=complete_definitions,
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="The image definition: its baseline (with parameters and waivers), max_age as the "
     "validity, and SLSA provenance (base from the image's OCI base annotations).",
 )
-@click.option("--baseline", "baseline_id", default=None, help="Baseline id (without --definition).")
+@click.option(
+    "--baseline",
+    "baseline_id",
+    default=None,
+    shell_complete=complete_baseline_ids,
+    help="Baseline id (without --definition).",
+)
 @baselines_option
 @click.option(
     "--valid-for",
@@ -50,7 +61,9 @@ def _table(rows: list[list[str]]) -> str:
     callback=duration,
     help="Validity window, e.g. 12h, 30d, 4w (default: max_age or 30d).",
 )
+@allow_unencrypted_option
 def attest(
+    allow_unencrypted: bool,
     ref: str,
     key_uri: str,
     definition: Path | None,
@@ -68,7 +81,9 @@ def attest(
     from harden.app.attest import attest as run_attest
     from harden.imagedef import load_definition
 
-    signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
+    signer = load_signer_from_uri(
+        key_uri, allow_unencrypted=allow_unencrypted
+    )  # a bad key fails before any work
     defn = load_definition(definition) if definition else None
     done = run_attest(
         ref,
@@ -91,9 +106,15 @@ def attestation() -> None:
 @attestation.command("list")
 @click.argument("ref")
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
-def list_cmd(ref: str, fmt: str) -> None:
+@output_option
+def list_cmd(ref: str, fmt: str, output: Path | None) -> None:
     """List the attestation referrers of REF (nothing is verified; see `verify`)."""
     from harden.app.attest import list_attestations
     from harden.attest.statements import PREDICATE_TYPE_ANNOTATION
@@ -108,7 +129,7 @@ def list_cmd(ref: str, fmt: str) -> None:
             "digest": digest,
             "attestations": [d.to_json() for d in found],
         }
-        emit(dump_json(doc), None)
+        emit(dump_json(doc), output)
         return
     rows = [
         [
@@ -121,7 +142,7 @@ def list_cmd(ref: str, fmt: str) -> None:
     ]
     emit(
         plain_table(["REFERRER", "ARTIFACT TYPE", "PREDICATE TYPE (unverified)", "CREATED"], rows),
-        None,
+        output,
     )
     progress(f"{len(found)} attestation(s) refer to {digest}")
 
@@ -161,9 +182,15 @@ def _summary(statement: Statement) -> str:
 @click.argument("ref")
 @trusted_keys_option("Trusted public key (PEM); repeatable.", required=True)
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
-def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
+@output_option
+def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str, output: Path | None) -> None:
     """Verify the signatures of REF's attestations with the public key(s).
 
     Prints each attestation's predicate type and result. Exit 0 when at least one attestation
@@ -204,7 +231,7 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
                     "attestations": rows,
                 }
             ),
-            None,
+            output,
         )
     else:
         table = [
@@ -215,7 +242,7 @@ def verify_cmd(ref: str, keys: tuple[Path, ...], fmt: str) -> None:
             ]
             for r in rows
         ]
-        emit(_table(table), None)
+        emit(_table(table), output)
     progress(f"{ok} of {len(rows)} attestation(s) of {digest} verified")
     if ok == 0:
         raise click.exceptions.Exit(int(ExitCode.POLICY))

@@ -92,7 +92,7 @@ def verify(ctx: click.Context, expect_head: str | None, keys: tuple[Path, ...]) 
 @audit.command()
 @click.option("--since", default=None, metavar="DATE", help="Only entries at or after DATE.")
 @click.option("--image", default=None, metavar="REF", help="Only entries for this image.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
 @output_option
 def show(since: str | None, image: str | None, fmt: str, output: Path | None) -> None:
     """Show audit log entries, oldest first."""

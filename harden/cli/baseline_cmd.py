@@ -11,6 +11,7 @@ from harden.baseline.resolve import lint_file, resolve
 from harden.cli.common import (
     baselines_option,
     catalogue,
+    complete_baseline_ids,
     dump_json,
     emit,
     output_option,
@@ -31,8 +32,9 @@ def baseline() -> None:
 
 @baseline.command("list")
 @baselines_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def list_(baseline_dirs: tuple[Path, ...], fmt: str) -> None:
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
+@output_option
+def list_(baseline_dirs: tuple[Path, ...], fmt: str, output: Path | None) -> None:
     """List every baseline on the search path with its resolved rule count."""
     cat = catalogue(baseline_dirs)
     rows: list[dict[str, Any]] = []
@@ -52,7 +54,7 @@ def list_(baseline_dirs: tuple[Path, ...], fmt: str) -> None:
             }
         )
     if fmt == "json":
-        emit(dump_json({"schema_version": 1, "baselines": rows}), None)
+        emit(dump_json({"schema_version": 1, "baselines": rows}), output)
         return
     emit(
         plain_table(
@@ -69,15 +71,15 @@ def list_(baseline_dirs: tuple[Path, ...], fmt: str) -> None:
                 for r in rows
             ],
         ),
-        None,
+        output,
     )
 
 
 @baseline.command()
-@click.argument("baseline_id")
+@click.argument("baseline_id", shell_complete=complete_baseline_ids)
 @baselines_option
 @click.option("--resolved", is_flag=True, help="Merge parents, parameters and waivers.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table")
 @output_option
 def show(
     baseline_id: str, baseline_dirs: tuple[Path, ...], resolved: bool, fmt: str, output: Path | None

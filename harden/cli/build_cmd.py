@@ -7,13 +7,18 @@ from pathlib import Path
 import click
 
 from harden.cli.common import (
+    allow_unencrypted_option,
     baselines_option,
     catalogue,
+    complete_definitions,
     context,
     dump_json,
     emit,
+    exit_code_option,
+    fail_on_option,
     load_signer_from_uri,
     output_option,
+    policy_exit,
     progress,
 )
 from harden.cli.output import render_report
@@ -22,7 +27,11 @@ from harden.imagedef import load_definition
 
 
 @click.command()
-@click.argument("definition", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "definition",
+    type=click.Path(dir_okay=False, path_type=Path),
+    shell_complete=complete_definitions,
+)
 @baselines_option
 @click.option("--force", is_flag=True, help="Rebuild even when base and baseline are unchanged.")
 @click.option(
@@ -31,6 +40,7 @@ from harden.imagedef import load_definition
 @click.option("--no-push", is_flag=True, help="Build and verify only.")
 @click.option(
     "--format",
+    "-f",
     "fmt",
     type=click.Choice(["table", "json", "junit", "sarif", "html"]),
     default="table",
@@ -38,6 +48,8 @@ from harden.imagedef import load_definition
     help="json: the build result; the others: the verification report of the built image.",
 )
 @output_option
+@fail_on_option
+@exit_code_option
 @click.option(
     "--key",
     "key_uri",
@@ -57,7 +69,9 @@ from harden.imagedef import load_definition
     "score in the report and, with --key, attach the result as a signed openscap-scan "
     "attestation (what `promote --min-scan-score` requires). Write --scan=PROFILE.",
 )
+@allow_unencrypted_option
 def build(
+    allow_unencrypted: bool,
     definition: Path,
     baseline_dirs: tuple[Path, ...],
     force: bool,
@@ -65,6 +79,8 @@ def build(
     no_push: bool,
     fmt: str,
     output: Path | None,
+    fail_on: str | None,
+    exit_code: int | None,
     key_uri: str | None,
     scan_profile: str | None,
 ) -> None:
@@ -74,15 +90,21 @@ def build(
     commits one image labelled with its base and baseline, verifies it, and pushes it to the
     definition's destination only when compliant. A vm definition seals a qcow2 template
     instead and pushes it as an OCI artifact (docs/vm-templates.md). Exit 0 compliant,
-    1 not compliant, 3 bad definition or baseline, 4 engine or registry problems.
+    1 not compliant (--fail-on, --exit-code: as for verify; the push still needs full
+    compliance), 3 bad definition or baseline, 4 engine or registry problems.
     """
     from harden.app.build import build as run_build
 
     defn = load_definition(definition)
-    signer = load_signer_from_uri(key_uri) if key_uri is not None else None  # fails first
+    signer = (
+        load_signer_from_uri(key_uri, allow_unencrypted=allow_unencrypted)
+        if key_uri is not None
+        else None
+    )  # fails first
+    cat = catalogue(baseline_dirs)
     built = run_build(
         defn,
-        catalogue(baseline_dirs),
+        cat,
         context(),
         signer=signer,
         force=force,
@@ -93,7 +115,7 @@ def build(
     if fmt == "json":
         emit(dump_json(built.to_json()), output)
     else:
-        render_report(built.report, fmt, output)
+        render_report(built.report, fmt, output, cat)
     if built.attestation_error is not None:
         progress(built.attestation_error.diagnostics())
         progress(
@@ -101,7 +123,6 @@ def build(
             "it is NOT promotable; run `harden attest` or the build again"
         )
         raise click.exceptions.Exit(int(ExitCode.ENVIRONMENT))
-    if not built.compliant:
-        raise click.exceptions.Exit(int(ExitCode.POLICY))
+    policy_exit(not built.report.compliant_at(fail_on), exit_code)
     if built.scan_error is not None:  # said above; the build is recorded and attested
         raise click.exceptions.Exit(int(ExitCode.ENVIRONMENT))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from harden.cli.common import progress
+from harden.cli.common import progress, tty_prompt
 
 
 @click.command()
@@ -34,13 +34,7 @@ def keygen(key_type: str, out_prefix: Path) -> None:
     """
     from harden.attest import keys
 
-    def prompt() -> str:
-        value: str = click.prompt(
-            "Key password", hide_input=True, confirmation_prompt=True, err=True
-        )
-        return value
-
-    password = keys.password_from_env_or_prompt(prompt)
+    password = keys.password_from_env_or_prompt(tty_prompt(confirm=True))
     key_path, pub_path = keys.keygen(keys.KeyType(key_type), out_prefix, password)
     pub = keys.load_public_key(pub_path)
     progress(f"private key: {key_path} (mode 0600, keep it secret)")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from harden.cli.common import (
+    complete_baseline_ids,
     context,
     dump_json,
     duration,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 @click.option(
     "--baseline",
     "baselines",
+    shell_complete=complete_baseline_ids,
     multiple=True,
     help="Allowed baseline id (or id@version); repeatable. Default: any baseline.",
 )
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Decide (and audit the decision) but copy nothing.")
 @click.option(
     "--format",
+    "-f",
     "fmt",
     type=click.Choice(["table", "json", "junit"]),
     default="table",

@@ -8,6 +8,7 @@ import click
 
 from harden.cli.common import (
     DEFAULT_DIR,
+    allow_unencrypted_option,
     baselines_option,
     catalogue,
     context,
@@ -60,10 +61,17 @@ directory_argument = click.argument(
 )
 @baselines_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
 @output_option
+@allow_unencrypted_option
 def rebuild(
+    allow_unencrypted: bool,
     directory: Path,
     stale: bool,
     everything: bool,
@@ -91,7 +99,11 @@ def rebuild(
     if stale and everything:
         raise UsageError("--stale and --all exclude each other")
     ctx = context()
-    signer = load_signer_from_uri(key_uri) if key_uri is not None else None
+    signer = (
+        load_signer_from_uri(key_uri, allow_unencrypted=allow_unencrypted)
+        if key_uri is not None
+        else None
+    )
     done = run_rebuild(
         directory,
         catalogue(baseline_dirs),
@@ -130,6 +142,7 @@ def rebuild(
 @directory_argument
 @click.option(
     "--format",
+    "-f",
     "fmt",
     type=click.Choice(["json", "github-matrix", "gitlab"]),
     default="json",

@@ -10,6 +10,7 @@ import click
 
 from harden.cli.common import (
     DEFAULT_DIR,
+    allow_unencrypted_option,
     baselines_option,
     catalogue,
     context,
@@ -42,9 +43,16 @@ def _default_by() -> str:
 @click.option("--by", default=None, help="Who revokes (default: user@host).")
 @baselines_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
 )
+@allow_unencrypted_option
 def revoke(
+    allow_unencrypted: bool,
     ref: str,
     directory: Path,
     key_uri: str,
@@ -64,7 +72,9 @@ def revoke(
 
     if not reason.strip():
         raise click.BadParameter("give a reason", param_hint="--reason")
-    signer = load_signer_from_uri(key_uri)  # a bad key fails before any work
+    signer = load_signer_from_uri(
+        key_uri, allow_unencrypted=allow_unencrypted
+    )  # a bad key fails before any work
     ctx = context()
     done = run_revoke(
         ref,

@@ -17,6 +17,7 @@ from harden.cli.common import (
     dump_json,
     duration,
     emit,
+    exit_code_option,
     load_trusted,
     output_option,
     plain_table,
@@ -105,6 +106,7 @@ def render_table(statuses: Sequence[ImageStatus]) -> str:
 @click.option("--jobs", "-j", default=8, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--format",
+    "-f",
     "fmt",
     type=click.Choice(["table", "json", "junit"]),
     default="table",
@@ -112,6 +114,7 @@ def render_table(statuses: Sequence[ImageStatus]) -> str:
     help="junit: one testcase per image, failing when it needs a rebuild (for CI dashboards).",
 )
 @output_option
+@exit_code_option
 def status(
     directory: Path,
     keys: tuple[Path, ...],
@@ -120,6 +123,7 @@ def status(
     jobs: int,
     fmt: str,
     output: Path | None,
+    exit_code: int | None,
 ) -> None:
     """Freshness of the golden image of every definition in DIRECTORY (default images/).
 
@@ -161,6 +165,8 @@ def status(
     for s in statuses:
         counts[s.state.value] = counts.get(s.state.value, 0) + 1
     progress(", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing tracked")
+    if code == 1 and exit_code is not None:
+        code = exit_code  # a policy outcome only; unreachable registries stay 4
     if code:
         raise click.exceptions.Exit(code)
 

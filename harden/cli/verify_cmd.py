@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from harden.cli.common import baselines_option, catalogue, context, output_option
+from harden.cli.common import (
+    baselines_option,
+    catalogue,
+    complete_baseline_ids,
+    complete_definitions,
+    context,
+    exit_code_option,
+    fail_on_option,
+    output_option,
+    policy_exit,
+    warn,
+)
 from harden.cli.output import FORMAT_CHOICES, render_report
-from harden.errors import ExitCode
 from harden.imagedef import load_definition
 from harden.testsuite import Suite
+
+if TYPE_CHECKING:
+    from harden.baseline.resolve import Catalogue
+    from harden.results import VerifyReport
 
 
 @click.command()
@@ -18,6 +33,7 @@ from harden.testsuite import Suite
 @click.option(
     "--baseline",
     "baseline_id",
+    shell_complete=complete_baseline_ids,
     default=None,
     help="Baseline id (default: debian-container for containers, debian-vm for machines). "
     "A baseline label on the image is only compared: a mismatch is a failure.",
@@ -30,6 +46,7 @@ from harden.testsuite import Suite
 )
 @click.option(
     "--definition",
+    shell_complete=complete_definitions,
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Image definition (images/*.yaml) whose baseline, parameters and waivers to verify "
@@ -37,9 +54,11 @@ from harden.testsuite import Suite
 )
 @baselines_option
 @click.option(
-    "--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True
+    "--format", "-f", "fmt", type=click.Choice(FORMAT_CHOICES), default="table", show_default=True
 )
 @output_option
+@fail_on_option
+@exit_code_option
 @click.option(
     "--tests",
     "test_paths",
@@ -88,6 +107,8 @@ def verify(
     baseline_dirs: tuple[Path, ...],
     fmt: str,
     output: Path | None,
+    fail_on: str | None,
+    exit_code: int | None,
     test_paths: tuple[Path, ...],
     tests_k: str | None,
     tests_m: str | None,
@@ -138,9 +159,10 @@ def verify(
         )
         for p in test_paths
     ]
+    cat = catalogue(baseline_dirs)
     report = verify_reference(
         ref,
-        catalogue(baseline_dirs),
+        cat,
         context(),
         baseline_id=baseline_id,
         definition=load_definition(definition) if definition is not None else None,
@@ -150,6 +172,24 @@ def verify(
         scan_profile=scan_profile,
         local=local,
     )
-    render_report(report, fmt, output)
-    if not report.compliant:
-        raise click.exceptions.Exit(int(ExitCode.POLICY))
+    render_report(report, fmt, output, cat)
+    warn_target_mismatch(report, cat)
+    policy_exit(not report.compliant_at(fail_on), exit_code)
+
+
+def warn_target_mismatch(report: VerifyReport, cat: Catalogue) -> None:
+    """`--baseline debian-vm` on a container: say so instead of a silent pile of n/a results."""
+    from harden.baseline.resolve import resolve
+    from harden.errors import HardenError
+
+    try:
+        targets = sorted(t.value for t in resolve(cat, report.baseline.id).targets)
+    except HardenError:
+        return
+    if report.target not in targets:
+        na = report.summary()["not_applicable"]
+        warn(
+            f"baseline {report.baseline.id} targets {', '.join(targets)}, not {report.target} "
+            f"images: {na} of its results are not applicable here; pick a baseline for "
+            f"{report.target}s (harden baseline list shows TARGETS)"
+        )

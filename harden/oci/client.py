@@ -49,6 +49,7 @@ from harden.oci.types import (
     new_hasher,
     verify_digest,
 )
+from harden.paths import setup_hint
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,10 @@ def _raise_for(
             ) from exc
         raise RegistryError(
             f"{what}: cannot connect to {registry}",
-            hint="is the registry running? scripts/services.sh starts the local one",
+            hint=setup_hint(
+                "is the registry running? scripts/services.sh starts the local one",
+                f"is the registry running, and is {registry} the right host:port?",
+            ),
         ) from exc
     assert response is not None
     status = response.status_code

@@ -104,7 +104,7 @@ class SarifFormatter:
         for r in report.results:
             match r.status:
                 case Status.FAILED:
-                    level = "error"
+                    level = _level(r.severity)  # critical/high error, medium warning, low note
                 case Status.ERROR:
                     level = "warning"
                 case Status.WAIVED:

@@ -159,6 +159,7 @@ def test_cli_keygen_prompts_with_confirmation(
     from harden.cli import cli
 
     monkeypatch.delenv("HARDEN_KEY_PASSWORD", raising=False)
+    monkeypatch.setattr("harden.cli.common._is_terminal", lambda: True)  # CliRunner has no tty
     r = CliRunner().invoke(cli, ["keygen", "--out", str(tmp_path / "p")], input="abc\nabc\n")
     assert r.exit_code == 0, r.output
     load_signer(str(tmp_path / "p.key"), b"abc")

@@ -33,6 +33,11 @@ from harden.target import TargetKind
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rootfs"
 GOLDEN = Path(__file__).parent / "golden" / "remediation"
+FIXTURE_UNIT_LINKS = (
+    "multi-user.target.wants/cups.service",
+    "multi-user.target.wants/ssh.service",
+    "sockets.target.wants/cups.socket",
+)
 
 HEADER = """\
 id: t
@@ -64,6 +69,12 @@ def rule(rid: str, kind_yaml: str, extra: str = "") -> str:
 def root(tmp_path: Path) -> Path:
     dst = tmp_path / "root"
     shutil.copytree(FIXTURE, dst, symlinks=True)
+    # Enabled units are absolute symlinks (as on a real system); they are made here rather than
+    # committed, because an absolute symlink in the tree breaks `python -m build`.
+    system = dst / "etc/systemd/system"
+    for link in FIXTURE_UNIT_LINKS:
+        (system / link).parent.mkdir(parents=True, exist_ok=True)
+        (system / link).symlink_to("/lib/systemd/system/" + Path(link).name)
     return dst
 
 
