@@ -68,6 +68,46 @@ def test_every_format_option_has_the_short_f() -> None:
     assert seen >= 6
 
 
+def _option_envvars() -> dict[str, str]:
+    """Every option's generated HARDEN_<COMMAND>_<OPTION> name -> the command path."""
+    import click
+
+    ctx = click.Context(cli)
+    found: dict[str, str] = {}
+
+    def walk(cmd: click.Command, path: str) -> None:
+        for p in cmd.params:
+            if isinstance(p, click.Option) and isinstance(p.envvar, str):
+                found[p.envvar] = f"{path} --{p.name}"
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None
+                walk(sub, f"{path} {name}")
+
+    walk(cli, "harden")
+    return found
+
+
+def test_option_variables_never_shadow_a_global_variable() -> None:
+    # HARDEN_AUDIT_KEY (the audit signer) must not also be `harden audit --key`, and so on: a
+    # generated option variable that equals a global one would give one setting two meanings.
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    globals_ = {
+        m.group(0)  # string literals: the variables the code reads
+        for folder in ("harden", "builder", "verifiers")
+        for f in (root / folder).rglob("*.py")
+        for m in re.finditer(r"(?<=[\"'])HARDEN_[A-Z][A-Z0-9_]*[A-Z0-9](?=[\"'])", f.read_text())
+    }
+    generated = _option_envvars()
+    assert len(generated) > 50
+    same_meaning = {"HARDEN_DEBUG"}  # the top-level --debug is that variable
+    clashes = {v: generated[v] for v in globals_ & set(generated) - same_meaning}
+    assert not clashes
+
+
 def test_config_file_then_env_then_flags(tmp_path: Path) -> None:
     (tmp_path / "harden.toml").write_text('[baseline.list]\nformat = "json"\n')
     from_file = harden("baseline", "list", cwd=tmp_path)
