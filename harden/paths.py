@@ -25,7 +25,7 @@ def templates_dir() -> Path:
 
 def shipped_suites_dir() -> Path:
     """harden's own testinfra suites (``harden:behaviour/...`` in an image definition)."""
-    return _PKG.parent / "verifiers"  # a sibling package, found without importing it
+    return _PKG / "verifiers"  # harden.verifiers, found without importing it
 
 
 def harden_home() -> Path:

@@ -129,8 +129,8 @@ def test_building_on_the_output_changes_nothing(
     """Run the same remediation on the hardened image: the filesystem diff is empty."""
     import datetime as dt
 
-    from builder.render import Phase, remediation_rules, render_script
     from harden.baseline.resolve import Catalogue, resolve
+    from harden.builder.render import Phase, remediation_rules, render_script
     from harden.target import TargetKind
 
     bl = resolve(Catalogue.from_search_path(), "debian-container")

@@ -48,7 +48,14 @@ def test_sdist_carries_license_and_no_bench_or_ci(dist: Path) -> None:
     assert "LICENSE" in tops
     assert "bench" not in tops
     assert ".ci" not in tops
-    assert {"harden", "baselines", "templates", "tests"} <= tops
+    assert {"harden", "baselines", "templates", "tests", "builder", "verifiers"} <= tops
+    with tarfile.open(sdist) as tar:
+        members = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if "/" in m.name}
+    # the repository's folders, as real files (no symlink in the sdist, none doubled)
+    assert members["builder/qemu.py"].isfile()
+    assert members["verifiers/static_verify.py"].isfile()
+    assert not any(m.issym() for m in members.values())
+    assert not any(n.startswith(("harden/builder/", "harden/verifiers/")) for n in members)
 
 
 def test_wheel_metadata_and_shipped_data(dist: Path) -> None:
@@ -63,6 +70,11 @@ def test_wheel_metadata_and_shipped_data(dist: Path) -> None:
     assert "harden/_data/baselines/debian-container.yaml" in names
     assert "harden/_data/templates" in {n.rsplit("/", 2)[0] for n in names if "templates" in n}
     assert not any(n.startswith(("bench/", "tests/")) for n in names)
+    # exactly one top-level import package: builder/ and verifiers/ ship as harden.builder/.verifiers
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"harden"}
+    assert "harden/builder/qemu.py" in names
+    assert "harden/verifiers/behaviour/container/test_container_behaviour.py" in names
 
 
 def test_installed_cli_runs_outside_the_checkout(venv: Path, tmp_path: Path) -> None:
@@ -79,3 +91,14 @@ def test_installed_cli_runs_outside_the_checkout(venv: Path, tmp_path: Path) -> 
     ).stdout
     assert str(venv) in where
     assert str(ROOT) not in where
+    python = str(venv / "bin" / "python")
+    run([python, "-c", "import harden.builder.qemu, harden.verifiers.static_verify"], cwd=tmp_path)
+    for name in ("builder", "verifiers"):  # no top-level package of another project's name
+        gone = subprocess.run(
+            [python, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, check=False
+        )
+        assert gone.returncode != 0, name
+    shown = run([str(venv / "bin" / "pip"), "show", "-f", DIST_NAME], cwd=tmp_path).stdout
+    files = [ln.strip() for ln in shown.split("Files:", 1)[1].splitlines() if ln.strip()]
+    packages = {f.split("/")[0] for f in files if not f.startswith(("..", "harden_golden-"))}
+    assert packages == {"harden"}

@@ -8,22 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from builder.container_build import GOLDEN_LABELS, golden_labels
-from builder.debs import (
+from harden import signals
+from harden.builder.container_build import GOLDEN_LABELS, golden_labels
+from harden.builder.debs import (
     AptSource,
     Deb,
     host_sources,
     image_sources,
     parse_os_release,
 )
-from builder.docker_engine import (
+from harden.builder.docker_engine import (
     CAPABILITIES,
     TEMPORARY_LABEL,
     Containment,
     Step,
     clean_image_config,
 )
-from harden import signals
 from harden.errors import EnvironmentProblem, ExitCode, ImageDefinitionError, InputError
 
 # ---------------------------------------------------------------- containment

@@ -5,10 +5,13 @@ because each one is a dependency of the file. The rules:
 
 - nothing below the CLI imports ``harden.cli``; CLI modules import only the shared helpers
   (``harden.cli.common``, ``harden.cli.output``) of the CLI, never another command;
-- ``builder`` and ``verifiers`` never import the use-case layer ``harden.app``;
-- the core (``harden`` outside ``harden.app`` and ``harden.cli``) never imports ``builder`` or
-  ``verifiers``;
-- ``verifiers`` never imports builder's build modules;
+- ``harden.builder`` and ``harden.verifiers`` (the repository's ``builder/`` and ``verifiers/``
+  folders) never import the use-case layer ``harden.app``;
+- the core (``harden`` outside ``harden.app``, ``harden.cli``, ``harden.builder`` and
+  ``harden.verifiers``) never imports ``harden.builder`` or ``harden.verifiers``;
+- ``harden.verifiers`` never imports builder's build modules;
+- nothing imports ``builder`` or ``verifiers`` as top-level packages (the wheel has only
+  ``harden``);
 - only the CLI imports click;
 - no import cycle between files.
 """
@@ -22,11 +25,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("harden", "builder", "verifiers")
+# folder in the repository -> its import package (harden/builder and harden/verifiers are
+# symlinks to the top-level folders in a checkout; rglob does not follow them)
+PACKAGES = {"harden": "harden", "builder": "harden.builder", "verifiers": "harden.verifiers"}
+BUILDER, VERIFIERS = PACKAGES["builder"], PACKAGES["verifiers"]
 CLI_HELPERS = frozenset({"harden.cli", "harden.cli.common", "harden.cli.output"})
 ENTRY_POINTS = frozenset({"harden.pytest_plugin"})  # the pytest11 plugin (pytest --harden-target)
 BUILD_MODULES = frozenset(
-    {"builder.container_build", "builder.vm_build", "builder.vm_verify", "builder.render"}
+    f"{BUILDER}.{m}" for m in ("container_build", "vm_build", "vm_verify", "render")
 )
 
 Graph = Mapping[str, frozenset[str]]
@@ -34,10 +40,10 @@ Graph = Mapping[str, frozenset[str]]
 
 def module_files(root: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            parts = path.relative_to(root).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for folder, package in PACKAGES.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            name = ".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts)))
             out[name] = path
     return out
 
@@ -135,17 +141,20 @@ def violations(edges: Graph, names: Graph) -> list[str]:
     for src, targets in sorted(names.items()):
         cli, app = _in(src, "harden.cli"), _in(src, "harden.app")
         plugin = src in ENTRY_POINTS  # interfaces like the CLI: they call the use-case layer
-        core = _in(src, "harden") and not (cli or app or plugin)
+        lower = _in(src, BUILDER) or _in(src, VERIFIERS)
+        core = _in(src, "harden") and not (cli or app or plugin or lower)
         for dst in sorted(targets):
+            if _in(dst, "builder") or _in(dst, "verifiers"):
+                out.append(f"{src} imports {dst}, not a package of the wheel (harden.{dst})")
             if _in(dst, "harden.cli") and not cli:
                 out.append(f"{src} imports the CLI ({dst})")
             if cli and _in(dst, "harden.cli") and dst not in CLI_HELPERS and src != "harden.cli":
                 out.append(f"{src} imports another command ({dst})")
-            if _in(dst, "harden.app") and (_in(src, "builder") or _in(src, "verifiers") or core):
+            if _in(dst, "harden.app") and (lower or core):
                 out.append(f"{src} imports the use-case layer ({dst})")
-            if core and (_in(dst, "builder") or _in(dst, "verifiers")):
+            if core and (_in(dst, BUILDER) or _in(dst, VERIFIERS)):
                 out.append(f"core module {src} imports {dst}")
-            if _in(src, "verifiers") and dst in BUILD_MODULES:
+            if _in(src, VERIFIERS) and dst in BUILD_MODULES:
                 out.append(f"{src} imports builder's build module {dst}")
         if not cli and any(_in(n, "click") for n in targets):
             out.append(f"{src} imports click (only the CLI may)")
@@ -155,14 +164,16 @@ def violations(edges: Graph, names: Graph) -> list[str]:
 
 def test_the_project_keeps_its_layers() -> None:
     edges, names = import_graph(ROOT)
-    assert "harden.app.build" in edges and "verifiers.refs" in edges  # the walk found the tree
+    assert (
+        "harden.app.build" in edges and "harden.verifiers.refs" in edges
+    )  # the walk found the tree
     assert violations(edges, names) == []
 
 
 def _tree(tmp_path: Path, files: Mapping[str, str]) -> Path:
-    for package in PACKAGES:
-        (tmp_path / package).mkdir(exist_ok=True)
-        (tmp_path / package / "__init__.py").touch()
+    for folder in PACKAGES:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "__init__.py").touch()
     for rel, text in files.items():
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +191,7 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> Path:
         ),
         (
             {"builder/x.py": "def f():\n    import harden.cli.build_cmd\n"},
-            "builder.x imports the CLI (harden.cli.build_cmd)",
+            "harden.builder.x imports the CLI (harden.cli.build_cmd)",
         ),
         (
             {
@@ -191,14 +202,19 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> Path:
         ),
         (
             {
-                "verifiers/refs.py": "def f():\n    from builder.vm_verify import verify_template\n",
+                "verifiers/refs.py": (
+                    "def f():\n    from harden.builder.vm_verify import verify_template\n"
+                ),
                 "builder/vm_verify.py": "",
             },
-            "verifiers.refs imports builder's build module builder.vm_verify",
+            "harden.verifiers.refs imports builder's build module harden.builder.vm_verify",
         ),
         (
-            {"harden/gate.py": "from verifiers.runner import verify\n", "verifiers/runner.py": ""},
-            "core module harden.gate imports verifiers.runner",
+            {
+                "harden/gate.py": "from harden.verifiers.runner import verify\n",
+                "verifiers/runner.py": "",
+            },
+            "core module harden.gate imports harden.verifiers.runner",
         ),
         (
             {"harden/app/verify.py": "import click\n"},
@@ -209,7 +225,7 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> Path:
                 "verifiers/runner.py": "from harden.app.context import Context\n",
                 "harden/app/context.py": "",
             },
-            "verifiers.runner imports the use-case layer (harden.app.context)",
+            "harden.verifiers.runner imports the use-case layer (harden.app.context)",
         ),
         (
             {
@@ -223,11 +239,16 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> Path:
         ),
         (
             {
-                "builder/a.py": "from builder import b\n",
-                "builder/b.py": "def f():\n    from builder.c import x\n",
-                "builder/c.py": "import builder.a\n",
+                "builder/a.py": "from harden.builder import b\n",
+                "builder/b.py": "def f():\n    from harden.builder.c import x\n",
+                "builder/c.py": "import harden.builder.a\n",
             },
-            "import cycle: builder.a <-> builder.b <-> builder.c",
+            "import cycle: harden.builder.a <-> harden.builder.b <-> harden.builder.c",
+        ),
+        (
+            {"harden/app/build.py": "from builder.container_build import build_container\n"},
+            "harden.app.build imports builder.container_build, not a package of the wheel "
+            "(harden.builder.container_build)",
         ),
     ],
 )
@@ -242,8 +263,8 @@ def test_allowed_imports_pass(tmp_path: Path) -> None:
     files = {
         "harden/cli/build_cmd.py": "from harden.cli.common import emit\nimport click\n",
         "harden/cli/common.py": "import click\n",
-        "harden/app/build.py": "from builder.container_build import build_container\n",
-        "builder/container_build.py": "from verifiers.runner import verify\n",
+        "harden/app/build.py": "from harden.builder.container_build import build_container\n",
+        "builder/container_build.py": "from harden.verifiers.runner import verify\n",
         "verifiers/runner.py": "from harden.results import VerifyReport\n",
         "harden/results.py": "",
     }

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.render import (
+from harden.baseline.kinds import RuleKind
+from harden.baseline.resolve import Catalogue, Rule, resolve
+from harden.builder.render import (
     DONE_MARKER,
     Phase,
     RemediationFailure,
@@ -26,8 +28,6 @@ from builder.render import (
     rule_phase,
     template_environment,
 )
-from harden.baseline.kinds import RuleKind
-from harden.baseline.resolve import Catalogue, Rule, resolve
 from harden.errors import BaselineError
 from harden.target import TargetKind
 
