@@ -57,10 +57,11 @@ if TYPE_CHECKING:
     "--format",
     "-f",
     "fmt",
-    type=click.Choice(["table", "json", "junit"]),
+    type=click.Choice(["table", "json", "junit", "sarif"]),
     default="table",
     show_default=True,
-    help="junit: one testcase per gate policy (a denial fails the policies that denied).",
+    help="junit: one testcase per gate policy (a denial fails the policies that denied); "
+    "sarif: one result per policy that denied, located at the source image (oci://SRC).",
 )
 @output_option
 def promote(
@@ -103,6 +104,8 @@ def promote(
         emit(dump_json(result.to_json()), output)
     elif fmt == "junit":
         emit(junit_xml(result), output)
+    elif fmt == "sarif":
+        emit(sarif(result), output)
     else:
         rows = [["src", result.src], ["dst", result.dst], ["digest", result.digest]]
         rows.append(["attestations", f"{result.attestations} found, {result.verified} verified"])
@@ -123,10 +126,9 @@ def promote(
         progress(f"allowed (dry run, nothing copied): {result.src} ({result.digest})")
 
 
-def junit_xml(result: PromoteResult) -> str:
-    """The gate decision as JUnit XML: one testcase per policy, its reasons as the failure."""
-    from harden.report.cases import Case, cases_junit
-
+def _failed_policies(result: PromoteResult) -> tuple[list[str], dict[str, list[str]]]:
+    """The gate's policies and, per policy, the reasons it denied (a reason no policy claims is
+    the policy "gate": never silently dropped)."""
     policies = list(result.decision.policies)
     failed: dict[str, list[str]] = {p: [] for p in policies}
     for reason in result.decision.reasons:
@@ -140,6 +142,32 @@ def junit_xml(result: PromoteResult) -> str:
     if not policies:
         policies = ["gate"]
         failed["gate"] = [] if result.allowed else ["denied"]
+    return policies, failed
+
+
+def sarif(result: PromoteResult) -> str:
+    """The gate decision as SARIF: one result per policy that denied, at oci://SRC@DIGEST."""
+    from harden.report.cases import Case, cases_sarif
+
+    policies, failed = _failed_policies(result)
+    subject = f"{result.src}@{result.digest}" if result.digest else result.src
+    cases = [
+        Case(p, tuple(failed[p]), failure_type=p, location=f"oci://{subject}", subject=subject)
+        for p in policies
+    ]
+    return cases_sarif(
+        "harden/promote/",
+        cases,
+        rule_help={p: f"The promotion gate's policy {p} denied {result.src}." for p in policies},
+        properties={"src": result.src, "dst": result.dst, "allowed": result.allowed},
+    )
+
+
+def junit_xml(result: PromoteResult) -> str:
+    """The gate decision as JUnit XML: one testcase per policy, its reasons as the failure."""
+    from harden.report.cases import Case, cases_junit
+
+    policies, failed = _failed_policies(result)
     return cases_junit(
         "harden promote",
         f"harden.promote {result.src} -> {result.dst}",

@@ -27,6 +27,7 @@ from harden.cli.common import (
 
 if TYPE_CHECKING:
     from harden.lifecycle import ImageStatus
+    from harden.report.cases import Case
 
 
 def _short(digest: str | None) -> str:
@@ -108,10 +109,11 @@ def render_table(statuses: Sequence[ImageStatus]) -> str:
     "--format",
     "-f",
     "fmt",
-    type=click.Choice(["table", "json", "junit"]),
+    type=click.Choice(["table", "json", "junit", "sarif"]),
     default="table",
     show_default=True,
-    help="junit: one testcase per image, failing when it needs a rebuild (for CI dashboards).",
+    help="junit: one testcase per image, failing when it needs a rebuild (for CI dashboards); "
+    "sarif: one result per image that needs a rebuild, at its definition file (code scanning).",
 )
 @output_option
 @exit_code_option
@@ -159,6 +161,8 @@ def status(
         emit(dump_json(doc), output)
     elif fmt == "junit":
         emit(junit_xml(statuses, rfc3339(result.checked_at)), output)
+    elif fmt == "sarif":
+        emit(sarif(statuses, rfc3339(result.checked_at)), output)
     else:
         emit(render_table(statuses) if statuses else "no image definitions", output)
     counts: dict[str, int] = {}
@@ -171,21 +175,59 @@ def status(
         raise click.exceptions.Exit(code)
 
 
-def junit_xml(statuses: Sequence[ImageStatus], checked_at: str) -> str:
-    """One testcase per golden image: passes when fresh or expiring, fails with the reasons when
-    it needs a rebuild, errors when its state is unknown."""
+_STATE_HELP = {
+    "stale": "The golden image is older than its max_age, past its attestation's validUntil, or "
+    "has no verified compliance attestation: rebuild it (harden rebuild --stale).",
+    "outdated": "The base image, the baseline or the Debian archive (security fixes for packages "
+    "in the image's SBOM) changed since the build: rebuild it (harden rebuild --stale).",
+    "revoked": "The golden image's digest is revoked: rebuild it (harden rebuild --stale).",
+    "missing": "Nothing is at the definition's destination: build it (harden rebuild --stale).",
+    "serving-revoked": "The production tag serves a digest the revocation list revokes, or one "
+    "the gate would deny: promote a fresh build.",
+    "unknown": "A registry or the Debian archive could not be asked or did not verify; the state "
+    "is not known, so the image is never counted fresh.",
+}
+
+
+def _cases(statuses: Sequence[ImageStatus]) -> list[Case]:
+    """One check per golden image: passes when fresh or expiring, fails with the reasons when
+    it needs a rebuild (or production serves a revoked digest), errors when its state is
+    unknown."""
     from harden.lifecycle import State
-    from harden.report.cases import Case, cases_junit
+    from harden.report.cases import Case
 
     cases = []
     for st in statuses:
         name = f"{st.name} ({st.label})"
+        at, subject = st.facts.definition, st.facts.destination
         if st.state is State.UNKNOWN:
-            cases.append(Case(name, error="; ".join(st.reasons) or "unknown"))
+            error = "; ".join(st.reasons) or "unknown"
+            cases.append(Case(name, error=error, location=at, subject=subject))
         elif st.needs_rebuild or st.state is State.SERVING_REVOKED:
-            cases.append(Case(name, tuple(st.reasons) or (st.label,), failure_type=st.state.value))
+            reasons = tuple(st.reasons) or (st.label,)
+            kind = st.state.value
+            cases.append(Case(name, reasons, failure_type=kind, location=at, subject=subject))
         else:
-            cases.append(Case(name))
+            cases.append(Case(name, location=at, subject=subject))
+    return cases
+
+
+def sarif(statuses: Sequence[ImageStatus], checked_at: str) -> str:
+    from harden.report.cases import cases_sarif
+
+    return cases_sarif(
+        "harden/status/",
+        _cases(statuses),
+        rule_help=_STATE_HELP,
+        properties={"checked_at": checked_at},
+    )
+
+
+def junit_xml(statuses: Sequence[ImageStatus], checked_at: str) -> str:
+    """One testcase per golden image (see _cases)."""
+    from harden.report.cases import cases_junit
+
+    cases = _cases(statuses)
     return cases_junit(
         "harden status",
         "harden.status",

@@ -1,11 +1,15 @@
-"""JUnit XML for decisions that are a list of named checks (the promotion gate's policies, the
-freshness of each golden image): one testcase per check, its reasons as the failure."""
+"""JUnit XML and SARIF for decisions that are a list of named checks (the promotion gate's
+policies, the freshness of each golden image): one testcase (SARIF result) per check, its reasons
+as the failure."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harden.report.formats import clean_xml, truncate
 
@@ -16,6 +20,8 @@ class Case:
     failures: tuple[str, ...] = ()  # reasons the check failed; empty: passed
     error: str | None = None  # the check could not be decided (e.g. a registry was unreachable)
     failure_type: str = "failed"
+    location: str | None = None  # SARIF: the file (or URI) the check is about
+    subject: str | None = None  # SARIF: what was judged (an image reference)
 
 
 def cases_junit(
@@ -54,3 +60,79 @@ def cases_junit(
         out.text = "\n".join(clean_xml(line) for line in system_out)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def cases_sarif(
+    automation_id: str,
+    cases: Sequence[Case],
+    *,
+    rule_help: Mapping[str, str],
+    properties: Mapping[str, Any] | None = None,
+) -> str:
+    """SARIF 2.1.0: a rule per failure type (a state, a gate policy) with ``rule_help`` as its
+    help; a result per failed check (level error) or undecided one (level warning); passed checks
+    are not results. Each result is located at ``Case.location`` (GitHub code scanning needs a
+    location) and names ``Case.subject`` as a logical location."""
+    from harden import __version__
+    from harden.report.sarif import SARIF_SCHEMA, SARIF_VERSION, location_uri
+
+    rules: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    results: list[dict[str, Any]] = []
+    for c in cases:
+        if c.error is None and not c.failures:
+            continue
+        rule_id = "unknown" if c.error is not None else c.failure_type
+        if rule_id not in index:
+            index[rule_id] = len(rules)
+            text = clean_xml(rule_help.get(rule_id, rule_id))
+            rules.append(
+                {
+                    "id": rule_id,
+                    "name": rule_id,
+                    "shortDescription": {"text": text.split("\n")[0]},
+                    "help": {"text": text},
+                    "defaultConfiguration": {"level": "warning" if c.error else "error"},
+                }
+            )
+        message = c.error if c.error is not None else "; ".join(c.failures)
+        result: dict[str, Any] = {
+            "ruleId": rule_id,
+            "ruleIndex": index[rule_id],
+            "kind": "fail",
+            "level": "warning" if c.error is not None else "error",
+            "message": {"text": truncate(clean_xml(f"{c.name}: {message}"), 16 * 1024)},
+            "partialFingerprints": {
+                "hardenCheck/v1": hashlib.sha256(f"{c.name}\0{rule_id}".encode()).hexdigest()
+            },
+        }
+        location: dict[str, Any] = {}
+        if c.location:
+            location["physicalLocation"] = {"artifactLocation": {"uri": location_uri(c.location)}}
+        if c.subject:
+            location["logicalLocations"] = [
+                {"name": clean_xml(c.subject), "fullyQualifiedName": clean_xml(c.subject)}
+            ]
+        if location:
+            result["locations"] = [location]
+        results.append(result)
+    log = {
+        "$schema": SARIF_SCHEMA,
+        "version": SARIF_VERSION,
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "harden",
+                        "version": __version__,
+                        "semanticVersion": __version__,
+                        "rules": rules,
+                    }
+                },
+                "automationDetails": {"id": automation_id},
+                "results": results,
+                "properties": dict(properties or {}),
+            }
+        ],
+    }
+    return json.dumps(log, indent=2, ensure_ascii=False)

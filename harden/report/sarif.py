@@ -34,7 +34,11 @@ def _level(severity: str) -> str:
     return _LEVEL.get(severity, "warning")
 
 
-def _uri(path: str) -> str:
+def location_uri(path: str) -> str:
+    """A SARIF artifact URI: relative paths stay relative (code scanning wants them so), an
+    absolute path is a file URI, a URI (oci://...) is kept."""
+    if "://" in path:
+        return path
     if path.startswith("/"):
         return "file://" + urllib.parse.quote(posixpath.normpath(path))
     return urllib.parse.quote(PurePosixPath(path.replace("\\", "/")).as_posix())
@@ -65,7 +69,7 @@ def _location(r: RuleResult, report: VerifyReport, options: RenderOptions) -> di
         path, line = parse_source(source)
     else:
         path, line = f"baselines/{report.baseline.id}.yaml", None
-    physical: dict[str, Any] = {"artifactLocation": {"uri": _uri(path)}}
+    physical: dict[str, Any] = {"artifactLocation": {"uri": location_uri(path)}}
     if line is not None and line >= 1:
         physical["region"] = {"startLine": line}
     subject = clean_line(f"{report.image}@{report.digest}" if report.digest else report.image)

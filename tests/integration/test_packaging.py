@@ -98,7 +98,7 @@ def test_installed_cli_runs_outside_the_checkout(venv: Path, tmp_path: Path) -> 
             [python, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, check=False
         )
         assert gone.returncode != 0, name
-    shown = run([str(venv / "bin" / "pip"), "show", "-f", DIST_NAME], cwd=tmp_path).stdout
-    files = [ln.strip() for ln in shown.split("Files:", 1)[1].splitlines() if ln.strip()]
+    info = run([str(venv / "bin" / "pip"), "show", "-f", DIST_NAME], cwd=tmp_path).stdout
+    files = [ln.strip() for ln in info.split("Files:", 1)[1].splitlines() if ln.strip()]
     packages = {f.split("/")[0] for f in files if not f.startswith(("..", "harden_golden-"))}
     assert packages == {"harden"}
