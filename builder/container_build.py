@@ -13,6 +13,7 @@ digest, baseline digest, labels, harden version) did not change reuses the image
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig, PackagePresent
@@ -40,7 +41,12 @@ from harden.builder.render import Phase, check_remediation, remediation_rules, r
 from harden.clock import Clock
 from harden.debian.fixes import Fix
 from harden.debian.pending import PendingUpdate
-from harden.errors import EnvironmentProblem, ImageDefinitionError, TargetError
+from harden.errors import (
+    EnvironmentProblem,
+    ImageDefinitionError,
+    RemediationError,
+    TargetError,
+)
 from harden.imagedef import ImageDefinition
 from harden.labels import BASE_DIGEST as OCI_BASE_DIGEST
 from harden.labels import BASE_NAME as OCI_BASE_NAME
@@ -58,6 +64,9 @@ from harden.verifiers.facts import parse as parse_facts
 from harden.verifiers.image_layers import open_local_image
 from harden.verifiers.static_verify import verify_image
 from harden.verifiers.suites import run_suites
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 HARDEN_LABEL_PREFIX = "dev.harden."
 # the labels harden puts on a golden image (docs/operations.md); no other dev.harden.* label
@@ -174,10 +183,13 @@ def _run_phase(
     *,
     labels: Mapping[str, str] | None = None,
     files: Path | None = None,
+    keep: str | None = None,
 ) -> tuple[str, bytes]:
     """Run one remediation script in a throwaway container and commit the result: an
     intermediate image, or with ``labels`` the golden image with exactly those labels.
-    ``files``: a tar put at / before the start (the fetched packages, $HARDEN_DEBS)."""
+    ``files``: a tar put at / before the start (the fetched packages, $HARDEN_DEBS).
+    ``keep``: when the script fails, commit the failed state as this image reference (see
+    :func:`_keep_failed`) before the container is removed."""
     command = ["/bin/sh", "-c", script]
     env: dict[str, str] = {}
     if facts_script is not None:
@@ -189,11 +201,44 @@ def _run_phase(
         if files is not None:
             engine.put_files(c, "/", files.read_bytes())
         result = engine.run_to_end(c, engine.containment.timeout(step))
-        check_remediation(result)
+        try:
+            check_remediation(result)
+        except RemediationError as e:
+            if keep is None:
+                raise
+            raise _keep_failed(engine, c, changes, keep, e) from e
         if labels is None:
             return str(engine.commit(c, changes).id), result.stdout
         golden = engine.commit_clean(c, changes, labels)
     return golden.result(), result.stdout  # the container was removed meanwhile
+
+
+KEPT_LABEL = "dev.harden.kept"  # a failed remediation's state, kept for a person to inspect
+
+
+def kept_reference(name: str, step: Step, started: dt.datetime) -> str:
+    """Where --keep-on-error keeps a failed step: harden-kept/NAME:STEP-YYYYMMDD-HHMMSS."""
+    return f"harden-kept/{name}:{step.value}-{started:%Y%m%d-%H%M%S}"
+
+
+def _keep_failed(
+    engine: Engine, c: Container, changes: list[str], ref: str, failure: RemediationError
+) -> RemediationError:
+    """Commit the failed container's file system as ``ref`` (labelled only ``dev.harden.kept``,
+    never temporary, so no clean-up removes it) and say how to enter it: a shell in a container
+    of that image, with no network, as the step ran."""
+    try:
+        image_id = engine.commit_clean(c, changes, {KEPT_LABEL: ref}).result()
+        engine.tag(engine.image(image_id), ref)
+    except (TargetError, OSError) as e:  # docker's errors are requests' (OSError) ones
+        return RemediationError(
+            failure.message, hint=f"{failure.hint}\n(could not keep the failed state: {e})"
+        )
+    enter = f"docker run --rm -it --network none --user root --entrypoint /bin/sh {ref}"
+    return RemediationError(
+        f"{failure.message}; the failed state is kept as image {ref}",
+        hint=f"{failure.hint}\nenter it: {enter}\nremove it: docker rmi {ref}",
+    )
 
 
 def _base_config_changes(cfg: Mapping[str, Any]) -> list[str]:
@@ -302,7 +347,10 @@ def build_container(
     allow_noncompliant: bool = False,
     push: bool = True,
     progress: Progress = _noop,
+    keep_on_error: bool = False,
 ) -> BuildResult:
+    """Build, verify (and push) the golden image of ``defn``. ``keep_on_error``: a failed
+    remediation step's file system is kept as an image (:func:`kept_reference`) to inspect."""
     doc = defn.doc
     assert doc.base is not None
     baseline = defn.resolve_baseline(catalogue)
@@ -355,6 +403,10 @@ def build_container(
             },
         )
         intermediate: str | None = None
+
+        def kept(step: Step) -> str | None:
+            return kept_reference(doc.name, step, started) if keep_on_error else None
+
         try:
             pkgs = package_rules(rules)
             if pkgs:
@@ -370,6 +422,7 @@ def build_container(
                         Step.INSTALL,
                         restore,
                         files=fetched.archive(Path(tmp) / "debs.tar"),
+                        keep=kept(Step.INSTALL),
                     )
                     current = intermediate
             off_script = render_script(rules, family, TargetKind.CONTAINER, Phase.OFFLINE)
@@ -395,6 +448,7 @@ def build_container(
                 changes,
                 commands,
                 labels=labels,
+                keep=kept(Step.REMEDIATE),
             )
         finally:
             if intermediate is not None:

@@ -91,6 +91,7 @@ def build(
     push: bool = True,
     engine: Callable[[], Engine] | None = None,
     scan_profile: str | None = None,
+    keep_on_error: bool = False,
 ) -> Built:
     """Build, verify, (push,) (sign and attach) the image ``defn`` describes; audit BUILD.
 
@@ -100,7 +101,10 @@ def build(
 
     With ``scan_profile`` (``""``: the default profile) the built image is also scanned with
     OpenSCAP and, with a signer, the scan is attached as a signed openscap-scan attestation; a
-    failed scan is ``scan_error`` (the build is still recorded and attested)."""
+    failed scan is ``scan_error`` (the build is still recorded and attested).
+
+    ``keep_on_error``: a failed remediation step's state is kept to inspect (the error says
+    where and how to enter it)."""
     if scan_profile is not None:
         _check_scan(defn, scan_profile)
     if defn.doc.target.value == "vm":
@@ -117,6 +121,7 @@ def build(
         allow_noncompliant=allow_noncompliant,
         push=push,
         progress=ctx.progress,
+        keep_on_error=keep_on_error,
     )
     _audit_build(
         ctx,

@@ -69,8 +69,16 @@ from harden.imagedef import load_definition
     "score in the report and, with --key, attach the result as a signed openscap-scan "
     "attestation (what `promote --min-scan-score` requires). Write --scan=PROFILE.",
 )
+@click.option(
+    "--keep-on-error",
+    is_flag=True,
+    help="When a remediation step fails, keep its state to inspect (as Packer's -on-error): a "
+    "container build commits it as image harden-kept/NAME:STEP-TIME and prints the command that "
+    "opens a shell in it (network none).",
+)
 @allow_unencrypted_option
 def build(
+    keep_on_error: bool,
     allow_unencrypted: bool,
     definition: Path,
     baseline_dirs: tuple[Path, ...],
@@ -111,6 +119,7 @@ def build(
         allow_noncompliant=allow_noncompliant,
         push=not no_push,
         scan_profile=scan_profile,
+        keep_on_error=keep_on_error,
     )
     if fmt == "json":
         emit(dump_json(built.to_json()), output)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -238,6 +240,45 @@ def test_failing_remediation_names_rule_and_output(
     assert set(temp_containers(client)) <= before
     tags = requests.get(f"http://{REGISTRY}/v2/test/broken/tags/list", timeout=10)
     assert tags.status_code == 404 or not (tags.json().get("tags") or [])
+
+
+def test_keep_on_error_keeps_the_failed_state_to_enter(
+    tmp_path: Path, client: docker.DockerClient
+) -> None:
+    # the remediation writes a marker, then fails: the kept image holds the marker, a shell in it
+    # (the command the error prints, network none) sees it, and nothing else is left behind
+    bdir = _failing_baseline(tmp_path, "echo half-done > /root/marker; echo nope >&2; exit 3")
+    d = definition(
+        tmp_path,
+        "itest-kept",
+        baseline={"id": "broken"},
+        destination=f"{REGISTRY}/test/kept:latest",
+    )
+    before = set(temp_containers(client))
+    r = harden("build", str(d), "--baselines", str(bdir), "--force", "--keep-on-error")
+    assert r.returncode == 4, r.stderr
+    assert "custom.fails" in r.stderr and "nope" in r.stderr and "Traceback" not in r.stderr
+    m = re.search(
+        r"enter it: (docker run .*? (harden-kept/itest-kept:remediate-[0-9-]+))$", r.stderr, re.M
+    )
+    assert m, r.stderr
+    enter, kept = m.group(1), m.group(2)
+    try:
+        image = client.images.get(kept)
+        labels = image.attrs["Config"].get("Labels") or {}
+        assert labels == {"dev.harden.kept": kept}  # not temporary: no clean-up removes it
+        assert "--network none" in enter
+        shell = subprocess.run(
+            [*shlex.split(enter.replace(" -it ", " -i ")), "-c", "cat /root/marker"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert shell.returncode == 0 and shell.stdout.strip() == "half-done", shell.stderr
+        assert set(temp_containers(client)) <= before
+    finally:
+        client.images.remove(kept, force=True)
 
 
 def test_ctrl_c_during_build_leaves_no_container(
