@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -36,7 +37,19 @@ def sha256_fd(fd: int) -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file beside it, fsync, chmod, rename."""
+    """Write ``data`` to ``path`` atomically: a temp file beside it, fsync, chmod, rename.
+
+    A path that exists and is not a regular file (``-o /dev/null``, ``/dev/stdout``, a FIFO) is
+    written through, never replaced: renaming over it would put a file where a device was."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            with open(path, "wb") as f:
+                f.write(data)
+            return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
