@@ -94,6 +94,12 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 name_envvars(cli, "HARDEN")
 
 
+def _close_progress() -> None:
+    common = sys.modules.get("harden.cli.common")  # not imported: no progress line is open
+    if common is not None:
+        common.close_progress()
+
+
 def main(argv: list[str] | None = None) -> Any:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(
         os.environ.get("HARDEN_DEBUG")
@@ -102,12 +108,15 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         from harden.cli.config import default_map
 
-        rc = cli.main(
-            args=argv,
-            prog_name="harden",
-            standalone_mode=False,
-            default_map=default_map(cli),
-        )
+        try:
+            rc = cli.main(
+                args=argv,
+                prog_name="harden",
+                standalone_mode=False,
+                default_map=default_map(cli),
+            )
+        finally:
+            _close_progress()  # the open progress line ends before the error, abort or exit
     except HardenError as e:
         if debug:
             import traceback

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -114,11 +116,13 @@ def interactive_stderr() -> bool:
 def note(message: str) -> None:
     """A human summary line on stderr (silenced by --quiet)."""
     if not _Ui.quiet:
+        _LIVE.close()
         click.echo(message, err=True)
 
 
 def warn(message: str) -> None:
     """A warning on stderr (kept under --quiet: it may change what the user does)."""
+    _LIVE.close()
     click.echo(f"warning: {message}", err=True)
 
 
@@ -143,6 +147,7 @@ def emit(text: str, output: Path | None) -> None:
     if not text.endswith("\n"):
         text += "\n"
     if output is None or str(output) == "-":
+        _LIVE.close()  # stdout may be the same terminal
         sys.stdout.write(text)
         sys.stdout.flush()
         return
@@ -169,13 +174,87 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def progress(message: str) -> None:
     """Human progress goes to stderr; on a terminal each line carries the elapsed time since the
-    command started (piped or TERM=dumb: plain lines); --quiet drops it."""
+    command started and stays open with a spinner and its own running time until the next line
+    closes it (then it shows how long that step took); piped or TERM=dumb: plain lines; --quiet
+    drops it."""
     if _Ui.quiet:
         return
     if interactive_stderr():
         elapsed = time.monotonic() - _Ui.started
-        message = f"[{_elapsed(elapsed)}] {message}"
+        _LIVE.show(f"[{_elapsed(elapsed)}] {message}")
+        return
     click.echo(message, err=True)
+
+
+def close_progress() -> None:
+    """End the open progress line (before other output: a report, an error, a prompt)."""
+    _LIVE.close()
+
+
+class _LiveLine:
+    """The newest progress line on a terminal: redrawn every 0.2 s with a spinner and the time
+    the step has taken so far, closed by the next line with the step's duration. Drawn from a
+    daemon thread; every write holds the lock, so lines from worker threads do not interleave."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, ticking: bool = True
+    ) -> None:
+        self._clock = clock
+        self._ticking = ticking  # False: no redraw thread (tests draw by hand)
+        self._lock = threading.Lock()
+        self._line: str | None = None
+        self._since = 0.0
+        self._frame = 0
+        self._thread: threading.Thread | None = None
+
+    def show(self, line: str) -> None:
+        with self._lock:
+            self._close_locked()
+            self._line, self._since, self._frame = line, self._clock(), 0
+            self._draw_locked()
+            if self._thread is None and self._ticking:
+                self._thread = threading.Thread(
+                    target=self._tick, name="harden-progress", daemon=True
+                )
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(0.2)
+            self.redraw()
+
+    def redraw(self) -> None:
+        with self._lock:
+            if self._line is not None:
+                self._frame += 1
+                self._draw_locked()
+
+    def _draw_locked(self) -> None:
+        assert self._line is not None
+        step = self._clock() - self._since
+        suffix = f" {self.FRAMES[self._frame % len(self.FRAMES)]} {step:.0f}s" if step >= 1 else ""
+        width = shutil.get_terminal_size((100, 24)).columns - len(suffix) - 1
+        line = self._line if len(self._line) <= width else self._line[: max(width - 1, 0)] + "~"
+        sys.stderr.write("\r\033[K" + line + suffix)
+        sys.stderr.flush()
+
+    def _close_locked(self) -> None:
+        if self._line is None:
+            return
+        step = self._clock() - self._since
+        took = f" ({_elapsed(step)})" if step >= 1 else ""
+        sys.stderr.write("\r\033[K" + self._line + took + "\n")
+        sys.stderr.flush()
+        self._line = None
+
+
+_LIVE = _LiveLine()
 
 
 def _elapsed(seconds: float) -> str:

@@ -92,8 +92,12 @@ def test_build_progress_has_times_on_a_tty_and_none_when_piped(
         ).stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, timeout=30)
-    seen = screen + (log.read_text(errors="replace") if log.exists() else "")
+    raw = log.read_text(errors="replace") if log.exists() else ""
+    seen = screen + raw
     assert TIMED.search(seen), seen[-3000:]
+    # the open line spins with its running time, and a finished step says how long it took
+    assert re.search(r"\r\x1b\[K\[\d\d:\d\d\] [^\r\n]* [|/\\-] \d+s", raw), raw[-3000:]
+    assert re.search(r"(?m)^\[\d\d:\d\d\] .* \(\d\d:\d\d\)$", screen), screen[-3000:]
 
     piped = subprocess.run(
         ["sh", "-c", _command(definition, tmp_path)],
@@ -109,3 +113,4 @@ def test_build_progress_has_times_on_a_tty_and_none_when_piped(
     assert piped.returncode in (0, 1), piped.stderr[-3000:]
     assert piped.stderr.strip()  # progress is there ...
     assert not TIMED.search(piped.stderr), piped.stderr[-3000:]  # ... without times
+    assert "\r" not in piped.stderr and "\x1b" not in piped.stderr  # ... and no redraws

@@ -224,3 +224,30 @@ def test_fail_on_threshold() -> None:
     assert not _report((Status.FAILED, "critical")).compliant_at("high")
     assert not _report((Status.ERROR, "low")).compliant_at("critical")  # errors always count
     assert not _report((Status.FAILED, "weird")).compliant_at("critical")  # unknown ranks high
+
+
+def test_live_progress_line_spins_then_closes_with_the_step_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from harden.cli.common import _LiveLine
+
+    now = [100.0]
+    live = _LiveLine(lambda: now[0], ticking=False)
+    live.show("[00:00] pulling base")
+    now[0] += 0.5
+    live.redraw()  # under a second: no spinner yet
+    now[0] += 2.0
+    live.redraw()
+    live.redraw()
+    now[0] += 70.0
+    live.show("[01:12] remediation")  # closes the first line with its duration
+    live.close()
+    live.close()  # idempotent
+    err = capsys.readouterr().err
+    frames = err.split("\r\x1b[K")
+    assert frames[1:4] == ["[00:00] pulling base"] * 2 + ["[00:00] pulling base - 2s"]
+    assert frames[4] == "[00:00] pulling base \\ 2s"  # the spinner turned
+    assert frames[5] == "[00:00] pulling base (01:12)\n"  # the step took 72.5 s
+    assert frames[6] == "[01:12] remediation"
+    assert frames[7] == "[01:12] remediation\n"  # closed at once: no duration
+    assert len(frames) == 8
