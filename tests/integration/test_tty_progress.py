@@ -92,7 +92,7 @@ def test_build_progress_has_times_on_a_tty_and_none_when_piped(
         ).stdout
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, timeout=30)
-    raw = log.read_text(errors="replace") if log.exists() else ""
+    raw = log.read_bytes().decode(errors="replace") if log.exists() else ""  # keeps \r
     seen = screen + raw
     assert TIMED.search(seen), seen[-3000:]
     # the open line spins with its running time, and a finished step says how long it took
