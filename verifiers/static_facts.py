@@ -324,9 +324,13 @@ def _walk(g: _Gather, owners: bool = False) -> None:
     unowned: list[str] = []
     ungrouped: list[str] = []
     users, groups = _names(g) if owners else ({}, {})
-    for node in g.view.walk():
-        if node.path in _PRUNE or node.path.startswith(tuple(p + b"/" for p in _PRUNE)):
-            continue
+    try:
+        nodes = list(_walked(g))
+    except LimitExceeded as e:  # every rule that reads the walk is an error, never a pass
+        for name in ("walk", "suid", "world-writable", "unowned", "ungrouped"):
+            g.over(name, e.message)
+        return
+    for node in nodes:
         if owners:
             if node.uid not in users:
                 unowned.append(display(node.path))
@@ -345,6 +349,13 @@ def _walk(g: _Gather, owners: bool = False) -> None:
     if owners:
         g.put("unowned", "\n".join(unowned))
         g.put("ungrouped", "\n".join(ungrouped))
+
+
+def _walked(g: _Gather) -> Iterator[Node]:
+    for node in g.view.walk():
+        if node.path in _PRUNE or node.path.startswith(tuple(p + b"/" for p in _PRUNE)):
+            continue
+        yield node
 
 
 def _table(g: _Gather, name: str) -> None:
