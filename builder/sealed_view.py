@@ -32,6 +32,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,12 @@ def extracted_tree(
     ):
         work = Path(tmp)
         work.chmod(0o711)  # the qemu user may pass through, not list
+        # the file's digest is computed while it is flattened and copied out (pread: no shared
+        # offset); on a failure the thread's result is simply never used
+        hashed: list[str] = []
+        hasher = threading.Thread(target=lambda: hashed.append(disk.sha256()), daemon=True)
+        if digest:
+            hasher.start()
         raw = work / "disk.raw"
         source = json_filename(disk.spec())
         try:
@@ -184,8 +191,11 @@ def extracted_tree(
                 hint="the file system is damaged; e2fsck on a copy shows the details",
             ) from e
         raw.unlink()  # the tree is all the caller gets; free the space now
-        sha = disk.sha256() if digest else None
-        yield ExtractedTree(out, files, tuple(problems), sha)
+        if digest:
+            hasher.join()
+            if not hashed:
+                raise TargetError(f"cannot read {disk.path} to compute its digest")
+        yield ExtractedTree(out, files, tuple(problems), hashed[0] if digest else None)
 
 
 def _metadata(
