@@ -453,7 +453,11 @@ def test_a_golden_image_verifies_compliant_with_the_engine_unreachable(
 
 
 def test_apt_and_ownership_rules_read_from_files_not_programs(
-    base_tar: Path, tmp_path: Path, images: list[str], home: dict[str, str]
+    base_tar: Path,
+    tmp_path: Path,
+    images: list[str],
+    home: dict[str, str],
+    client: docker.DockerClient,
 ) -> None:
     """What the four former command checks look for, planted where apt-config or find would
     have to be trusted to see it (nested apt.conf scopes, a Binary:: scope, trusted=true, an
@@ -486,6 +490,19 @@ def test_apt_and_ownership_rules_read_from_files_not_programs(
     assert rules["fs.no-ungrouped-files"]["evidence"] == [
         "no group has the gid of /srv/orphan\\nfile"
     ]
+
+    # a running container's fact script (find -nouser/-nogroup, the apt files by cat) agrees
+    box = client.containers.run(
+        ref, ["sleep", "300"], network_mode="none", detach=True, name=f"harden-test-{RUN}-apt"
+    )
+    try:
+        rc, live, err = verify(f"docker://{box.name}", env=home)
+    finally:
+        box.remove(force=True)
+    assert rc == 1, err
+    seen = by_id(live)
+    for r in ONCE_COMMANDS:
+        assert (seen[r]["status"], seen[r]["evidence"]) == ("failed", rules[r]["evidence"]), r
 
 
 @pytest.mark.parametrize(
