@@ -127,6 +127,14 @@ def verify_at_rest(
     )
     kinds = {r.id: r.kind for r in baseline.rules}
     results = tuple(_at_rest(r, kinds.get(r.rule_id)) for r in report.results)
+    waiting = sum(
+        r.status is Status.ERROR and r.reason.startswith("needs a running") for r in results
+    )
+    if progress and waiting:
+        progress(
+            f"{waiting} rule(s) need a running system and were not judged: verify without "
+            "--no-boot to boot the template for them"
+        )
     return dataclasses.replace(
         report, results=results, meta={**report.meta, "facts": "static", **meta}
     )
