@@ -33,7 +33,7 @@ from harden.baseline.kinds import (
 )
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
-from verifiers.aptconf import APT_CONF, APT_CONF_D, SOURCES_D, SOURCES_LIST
+from harden.verifiers.aptconf import APT_CONF, APT_CONF_D, SOURCES_D, SOURCES_LIST
 
 _GLOB_SAFE = re.compile(r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$")
 MAX_FILE_LINES = 5000  # a configuration file; more is reported as a limit, never cut silently
@@ -419,7 +419,7 @@ def parse(output: bytes | str, nonce: str) -> Facts:
     walk = sections.get("walk")
     if walk is not None:
         # NUL-separated (find -printf %p\0): a newline in a name stays in the name, escaped
-        from verifiers.fsview import display
+        from harden.verifiers.fsview import display
 
         items = [_raw(x).lstrip(b"\n") for x in walk.split("\0") if x.strip("\n")]
         sections["suid"] = "\n".join(display(x[5:]) for x in items if x.startswith(b"suid "))

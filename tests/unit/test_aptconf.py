@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from verifiers.aptconf import (
+from harden.verifiers.aptconf import (
     AptConfError,
     conf_parts,
     effective,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport
-from verifiers.static_verify import LABEL_RULE_ID, _mark, with_label_check
+from harden.verifiers.static_verify import LABEL_RULE_ID, _mark, with_label_check
 
 T = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
@@ -42,7 +42,7 @@ def test_a_label_naming_another_baseline_makes_the_report_non_compliant() -> Non
 
 def test_at_rest_a_rule_that_needs_a_running_system_is_an_error_never_a_pass() -> None:
     from harden.baseline.kinds import RuleKind
-    from verifiers.static_verify import _at_rest
+    from harden.verifiers.static_verify import _at_rest
 
     for kind in (RuleKind.COMMAND, RuleKind.SYSCTL, RuleKind.MOUNT_OPTION):
         out = _at_rest(result("r"), kind)
