@@ -27,6 +27,7 @@ import jinja2
 
 from harden.baseline.kinds import (
     Accounts,
+    Apt,
     Command,
     Compare,
     ConfigLine,
@@ -100,6 +101,7 @@ KIND_ORDER: tuple[RuleKind, ...] = (
     RuleKind.KERNEL_MODULE_DISABLED,
     RuleKind.MOUNT_OPTION,
     RuleKind.ACCOUNTS,
+    RuleKind.APT,
     RuleKind.COMMAND,
     RuleKind.FILE_PERMISSIONS,
     RuleKind.SUID_SGID_ALLOWLIST,
@@ -381,6 +383,11 @@ def _ctx_image_config(spec: Spec, _target: TargetKind) -> dict[str, Any]:
     return {"check": spec.check.value}
 
 
+def _ctx_apt(spec: Spec, _target: TargetKind) -> dict[str, Any]:
+    assert isinstance(spec, Apt)
+    return {"check": spec.check.value}
+
+
 def _ctx_command(spec: Spec, _target: TargetKind) -> dict[str, Any]:
     assert isinstance(spec, Command)
     return {"remediation": spec.remediation.rstrip("\n"), "check": spec.check.rstrip("\n")}
@@ -400,6 +407,7 @@ _CONTEXT: Mapping[RuleKind, Callable[[Spec, TargetKind], dict[str, Any]]] = {
     RuleKind.WORLD_WRITABLE: _ctx_world_writable,
     RuleKind.ACCOUNTS: _ctx_accounts,
     RuleKind.IMAGE_CONFIG: _ctx_image_config,
+    RuleKind.APT: _ctx_apt,
     RuleKind.COMMAND: _ctx_command,
 }
 

@@ -29,8 +29,10 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ _EXT_MAGIC_OFFSET = 1024 + 56
 _ENTRY_RE = re.compile(rb"^/(\d+)/([0-7]+)/(\d+)/(\d+)/(.*)/(\d*)/$", re.DOTALL)
 _COMMAND = b"debugfs: ls -p <"
 ROOT_INODE = 2
+_ROOT_DOT = re.compile(rb"^/2/([0-7]+)/(\d+)/(\d+)/\./", re.MULTILINE)
 MAX_ENTRIES = 2_000_000
 MAX_DEPTH = 128
 
@@ -64,13 +67,19 @@ class FileMeta:
 @dataclass(frozen=True)
 class ExtractedTree:
     root: Path  # the image's "/" as a directory
-    files: Mapping[bytes, FileMeta]  # b"etc/passwd" -> what the image declares
+    files: Mapping[bytes, FileMeta]  # b"etc/passwd" -> what the image declares (b"": the root)
     problems: tuple[str, ...] = ()
+    digest: str | None = None  # sha256:<hex> of the inspected qcow2 file (with digest=True)
 
     def meta(self, relpath: bytes | str) -> FileMeta | None:
         """Owner and mode the image declares for ``relpath`` (relative to the image's root)."""
         key = relpath.encode() if isinstance(relpath, str) else relpath
         return self.files.get(key.strip(b"/"))
+
+    def declared(self, path: bytes) -> tuple[int, int, int] | None:
+        """``(st_mode, uid, gid)`` for :class:`verifiers.fsview.DirFs` (``declared=``)."""
+        m = self.meta(path)
+        return None if m is None else (m.mode, m.uid, m.gid)
 
 
 def parse_ls_p(output: bytes) -> tuple[dict[int, list[tuple[int, FileMeta, bytes]]], list[str]]:
@@ -111,8 +120,11 @@ def _give(path: Path, user: QemuUser | None, mode: int) -> None:
 
 
 @contextlib.contextmanager
-def extracted_tree(path: Path, *, max_size: int | None = None) -> Iterator[ExtractedTree]:
-    """Yield the file tree of the sealed template ``path`` (see the module docstring)."""
+def extracted_tree(
+    path: Path, *, max_size: int | None = None, digest: bool = False
+) -> Iterator[ExtractedTree]:
+    """Yield the file tree of the sealed template ``path`` (see the module docstring); with
+    ``digest`` its :attr:`ExtractedTree.digest` is the sha256 of the very file inspected."""
     _need(QEMU_IMG, "qemu-utils")
     _need(DEBUGFS, "e2fsprogs")
     user = qemu_user()
@@ -123,6 +135,12 @@ def extracted_tree(path: Path, *, max_size: int | None = None) -> Iterator[Extra
     ):
         work = Path(tmp)
         work.chmod(0o711)  # the qemu user may pass through, not list
+        # the file's digest is computed while it is flattened and copied out (pread: no shared
+        # offset); on a failure the thread's result is simply never used
+        hashed: list[str] = []
+        hasher = threading.Thread(target=lambda: hashed.append(disk.sha256()), daemon=True)
+        if digest:
+            hasher.start()
         raw = work / "disk.raw"
         source = json_filename(disk.spec())
         try:
@@ -160,13 +178,24 @@ def extracted_tree(path: Path, *, max_size: int | None = None) -> Iterator[Extra
             )
             files, problems = _metadata(raw, work, as_user)
         except children.ChildFailed as e:
+            if e.returncode == -signal.SIGXFSZ:
+                raise DiskImageError(
+                    f"{disk.path}: a file in its file system is larger than the disk "
+                    f"({disk.virtual_size} bytes): refused",
+                    hint="a sparse file beyond the disk's size is not a sealed template harden "
+                    "reads; boot the template to verify it",
+                ) from e
             err = e.stderr.decode("utf-8", "replace").strip()[-1000:]
             raise DiskImageError(
                 f"{disk.path}: debugfs could not read the file system: {err or e}",
                 hint="the file system is damaged; e2fsck on a copy shows the details",
             ) from e
         raw.unlink()  # the tree is all the caller gets; free the space now
-        yield ExtractedTree(out, files, tuple(problems))
+        if digest:
+            hasher.join()
+            if not hashed:
+                raise TargetError(f"cannot read {disk.path} to compute its digest")
+        yield ExtractedTree(out, files, tuple(problems), hashed[0] if digest else None)
 
 
 def _metadata(
@@ -192,6 +221,10 @@ def _metadata(
         )
         listing, bad = parse_ls_p(proc.stdout)
         problems += bad
+        if not files:  # the root's own owner and mode: its "." entry
+            m = _ROOT_DOT.search(proc.stdout)
+            if m is not None:
+                files[b""] = FileMeta(int(m.group(1), 8), int(m.group(2)), int(m.group(3)))
         following: dict[int, bytes] = {}
         for dir_ino, prefix in level.items():
             for ino, meta, name in listing.get(dir_ino, []):

@@ -51,6 +51,47 @@ def image_for(disk: Path) -> tuple[VmImage, Path | None]:
     return VmImage(disk=disk.absolute(), kernel=kernel, initrd=initrd, append=append), key
 
 
+def verify_template_at_rest(
+    path: Path,
+    baseline: ResolvedBaseline,
+    clock: Clock,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Verify the template ``path`` without booting it and without mounting it: its ext4 file
+    system copied out by debugfs as an unprivileged user (:mod:`builder.sealed_view`), owners
+    and modes as the disk declares them, read by the same static fact gathering as a container
+    image. Rules that need a running system are errors saying so (``--no-boot``)."""
+    import time
+
+    from harden.builder.sealed_view import extracted_tree
+    from harden.verifiers.fsview import DirFs
+    from harden.verifiers.static_verify import verify_at_rest
+
+    if not path.exists():
+        raise UsageError(f"no such VM template: {path}")
+    t0 = time.perf_counter()
+    with extracted_tree(path, digest=True) as tree:
+        if progress:
+            progress(f"copied out {len(tree.files)} entries of {path.name} with debugfs")
+        view = DirFs(tree.root, declared=tree.declared)
+        meta = {
+            "source": "qcow2 file system (debugfs, not booted, not mounted)",
+            "extract_seconds": round(time.perf_counter() - t0, 3),
+        }
+        if tree.problems:
+            meta["problems"] = list(tree.problems[:20])
+        return verify_at_rest(
+            view,
+            baseline,
+            clock,
+            image=str(path),
+            digest=tree.digest,
+            meta=meta,
+            progress=progress,
+        )
+
+
 def verify_template(
     path: Path,
     baseline: ResolvedBaseline,

@@ -16,6 +16,8 @@ from typing import Any
 from harden.baseline.kinds import (
     AccountCheck,
     Accounts,
+    Apt,
+    AptCheck,
     Command,
     Compare,
     ConfigLine,
@@ -36,6 +38,7 @@ from harden.baseline.kinds import (
 )
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
+from harden.verifiers import aptconf
 from harden.verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
 from harden.verifiers.pam import effect as pam_effect
 
@@ -522,6 +525,12 @@ def _accounts(spec: Accounts, ctx: CheckContext) -> Outcome:
         gids = {g[2] for g in group}
         bad = [f"{p[0]}: primary GID {p[3]} has no group" for p in passwd if p[3] not in gids]
         return Outcome.fail(*bad) if bad else Outcome.ok("every primary GID exists in /etc/group")
+    if check is AccountCheck.NO_UNOWNED_FILES:
+        bad = [f"no account has the owner uid of {p}" for p in ctx.facts.lines("unowned")]
+        return Outcome.fail(*bad) if bad else Outcome.ok("every file's owner has an account")
+    if check is AccountCheck.NO_UNGROUPED_FILES:
+        bad = [f"no group has the gid of {p}" for p in ctx.facts.lines("ungrouped")]
+        return Outcome.fail(*bad) if bad else Outcome.ok("every file's group exists")
     if check is AccountCheck.SHADOW_GROUP_EMPTY:
         sh = next((g for g in group if g[0] == "shadow"), None)
         if sh is None:
@@ -567,6 +576,44 @@ def _image_config(spec: ImageConfig, ctx: CheckContext) -> Outcome:
     raise AssertionError(spec.check)  # pragma: no cover
 
 
+# ---------------------------------------------------------------- apt
+
+
+def _apt_files(facts: Facts, prefix: str) -> dict[str, str]:
+    """path -> text of the gathered files under ``prefix`` (a file over a limit: error)."""
+    out: dict[str, str] = {}
+    for name in sorted(facts.sections):
+        if name.startswith("file:" + prefix):
+            text = facts.file(name[len("file:") :])
+            if text is not None:
+                out[name[len("file:") :]] = text
+    return out
+
+
+def _apt(spec: Apt, ctx: CheckContext) -> Outcome:
+    bad: list[str] = []
+    env = (ctx.image_config or {}).get("Env") or []
+    redirect = [str(e) for e in env if str(e).startswith("APT_CONFIG=")]
+    if spec.check is AptCheck.NO_INSECURE_REPOSITORIES:
+        bad += [f"{e} in the image environment: apt reads that file too" for e in redirect]
+        found, count = aptconf.insecure_options(_apt_files(ctx.facts, "/etc/apt/"))
+        bad += found
+        if bad:
+            return Outcome.fail(*bad)
+        return Outcome.ok(f"no insecure apt option in {count} apt.conf file(s)")
+    if spec.check is AptCheck.NO_TRUSTED_SOURCES:
+        files = {
+            p: t
+            for p, t in _apt_files(ctx.facts, "/etc/apt/").items()
+            if p == aptconf.SOURCES_LIST or p.startswith(aptconf.SOURCES_D + "/")
+        }
+        bad += aptconf.trusted_sources(files)
+        if bad:
+            return Outcome.fail(*bad)
+        return Outcome.ok(f"no source marked trusted or insecure in {len(files)} file(s)")
+    raise AssertionError(spec.check)  # pragma: no cover
+
+
 def _command(spec: Command, ctx: CheckContext, rule_id: str) -> Outcome:
     name = "command:" + rule_id
     if name not in ctx.facts.status:
@@ -592,6 +639,7 @@ CHECKERS: dict[RuleKind, Checker] = {
     RuleKind.WORLD_WRITABLE: _world_writable,
     RuleKind.ACCOUNTS: _accounts,
     RuleKind.IMAGE_CONFIG: _image_config,
+    RuleKind.APT: _apt,
 }
 
 

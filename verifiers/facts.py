@@ -17,7 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from harden.baseline.kinds import (
+    AccountCheck,
     Accounts,
+    Apt,
+    AptCheck,
     Command,
     ConfigLine,
     FileAbsent,
@@ -30,6 +33,7 @@ from harden.baseline.kinds import (
 )
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
+from harden.verifiers.aptconf import APT_CONF, APT_CONF_D, SOURCES_D, SOURCES_LIST
 
 _GLOB_SAFE = re.compile(r"^/[A-Za-z0-9_.+@%*?\[\]/\-]*$")
 MAX_FILE_LINES = 5000  # a configuration file; more is reported as a limit, never cut silently
@@ -81,6 +85,7 @@ class FactPlan:
     suid: bool = False
     world_writable: bool = False
     accounts: bool = False
+    owners: bool = False  # files whose uid has no account / gid no group (the walk)
     sshd_effective: bool = False
     commands: dict[str, str] = field(default_factory=dict)  # rule id -> check
     exists: set[str] = field(default_factory=set)
@@ -117,6 +122,15 @@ class FactPlan:
                 plan.world_writable = True
             elif isinstance(spec, Accounts):
                 plan.accounts = True
+                if spec.check in (AccountCheck.NO_UNOWNED_FILES, AccountCheck.NO_UNGROUPED_FILES):
+                    plan.owners = True
+            elif isinstance(spec, Apt):
+                if spec.check is AptCheck.NO_INSECURE_REPOSITORIES:
+                    plan.files.add(APT_CONF)
+                    plan.dropin_dirs.add(APT_CONF_D)
+                else:
+                    plan.files.add(SOURCES_LIST)
+                    plan.dropin_dirs.add(SOURCES_D)
             elif isinstance(spec, Command):
                 plan.commands[rule.id] = spec.check
         return plan
@@ -210,13 +224,19 @@ class FactPlan:
         if self.mounts:
             out.append("sec mounts; cat /proc/self/mounts 2>/dev/null; end")
             out.append("sec fstab; cat_file /etc/fstab; end")
-        if self.suid or self.world_writable:
-            # one walk of the filesystem for both (GNU find's "," evaluates every branch)
+        if self.suid or self.world_writable or self.owners:
+            # one walk of the filesystem for all (GNU find's "," evaluates every branch)
+            owners = (
+                ", \\( -nouser -printf 'nouser %p\\0' \\) , \\( -nogroup -printf 'nogroup %p\\0' \\) "
+                if self.owners
+                else ""
+            )
             out.append(
                 "sec walk; find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run "
                 "\\) -prune -o \\( -type f -perm /6000 -printf 'suid %p\\0' \\) , "
                 "\\( -type f -perm -0002 -printf 'ww file %p\\0' \\) , "
-                "\\( -type d -perm -0002 ! -perm -1000 -printf 'ww dir %p\\0' \\) 2>/dev/null; end"
+                "\\( -type d -perm -0002 ! -perm -1000 -printf 'ww dir %p\\0' \\) "
+                f"{owners}2>/dev/null; end"
             )
         if self.accounts:
             for name in ("passwd", "group", "shadow", "gshadow"):
@@ -403,6 +423,10 @@ def parse(output: bytes | str, nonce: str) -> Facts:
 
         items = [_raw(x).lstrip(b"\n") for x in walk.split("\0") if x.strip("\n")]
         sections["suid"] = "\n".join(display(x[5:]) for x in items if x.startswith(b"suid "))
+        sections["unowned"] = "\n".join(display(x[7:]) for x in items if x.startswith(b"nouser "))
+        sections["ungrouped"] = "\n".join(
+            display(x[8:]) for x in items if x.startswith(b"nogroup ")
+        )
         sections["world-writable"] = "\n".join(
             x[3:].split(b" ", 1)[0].decode() + " " + display(x[3:].split(b" ", 1)[1])
             for x in items

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import stat as st
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -364,13 +364,27 @@ _TYPES = {
 }
 
 
+# path -> (st_mode, uid, gid) the file system declares, or None when it is not known
+Declared = Callable[[bytes], tuple[int, int, int] | None]
+
+
 class DirFs:
     """A directory on the host seen as a root file system: lstat only, links never followed
-    on the host (they are resolved inside the root by :func:`resolve`)."""
+    on the host (they are resolved inside the root by :func:`resolve`).
 
-    def __init__(self, root: Path, *, max_entries: int = MAX_ENTRIES) -> None:
+    With ``declared`` (a sealed VM disk copied out by debugfs, whose copies all belong to one
+    unprivileged user and lost their set-id bits) owners and permission bits come from what the
+    disk's file system declares. An entry it declares nothing for is taken at its worst (mode
+    07777, uid and gid -1: unowned, writable, set-id) and :meth:`walk` refuses it
+    (:class:`LimitExceeded`), so it can fail a rule or make it an error, never pass one."""
+
+    def __init__(
+        self, root: Path, *, max_entries: int = MAX_ENTRIES, declared: Declared | None = None
+    ) -> None:
         self.root = os.fsencode(root.resolve())
         self._max = max_entries
+        self._declared = declared
+        self._unknown: set[bytes] = set()
 
     def _host(self, path: bytes) -> bytes:
         return self.root + norm(path) if path != b"/" else self.root
@@ -382,7 +396,15 @@ class DirFs:
             return None
         kind = _TYPES.get(st.S_IFMT(s.st_mode), FILE)
         link = os.readlink(self._host(path)) if kind == SYMLINK else None
-        return Node(norm(path), kind, st.S_IMODE(s.st_mode), s.st_uid, s.st_gid, s.st_size, link)
+        mode, uid, gid = st.S_IMODE(s.st_mode), s.st_uid, s.st_gid
+        if self._declared is not None:
+            declared = self._declared(norm(path))
+            if declared is None:
+                self._unknown.add(norm(path))
+                mode, uid, gid = 0o7777, -1, -1
+            else:
+                mode, uid, gid = st.S_IMODE(declared[0]), declared[1], declared[2]
+        return Node(norm(path), kind, mode, uid, gid, s.st_size, link)
 
     def listdir(self, path: bytes) -> list[bytes]:
         node = self.lstat(path)
@@ -412,6 +434,10 @@ class DirFs:
             seen += 1
             if seen > self._max:
                 raise LimitExceeded(f"more than {self._max} file system entries")
+            if node.path in self._unknown:
+                raise LimitExceeded(
+                    f"the file system declares no owner and mode for {display(node.path)}"
+                )
             yield node
             if node.type == DIR:
                 base = b"" if path == b"/" else path

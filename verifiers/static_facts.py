@@ -194,8 +194,8 @@ def gather_static(view: FsView, plan: FactPlan) -> Facts:
     if plan.mounts:
         g.put("mounts", "")  # an image at rest mounts nothing; mount_option rules see that
         g.file_section("fstab", b"/etc/fstab")
-    if plan.suid or plan.world_writable:
-        _walk(g)
+    if plan.suid or plan.world_writable or plan.owners:
+        _walk(g, plan.owners)
     if plan.accounts:
         for name in ("passwd", "group", "shadow", "gshadow"):
             _table(g, name)
@@ -316,13 +316,26 @@ def _unit(g: _Gather, unit: bytes) -> str:
     return "\n".join(lines)
 
 
-def _walk(g: _Gather) -> None:
-    """The one walk for setuid/setgid files and world-writable files and directories."""
+def _walk(g: _Gather, owners: bool = False) -> None:
+    """The one walk for setuid/setgid files, world-writable files and directories, and (with
+    ``owners``) entries whose uid has no account in /etc/passwd or gid no group in /etc/group."""
     suid: list[str] = []
     ww: list[str] = []
-    for node in g.view.walk():
-        if node.path in _PRUNE or node.path.startswith(tuple(p + b"/" for p in _PRUNE)):
-            continue
+    unowned: list[str] = []
+    ungrouped: list[str] = []
+    users, groups = _names(g) if owners else ({}, {})
+    try:
+        nodes = list(_walked(g))
+    except LimitExceeded as e:  # every rule that reads the walk is an error, never a pass
+        for name in ("walk", "suid", "world-writable", "unowned", "ungrouped"):
+            g.over(name, e.message)
+        return
+    for node in nodes:
+        if owners:
+            if node.uid not in users:
+                unowned.append(display(node.path))
+            if node.gid not in groups:
+                ungrouped.append(display(node.path))
         if node.type == FILE:
             if node.mode & 0o6000:
                 suid.append(display(node.path))
@@ -333,6 +346,16 @@ def _walk(g: _Gather) -> None:
     g.put("walk", "")
     g.put("suid", "\n".join(suid))
     g.put("world-writable", "\n".join(ww))
+    if owners:
+        g.put("unowned", "\n".join(unowned))
+        g.put("ungrouped", "\n".join(ungrouped))
+
+
+def _walked(g: _Gather) -> Iterator[Node]:
+    for node in g.view.walk():
+        if node.path in _PRUNE or node.path.startswith(tuple(p + b"/" for p in _PRUNE)):
+            continue
+        yield node
 
 
 def _table(g: _Gather, name: str) -> None:

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from harden import labels
-from harden.baseline.kinds import Command
+from harden.baseline.kinds import Command, RuleKind
 from harden.baseline.resolve import ResolvedBaseline
 from harden.clock import Clock
 from harden.errors import HardenError
 from harden.results import RuleResult, Status, VerifyReport
 from harden.target import CommandResult, TargetKind
 from harden.verifiers.facts import FactPlan, Facts, new_nonce, parse
+from harden.verifiers.fsview import FsView
 from harden.verifiers.image_layers import ImageFs
 from harden.verifiers.runner import report_from_facts
 from harden.verifiers.static_facts import gather_static
@@ -74,6 +75,78 @@ def verify_image(
     results = tuple(_mark(r, commands, failure) for r in report.results)
     meta: dict[str, Any] = {"facts": "static", "source": img.source, **img.meta}
     return dataclasses.replace(report, results=results, meta={**report.meta, **meta})
+
+
+# what a running system has and a file system at rest does not: a `command` check's execution,
+# live kernel parameters, loaded modules, mounts
+RUNNING_KINDS = frozenset(
+    {RuleKind.COMMAND, RuleKind.SYSCTL, RuleKind.KERNEL_MODULE_DISABLED, RuleKind.MOUNT_OPTION}
+)
+NEEDS_RUNNING = "needs a running system: {why} (this verify read the file system without booting)"
+_WHY = {
+    RuleKind.COMMAND: "its check runs on the system",
+    RuleKind.SYSCTL: "the kernel's live value is checked as well",
+    RuleKind.KERNEL_MODULE_DISABLED: "whether the module is loaded is checked as well",
+    RuleKind.MOUNT_OPTION: "the mounted options are checked",
+}
+
+
+def verify_at_rest(
+    view: FsView,
+    baseline: ResolvedBaseline,
+    clock: Clock,
+    *,
+    image: str,
+    digest: str | None,
+    meta: dict[str, Any],
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Evaluate ``baseline`` on the file system of a sealed VM template, booting nothing.
+
+    The file-level rules are judged from the view, as for a container image; a rule of a kind
+    only a running system can answer (:data:`RUNNING_KINDS`) is an ``error`` saying so, never a
+    pass, unless it does not apply or is waived."""
+    started = clock.now()
+    mine = tuple(r for r in baseline.rules if TargetKind.VM.value in {t.value for t in r.targets})
+    plan = FactPlan.for_rules(mine, TargetKind.VM)
+    plan.commands = {}
+    if progress:
+        progress(f"reading {image} without booting it for {len(baseline.rules)} rules")
+    t0 = time.perf_counter()
+    facts = gather_static(view, plan)
+    report = report_from_facts(
+        baseline,
+        facts,
+        TargetKind.VM,
+        None,
+        clock,
+        started=started,
+        image=image,
+        digest=digest,
+        facts_seconds=time.perf_counter() - t0,
+    )
+    kinds = {r.id: r.kind for r in baseline.rules}
+    results = tuple(_at_rest(r, kinds.get(r.rule_id)) for r in report.results)
+    waiting = sum(
+        r.status is Status.ERROR and r.reason.startswith("needs a running") for r in results
+    )
+    if progress and waiting:
+        progress(
+            f"{waiting} rule(s) need a running system and were not judged: verify without "
+            "--no-boot to boot the template for them"
+        )
+    return dataclasses.replace(
+        report, results=results, meta={**report.meta, "facts": "static", **meta}
+    )
+
+
+def _at_rest(r: RuleResult, kind: RuleKind | None) -> RuleResult:
+    if kind not in RUNNING_KINDS or r.status in (Status.NOT_APPLICABLE, Status.WAIVED):
+        return r
+    assert kind is not None
+    return dataclasses.replace(
+        r, status=Status.ERROR, evidence=(), reason=NEEDS_RUNNING.format(why=_WHY[kind])
+    )
 
 
 def _run(

@@ -133,14 +133,25 @@ def verify_ref(
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
     local: bool = False,
+    boot: bool = True,
 ) -> VerifyReport:
     """Verify ``ref`` against the baseline the caller chose (``baseline_id``, else the default
-    for its kind). A baseline label on the image is only compared: a mismatch is a failure."""
+    for its kind). A baseline label on the image is only compared: a mismatch is a failure.
+
+    ``boot=False`` reads a qcow2 template's file system without booting it (file-level rules
+    judged, rules that need a running system reported as errors saying so)."""
     scheme = scheme_of(ref, local)
+    if not boot and scheme != "qcow2":
+        raise UsageError(
+            "--no-boot is for a VM template file (FILE.qcow2)",
+            hint="container images are always read without running them",
+        )
     if scheme == "qcow2":
-        from harden.builder.vm_verify import verify_template
+        from harden.builder.vm_verify import verify_template, verify_template_at_rest
 
         baseline = resolve(catalogue, baseline_id or DEFAULT_BASELINE[TargetKind.VM], overrides)
+        if not boot:
+            return verify_template_at_rest(Path(ref), baseline, clock, progress=progress)
         report: VerifyReport = verify_template(
             Path(ref), baseline, clock, identity=identity, progress=progress
         )
@@ -178,6 +189,7 @@ def verify_reference(
     suites: Sequence[Suite] = (),
     scan_profile: str | None = None,
     local: bool = False,
+    boot: bool = True,
 ) -> VerifyReport:
     """`harden verify REF`: verify and write the VERIFY audit entry.
 
@@ -214,6 +226,7 @@ def verify_reference(
         identity=identity,
         progress=ctx.progress,
         local=local,
+        boot=boot,
     )
     if suites:
         tests = run_suites(

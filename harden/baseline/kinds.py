@@ -49,6 +49,7 @@ class RuleKind(StrEnum):
     WORLD_WRITABLE = "world_writable"
     ACCOUNTS = "accounts"
     IMAGE_CONFIG = "image_config"
+    APT = "apt"
     COMMAND = "command"
 
 
@@ -162,6 +163,9 @@ class AccountCheck(StrEnum):
     UNIQUE_IDS = "unique_ids"
     GROUPS_EXIST = "groups_exist"
     SHADOW_GROUP_EMPTY = "shadow_group_empty"
+    # every file's owner uid has an account / its gid a group (read from the file system walk)
+    NO_UNOWNED_FILES = "no_unowned_files"
+    NO_UNGROUPED_FILES = "no_ungrouped_files"
 
 
 class Accounts(Spec):
@@ -187,8 +191,25 @@ class ImageConfig(Spec):
     )
 
 
+class AptCheck(StrEnum):
+    # no apt.conf option lets apt accept unsigned, insecure, downgraded or weakly signed indices
+    NO_INSECURE_REPOSITORIES = "no_insecure_repositories"
+    # no source in sources.list(.d) is marked trusted, allow-insecure, allow-weak or
+    # allow-downgrade-to-insecure
+    NO_TRUSTED_SOURCES = "no_trusted_sources"
+
+
+class Apt(Spec):
+    """apt's own configuration, parsed by harden from the files (apt.conf syntax, sources lists):
+    nothing on the target runs."""
+
+    check: AptCheck
+
+
 class Command(Spec):
-    """Escape hatch: ``check`` exits 0 when compliant; ``remediation`` makes it so."""
+    """Escape hatch for what genuinely needs execution: ``check`` exits 0 when compliant,
+    ``remediation`` makes it so. For a container image the check runs in a contained container
+    (the report marks its result ``executed``); without an engine it is an ``error``."""
 
     check: str = Field(min_length=1, max_length=4096)
     remediation: str = Field(min_length=1, max_length=8192)
@@ -215,6 +236,7 @@ KIND_MODELS: dict[RuleKind, type[Spec]] = {
     RuleKind.WORLD_WRITABLE: WorldWritable,
     RuleKind.ACCOUNTS: Accounts,
     RuleKind.IMAGE_CONFIG: ImageConfig,
+    RuleKind.APT: Apt,
     RuleKind.COMMAND: Command,
 }
 

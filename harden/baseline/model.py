@@ -28,6 +28,7 @@ from harden.baseline.frameworks import (
 )
 from harden.baseline.kinds import (
     Accounts,
+    Apt,
     Command,
     ConfigLine,
     FileAbsent,
@@ -283,6 +284,7 @@ class RuleDoc(Strict):
     world_writable: WorldWritable | None = None
     accounts: Accounts | None = None
     image_config: ImageConfig | None = None
+    apt: Apt | None = None
     command: Command | None = None
 
     @model_validator(mode="before")

@@ -45,6 +45,14 @@ if TYPE_CHECKING:
     help="REF names an image of the local Docker Engine (same as docker-image://REF).",
 )
 @click.option(
+    "--no-boot",
+    is_flag=True,
+    default=False,
+    help="For FILE.qcow2: read the template's file system without booting or mounting it "
+    "(seconds instead of a boot); rules that need a running system (command checks, live "
+    "sysctl, loaded modules, mounts) are errors saying so, never passes.",
+)
+@click.option(
     "--definition",
     shell_complete=complete_definitions,
     type=click.Path(dir_okay=False, path_type=Path),
@@ -117,6 +125,7 @@ def verify(
     identity: Path | None,
     scan_profile: str | None,
     local: bool,
+    no_boot: bool,
 ) -> None:
     """Verify REF against a baseline and report every rule.
 
@@ -126,7 +135,8 @@ def verify(
       docker-image://debian:12           an image of the local engine (or: --local debian:12)
       docker://NAME                      a running container
       ssh://USER@HOST:PORT               a running machine (host key must be pinned)
-      template.qcow2                     a VM template (booted in a throwaway overlay)
+      template.qcow2                     a VM template (booted in a throwaway overlay;
+                                         --no-boot: its file system read, nothing booted)
 
     Images are read from their layers: nothing in them runs, except the baseline's
     `command` checks (in a container; the report marks those results as executed).
@@ -171,6 +181,7 @@ def verify(
         suites=suites,
         scan_profile=scan_profile,
         local=local,
+        boot=not no_boot,
     )
     render_report(report, fmt, output, cat)
     warn_target_mismatch(report, cat)

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,12 +30,13 @@ REGISTRY = "127.0.0.1:5000"
 BASE = f"{REGISTRY}/library/debian:12"
 RUN = uuid.uuid4().hex[:10]
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent"}
-COMMAND_RULES = {
+# the four rules that were `command` checks until they were read from files too
+ONCE_COMMANDS = (
     "apt.no-allow-unauthenticated",
     "apt.no-trusted-sources",
     "fs.no-unowned-files",
     "fs.no-ungrouped-files",
-}
+)
 Edit = Callable[[tarfile.TarFile], None]
 
 
@@ -165,25 +165,6 @@ def by_id(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {x["rule_id"]: x for x in report["results"]}
 
 
-def static_baseline(tmp_path: Path) -> Path:
-    """debian-container without its command rules: nothing needs to run at all."""
-    d = tmp_path / "bl"
-    d.mkdir()
-    (d / "static-only.yaml").write_text(
-        textwrap.dedent(f"""\
-        id: static-only
-        version: 1.0.0
-        title: debian-container, file-level rules only
-        extends: [debian-container]
-        platforms: [{{family: debian, versions: ["12", "13"]}}]
-        targets: [container]
-        exclude_rules: {json.dumps(sorted(COMMAND_RULES))}
-        rules: []
-        """)
-    )
-    return d
-
-
 def _status_entry(package: str) -> bytes:
     return (
         f"\nPackage: {package}\nStatus: install ok installed\nPriority: optional\n"
@@ -216,8 +197,8 @@ def test_lying_shell_cannot_hide_an_installed_package(
         assert rule["status"] == "failed", rule
         assert "installed: openssh-server" in rule["evidence"]
         assert rule["executed"] is False  # read from /var/lib/dpkg/status, not from a program
-        # the command checks did run (through the lying shell) and say so
-        assert {x["rule_id"] for x in report["results"] if x["executed"]} == COMMAND_RULES
+        # the default baseline needs no execution at all: nothing ran in the image
+        assert not any(x["executed"] for x in report["results"])
 
 
 def test_lying_dpkg_query_cannot_pass_verify_or_build(
@@ -425,25 +406,103 @@ def test_a_label_naming_a_weaker_baseline_is_a_finding_not_a_downgrade(
 def test_registry_reference_with_the_engine_unreachable(
     tmp_path: Path, home: dict[str, str], client: docker.DockerClient
 ) -> None:
+    """The default container baseline is read entirely from the layers: with DOCKER_HOST naming
+    a socket that does not exist, every rule still has a result and none is an error."""
     env = {**home, **NO_ENGINE}
-    rc, report, err = verify(
-        BASE, "--baselines", str(static_baseline(tmp_path)), "--baseline", "static-only", env=env
-    )
+    rc, report, err = verify(BASE, env=env)
     assert rc == 1, err  # the debian base is not compliant; every rule was evaluated
-    assert report["summary"]["error"] == 0
+    assert report["baseline"]["id"] == "debian-container"
+    assert report["summary"]["error"] == 0, [x for x in report["results"] if x["status"] == "error"]
     assert not any(x["executed"] for x in report["results"])
+    rules = by_id(report)
+    assert {rules[r]["status"] for r in ONCE_COMMANDS} == {"passed"}
     head = requests.head(
         f"http://{REGISTRY}/v2/library/debian/manifests/12",
         headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
         timeout=10,
     )
     assert report["digest"] == head.headers["Docker-Content-Digest"]
-    # with command rules and no engine: those rules are errors, never passes
-    rc, report, err = verify(BASE, env=env)
+
+
+def test_a_golden_image_verifies_compliant_with_the_engine_unreachable(
+    tmp_path: Path, images: list[str], home: dict[str, str], client: docker.DockerClient
+) -> None:
+    """``harden build`` (with the engine) pushes a golden image; ``harden verify`` of its
+    registry reference with no engine reachable says compliant, exit 0."""
+    name = f"harden-test/{RUN}/golden"
+    doc = {
+        "name": "golden",
+        "base": BASE,
+        "target": "container",
+        "baseline": {"id": "debian-container"},
+        "destination": f"{REGISTRY}/{name}:1",
+        "max_age": "30d",
+    }
+    d = tmp_path / "golden.yaml"
+    d.write_text(json.dumps(doc))
+    r = harden_cli.run("build", str(d), "--force", "--format", "json", env=home)
+    assert r.returncode == 0, r.stderr
+    images.append(f"{REGISTRY}/{name}:1")
+    built = json.loads(r.stdout)
+    rc, report, err = verify(f"{REGISTRY}/{name}:1", env={**home, **NO_ENGINE})
+    assert rc == 0, err
+    assert report["compliant"] is True
+    assert report["digest"] == built["digest"]
+    assert report["summary"]["error"] == 0 and report["summary"]["failed"] == 0
+    assert not any(x["executed"] for x in report["results"])
+
+
+def test_apt_and_ownership_rules_read_from_files_not_programs(
+    base_tar: Path,
+    tmp_path: Path,
+    images: list[str],
+    home: dict[str, str],
+    client: docker.DockerClient,
+) -> None:
+    """What the four former command checks look for, planted where apt-config or find would
+    have to be trusted to see it (nested apt.conf scopes, a Binary:: scope, trusted=true, an
+    unowned file with a newline in its name); read with no engine reachable."""
+
+    def extra(t: tarfile.TarFile) -> None:
+        add(t, "etc/apt/apt.conf.d/50evil", b'APT { Get { AllowUnauthenticated "yes"; }; };\n')
+        add(
+            t, "etc/apt/apt.conf.d/60evil.conf", b'Binary::apt::Acquire::AllowWeakRepositories "1";'
+        )
+        add(t, "etc/apt/apt.conf.d/70ignored.bak", b'Acquire::AllowInsecureRepositories "1";')
+        add(t, "etc/apt/sources.list.d/x.list", b"deb [arch=amd64 trusted=true] http://m/ a b\n")
+        add(t, "srv/orphan\nfile", b"x", uid=4242, gid=4343)
+
+    ref = build(base_tar, tmp_path, "apt-owners", images, extra=extra)
+    rc, report, err = verify(ref, env={**home, **NO_ENGINE})
     assert rc == 1, err
-    errors = {x["rule_id"]: x for x in report["results"] if x["status"] == "error"}
-    assert set(errors) == COMMAND_RULES
-    assert all("Docker Engine" in x["reason"] for x in errors.values())
+    rules = by_id(report)
+    assert all(rules[r]["status"] == "failed" and not rules[r]["executed"] for r in ONCE_COMMANDS)
+    apt = rules["apt.no-allow-unauthenticated"]["evidence"]
+    assert any("APT::Get::AllowUnauthenticated" in e and "50evil" in e for e in apt), apt
+    assert any("Binary::apt::Acquire::AllowWeakRepositories" in e for e in apt), apt
+    assert not any("70ignored" in e for e in apt), apt  # apt does not read a .bak part
+    assert rules["apt.no-trusted-sources"]["evidence"] == [
+        "/etc/apt/sources.list.d/x.list:1: trusted=true"
+    ]
+    assert rules["fs.no-unowned-files"]["evidence"] == [
+        "no account has the owner uid of /srv/orphan\\nfile"
+    ]
+    assert rules["fs.no-ungrouped-files"]["evidence"] == [
+        "no group has the gid of /srv/orphan\\nfile"
+    ]
+
+    # a running container's fact script (find -nouser/-nogroup, the apt files by cat) agrees
+    box = client.containers.run(
+        ref, ["sleep", "300"], network_mode="none", detach=True, name=f"harden-test-{RUN}-apt"
+    )
+    try:
+        rc, live, err = verify(f"docker://{box.name}", env=home)
+    finally:
+        box.remove(force=True)
+    assert rc == 1, err
+    seen = by_id(live)
+    for r in ONCE_COMMANDS:
+        assert (seen[r]["status"], seen[r]["evidence"]) == ("failed", rules[r]["evidence"]), r
 
 
 @pytest.mark.parametrize(
@@ -489,20 +548,15 @@ def test_scratch_image_without_a_shell(
         add(t, "hello", static.read_bytes(), mode=0o755)
 
     ref = build(None, tmp_path, "scratch", images, extra=extra, changes=('ENTRYPOINT ["/hello"]',))
-    env = {**home, **NO_ENGINE}
-    bl = static_baseline(tmp_path)
-    rc, report, err = verify(ref, "--baselines", str(bl), "--baseline", "static-only", env=env)
+    rc, report, err = verify(ref, env={**home, **NO_ENGINE})
     assert rc == 1, err  # USER is root: not compliant, but every rule was read
     assert report["summary"]["error"] == 0
     rules = by_id(report)
     assert rules["accounts.uid0-only-root"]["status"] == "passed"
     assert rules["pkg.openssh-server-absent"]["status"] == "passed"
     assert rules["image.non-root-user"]["status"] == "failed"
-    # its command checks cannot run (no /bin/sh): errors, never passes
-    rc, report, err = verify(ref, env=home)
-    assert rc == 1, err
-    errors = {x["rule_id"] for x in report["results"] if x["status"] == "error"}
-    assert errors == COMMAND_RULES
+    assert {rules[r]["status"] for r in ONCE_COMMANDS} == {"passed"}
+    assert not any(x["executed"] for x in report["results"])
 
 
 def test_a_committed_top_layer_read_from_overlay2_equals_the_export(

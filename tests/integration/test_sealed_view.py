@@ -6,13 +6,19 @@ owned by 12:34, a symlink to /etc/shadow and a name with a newline, converted to
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import harden_cli
 import pytest
 from needs import unavailable
+from vm_fixtures import VmTemplate
 
 from harden.builder.disk_image import DiskImageError
 from harden.builder.qemu import qemu_user
@@ -90,3 +96,147 @@ def test_hostile_input_refused_before_extraction(tmp_path: Path) -> None:
     with pytest.raises(DiskImageError) as e, extracted_tree(evil):
         pass
     assert "backing file (/etc/shadow)" in e.value.message
+
+
+# ---------------------------------------------------------------- harden verify FILE.qcow2 --no-boot
+
+
+def _qcow2_from(src: Path, out: Path, size: int = 64 << 20) -> Path:
+    raw = out.with_suffix(".raw")
+    with raw.open("wb") as f:
+        f.truncate(size)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", str(src), str(raw)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out)], check=True
+    )
+    raw.unlink()
+    return out
+
+
+def _no_boot(path: Path, home: Path, *extra: str) -> tuple[int, dict[str, Any], str, float]:
+    """``harden verify PATH --no-boot`` in a fresh interpreter; its peak RSS (MB) from a probe
+    whose only child it is."""
+    probe = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "sys.stderr.write(r.stderr); sys.stdout.write(r.stdout)\n"
+        "sys.stderr.write('@@rss %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(r.returncode)\n"
+    )
+    cmd = [*harden_cli.COMMAND, "verify", str(path), "--no-boot", "--format", "json", *extra]
+    r = subprocess.run(
+        [sys.executable, "-c", probe, *cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HARDEN_HOME": str(home)},
+        cwd=harden_cli.ROOT,
+        timeout=900,
+    )
+    err, _, rss = r.stderr.rpartition("@@rss ")
+    assert "Traceback" not in err, err
+    report = json.loads(r.stdout) if r.stdout.strip() else {}
+    return r.returncode, report, err, int(rss) / 1024
+
+
+def _leftovers() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("harden-sealed-view-*")}
+
+
+def test_base_template_file_level_rules_without_booting(
+    vm_template: VmTemplate, tmp_path: Path
+) -> None:
+    """The cached VM base template against debian-vm, read from its qcow2: every file-level rule
+    judged (with evidence), every rule that needs a running system an error that says so."""
+    disk = vm_template.image.disk
+    before = _leftovers()
+    rc, report, err, rss = _no_boot(disk, tmp_path / "home")
+    assert rc == 1, err  # the base template is not hardened
+    assert report["target"] == "vm" and report["baseline"]["id"] == "debian-vm"
+    h = hashlib.sha256()
+    with disk.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    assert report["digest"] == "sha256:" + h.hexdigest()
+    shown = json.loads(
+        harden_cli.run("baseline", "show", "debian-vm", "--resolved", "--format", "json").stdout
+    )
+    running = {
+        r["id"]
+        for r in shown["rules"]
+        if r["kind"] in {"command", "sysctl", "kernel_module_disabled", "mount_option"}
+    }
+    results = {x["rule_id"]: x for x in report["results"]}
+    errors = {k for k, x in results.items() if x["status"] == "error"}
+    assert errors <= running and errors, errors - running
+    assert all(results[k]["reason"].startswith("needs a running system") for k in errors)
+    assert not any(
+        x["status"] == "passed" for k, x in results.items() if k in running
+    )  # never a pass
+    file_level = [x for k, x in results.items() if k not in running]
+    assert sum(x["status"] in ("passed", "failed") for x in file_level) > 100
+    # read from the disk: owners, modes, packages, configuration
+    assert results["fs.etc-shadow-perms"]["status"] == "passed"
+    assert results["accounts.uid0-only-root"]["status"] == "passed"
+    assert results["fs.no-unowned-files"]["status"] == "passed"
+    assert results["pkg.telnet-absent"]["status"] == "passed"
+    assert results["ssh.permit-root-login"]["status"] == "failed"  # the base allows key login
+    assert rss < 150, rss
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(disk) not in mounts and "harden-sealed-view" not in mounts
+    assert _leftovers() == before
+
+
+def test_hostile_file_system_fails_closed(tmp_path: Path) -> None:
+    """A symlink loop for /etc/passwd, a setuid-root file whose name holds a newline (debugfs
+    cannot list it unambiguously) and a world-writable root: never a pass."""
+    if os.geteuid() != 0:
+        unavailable("making a file system with foreign owners needs root")
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "usr" / "bin").mkdir(parents=True)
+    (src / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    (src / "etc" / "passwd").symlink_to("passwd2")
+    (src / "etc" / "passwd2").symlink_to("passwd")
+    (src / "etc" / "group").write_text("root:x:0:\n")
+    evil = src / "usr" / "bin" / "passwd\netc"
+    shutil.copy("/bin/dash", evil)
+    evil.chmod(0o4755)
+    src.chmod(0o777)
+    disk = _qcow2_from(src, tmp_path / "hostile.qcow2")
+    before = _leftovers()
+    rc, report, err, rss = _no_boot(disk, tmp_path / "home")
+    assert rc == 1, err
+    results = {x["rule_id"]: x for x in report["results"]}
+    for rule in ("fs.suid-sgid-allowlist", "fs.world-writable", "fs.no-unowned-files"):
+        assert results[rule]["status"] == "error", results[rule]
+        assert "passed a limit" in results[rule]["reason"], results[rule]
+        shown = " ".join(results[rule]["evidence"])
+        assert "declares no owner and mode for /usr/bin/passwd\\netc" in shown, shown
+    # the looping /etc/passwd does not resolve: no account table, so no pass
+    assert results["accounts.uid0-only-root"]["status"] == "failed"
+    assert rss < 150, rss
+    assert _leftovers() == before
+
+
+def test_a_file_larger_than_the_disk_is_refused(tmp_path: Path) -> None:
+    """A sparse file far larger than the disk: copying it out is bounded by the disk's virtual
+    size, so the read stops with an error (exit 3), leaving nothing behind."""
+    if os.geteuid() != 0:
+        unavailable("making the test file system needs root")
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    with (src / "huge").open("wb") as f:
+        f.truncate(16 << 30)
+        f.write(b"end")
+    disk = _qcow2_from(src, tmp_path / "huge.qcow2")
+    before = _leftovers()
+    rc, _, err, rss = _no_boot(disk, tmp_path / "home")
+    assert rc == 3, err
+    assert "larger than the disk" in err and "hint:" in err
+    assert rss < 150, rss
+    assert _leftovers() == before

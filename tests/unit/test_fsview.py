@@ -233,3 +233,25 @@ def test_cache_keys_are_checked_digests(tmp_path: Path) -> None:
     assert hit is not None and [e.path for e in hit[1]] == [b"/etc/x"]
     with pytest.raises(InputError):
         cache.get("sha256:" + "0" * 64)  # a bare diff id from a config never names an entry
+
+
+def test_dir_view_with_declared_owners_takes_unknown_entries_at_their_worst(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "su").write_bytes(b"x")
+    (root / "usr" / "bin" / "new\nline").write_bytes(b"x")
+    declared = {
+        b"/": (0o40755, 0, 0),
+        b"/usr": (0o40755, 0, 0),
+        b"/usr/bin": (0o40755, 0, 0),
+        b"/usr/bin/su": (0o104755, 0, 0),
+    }
+    fs = DirFs(root, declared=declared.get)
+    su = fs.lstat(b"/usr/bin/su")
+    assert su is not None and (su.mode, su.uid, su.gid) == (0o4755, 0, 0)  # as declared
+    odd = fs.lstat(b"/usr/bin/new\nline")
+    assert odd is not None and (odd.mode, odd.uid, odd.gid) == (0o7777, -1, -1)
+    with pytest.raises(LimitExceeded, match=r"declares no owner and mode for /usr/bin/new\\nline"):
+        list(fs.walk())

@@ -38,3 +38,16 @@ def test_a_label_naming_another_baseline_makes_the_report_non_compliant() -> Non
     finding = out.results[-1]
     assert finding.rule_id == LABEL_RULE_ID and finding.status is Status.FAILED
     assert "debian-common" in finding.evidence[0]
+
+
+def test_at_rest_a_rule_that_needs_a_running_system_is_an_error_never_a_pass() -> None:
+    from harden.baseline.kinds import RuleKind
+    from harden.verifiers.static_verify import _at_rest
+
+    for kind in (RuleKind.COMMAND, RuleKind.SYSCTL, RuleKind.MOUNT_OPTION):
+        out = _at_rest(result("r"), kind)
+        assert out.status is Status.ERROR and out.reason.startswith("needs a running system")
+    assert _at_rest(result("r", Status.NOT_APPLICABLE), RuleKind.SYSCTL).status is (
+        Status.NOT_APPLICABLE
+    )
+    assert _at_rest(result("r"), RuleKind.CONFIG_LINE).status is Status.PASSED
