@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harden.debian.sources import AptSource, host_sources
 from harden.errors import EnvironmentProblem, TargetError
 from harden.paths import harden_home
 
@@ -53,17 +54,6 @@ _URI_LINE = re.compile(r"^'([^']+)' (\S+) ([0-9]+)( \S+)?\s*$")
 _SUITE_SUFFIXES = ("", "-updates", "-security")
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class AptSource:
-    uri: str
-    suite: str
-    components: tuple[str, ...]
-
-    def line(self, arch: str, keyring: str) -> str:
-        opts = f"[arch={arch} signed-by={keyring}]"
-        return f"deb {opts} {self.uri} {self.suite} {' '.join(self.components)}"
 
 
 @dataclass(frozen=True)
@@ -114,57 +104,7 @@ class Fetched:
 
 
 # ---------------------------------------------------------------- the host's apt sources
-
-
-def _deb822_sources(text: str) -> Iterator[AptSource]:
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = ""
-        for raw in stanza.splitlines():
-            if raw.lstrip().startswith("#"):
-                continue
-            if raw[:1] in (" ", "\t") and key:
-                fields[key] += " " + raw.strip()
-                continue
-            key, sep, value = raw.partition(":")
-            if sep:
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        components = tuple(fields.get("components", "").split())
-        for uri in fields.get("uris", "").split():
-            for suite in fields.get("suites", "").split():
-                yield AptSource(uri.rstrip("/"), suite, components)
-
-
-def _one_line_sources(text: str) -> Iterator[AptSource]:
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line.startswith("deb "):
-            continue
-        line = re.sub(r"^deb\s+(\[[^\]]*\]\s+)?", "", line)
-        parts = line.split()
-        if len(parts) >= 3:
-            yield AptSource(parts[0].rstrip("/"), parts[1], tuple(parts[2:]))
-
-
-def host_sources(etc: Path = Path("/etc/apt")) -> list[AptSource]:
-    """The ``deb`` sources the host's apt reads (deb822 ``*.sources`` and one-line lists)."""
-    found: list[AptSource] = []
-    parts = etc / "sources.list.d"
-    files = [etc / "sources.list"]
-    if parts.is_dir():
-        files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
-    for f in files:
-        try:
-            text = f.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        found += _deb822_sources(text) if f.suffix == ".sources" else _one_line_sources(text)
-    return found
+# (read by harden.debian.sources, the one parser of apt's source lists)
 
 
 def image_sources(

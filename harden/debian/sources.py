@@ -24,6 +24,12 @@ class AptSource:
     components: tuple[str, ...]
     signed_by: Path | None = None
 
+    def line(self, arch: str, keyring: str) -> str:
+        """A one-line ``deb`` entry for this source, signed by ``keyring`` (harden's own apt
+        configuration for fetching packages, whatever the host's entry says)."""
+        opts = f"[arch={arch} signed-by={keyring}]"
+        return f"deb {opts} {self.uri} {self.suite} {' '.join(self.components)}"
+
 
 def _deb822(text: str) -> list[AptSource]:
     out: list[AptSource] = []

@@ -11,9 +11,7 @@ import pytest
 from harden import signals
 from harden.builder.container_build import GOLDEN_LABELS, golden_labels
 from harden.builder.debs import (
-    AptSource,
     Deb,
-    host_sources,
     image_sources,
     parse_os_release,
 )
@@ -24,6 +22,7 @@ from harden.builder.docker_engine import (
     Step,
     clean_image_config,
 )
+from harden.debian.sources import AptSource, host_sources
 from harden.errors import EnvironmentProblem, ExitCode, ImageDefinitionError, InputError
 
 # ---------------------------------------------------------------- containment
@@ -165,10 +164,13 @@ def test_host_sources_reads_deb822_and_one_line_lists(tmp_path: Path) -> None:
     )
     (d / "ignored.list.disabled").write_text("deb http://no.invalid/ bookworm main\n")
     found = host_sources(tmp_path)
+    key = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
     assert found == [
-        AptSource("http://mirror.invalid/archive", "bookworm", ("main", "contrib")),
-        AptSource("http://mirror.invalid/archive", "bookworm-updates", ("main", "contrib")),
-        AptSource("http://sec.invalid/archive-security", "bookworm-security", ("main",)),
+        AptSource("http://mirror.invalid/archive", "bookworm", ("main", "contrib"), key),
+        AptSource("http://mirror.invalid/archive", "bookworm-updates", ("main", "contrib"), key),
+        AptSource(
+            "http://sec.invalid/archive-security", "bookworm-security", ("main",), Path("/k.gpg")
+        ),
     ]
     trixie = image_sources(found, "bookworm", "trixie", {})
     assert [s.suite for s in trixie] == ["trixie", "trixie-updates", "trixie-security"]
