@@ -23,15 +23,14 @@ import resource
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from harden.signals import Terminated  # one exception for every signal path (exit 128+n)
+from harden.signals import handled  # one handler, one exception (Terminated) for every path
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 _libc: Any = None
 _live: set[subprocess.Popen[Any]] = set()
@@ -46,52 +45,11 @@ def _prctl() -> Callable[..., int]:
     return fn
 
 
-_depth = 0
-_fired = False
-
-
-@contextlib.contextmanager
-def cleanup_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM/SIGHUP/SIGINT raise :class:`Terminated` (once) in the main thread.
-
-    Nests: only the outermost block installs and restores the handlers. Outside the main thread
-    (where Python cannot install handlers) it does nothing.
-    """
-    global _depth, _fired
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if _depth > 0:
-        _depth += 1
-        try:
-            yield
-        finally:
-            _depth -= 1
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        global _fired
-        if _fired:
-            return  # already unwinding: let the clean-up finish
-        _fired = True
-        raise Terminated(signum)
-
-    previous = {s: signal.getsignal(s) for s in HANDLED_SIGNALS}
-    _fired = False
-    _depth = 1
-    for s in HANDLED_SIGNALS:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        try:
-            if _fired:
-                kill_all()  # anything the unwinding did not reach
-        finally:
-            _depth = 0
-            for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
-            _fired = False
+def cleanup_on_signals() -> contextlib.AbstractContextManager[None]:
+    """Within the block, SIGTERM/SIGHUP/SIGINT raise :class:`Terminated` (once) in the main
+    thread, and a block a signal ended kills every child still alive (nests; see
+    :func:`harden.signals.handled`)."""
+    return handled(after_signal=kill_all)
 
 
 def _preexec(parent: int, limits: Sequence[tuple[int, int]]) -> Callable[[], None]:
