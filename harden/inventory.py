@@ -192,7 +192,8 @@ def open_cache(home: Path) -> ContentCache:
 
     url = database_url()
     if url is not None:
-        from harden.state.postgres import PgContentCache, database
+        from harden.state.pg_cache import PgContentCache
+        from harden.state.postgres import database
 
         return PgContentCache(database(url))
     return ContentCache(home / "inventory.db")
