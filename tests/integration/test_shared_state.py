@@ -221,13 +221,19 @@ def test_four_runners_share_one_chain(
                 text=True,
             )
         )
-    for p in procs:
-        out, err = p.communicate(timeout=1800)
-        assert p.returncode == 0, err[-3000:]
-        assert out.split() == ["0"] * (ENTRIES // RUNNERS), err[-3000:]
-        assert "Traceback" not in err
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=1800)
+            assert p.returncode == 0, err[-3000:]
+            assert out.split() == ["0"] * (ENTRIES // RUNNERS), err[-3000:]
+            assert "Traceback" not in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
-    check_env = {k: env[k] for k in ("HARDEN_DB", "HARDEN_AUDIT_ANCHOR")}
+    check_env = {k: v for k, v in env.items() if k.startswith("HARDEN_")}
     check_env["HARDEN_HOME"] = str(tmp_path / "auditor")  # a fifth machine, nothing local
     pub = str(tmp_path / "audit.pub")
     r = harden_cli.run("audit", "verify", "--key", pub, env=check_env)
@@ -370,6 +376,28 @@ def test_revocation_list_rollback_is_remembered_across_runners(
     alone = {**base, "HARDEN_HOME": str(tmp_path / "c")}  # control: a runner without HARDEN_DB
     r = harden_cli.run("revocations", "show", REGISTRY, "--key", pub, env=alone)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_content_cache_is_shared_and_checked(pg_url: str) -> None:
+    """What one runner cached by digest another reuses; a row that does not match its digest
+    is not used; a database that cannot be reached means no cache, not a failure."""
+    from harden.state.pg_cache import PgContentCache
+    from harden.state.postgres import PgDatabase
+
+    data = b'{"schemaVersion": 2}'
+    digest = compute_digest(data)
+    first = PgContentCache(PgDatabase(pg_url))
+    assert first.get(digest) is None
+    first.put(digest, data)
+    first.close()
+    second = PgContentCache(PgDatabase(pg_url))  # another runner
+    assert second.get(digest) == data and second.hits == 1
+    _sql(pg_url, "UPDATE content SET data = %s WHERE digest = %s", args=(b"forged", digest))
+    assert second.get(digest) is None and second.misses == 1
+    second.close()
+    down = PgContentCache(PgDatabase(f"postgresql://harden:x@127.0.0.1:{_free_port()}/harden"))
+    down.put(digest, data)
+    assert down.get(digest) is None
 
 
 def _free_port() -> int:
