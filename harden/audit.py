@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 from harden.clock import Clock
 from harden.errors import EnvironmentProblem, InputError
+from harden.state.schema import GENESIS as GENESIS  # re-exported: the first prev_hash
+from harden.state.schema import INSERT_ENTRY, SELECT_ENTRIES, Row
 
-GENESIS = "0" * 64
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _BUSY_TIMEOUT_S = 30.0
 
@@ -155,16 +156,6 @@ def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
         return True
     text = str(e).lower()
     return "no such table" in text or "no such column" in text or "malformed" in text
-
-
-Row = tuple[Any, ...]  # seq, at, action, image, digest, outcome, details, prev_hash, hash
-SELECT_ENTRIES = (
-    "SELECT seq, at, action, image, digest, outcome, details, prev_hash, hash FROM entries"
-)
-INSERT_ENTRY = (
-    "INSERT INTO entries (seq, at, action, image, digest, outcome, details, prev_hash, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 class AuditStore(Protocol):

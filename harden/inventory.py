@@ -12,7 +12,7 @@ is pinged once first, so an unreachable registry costs one failed request, not o
 
 Content that a digest names never changes, so manifests by digest, config blobs and envelope
 blobs are cached in SQLite under ``$HARDEN_HOME/inventory.db`` (or in ``$HARDEN_DB``'s ``content``
-table: :func:`open_cache`). The registry stays the source of
+table: :func:`harden.state.cache.open_cache`). The registry stays the source of
 truth: what can change (tags, the list of referrers) is asked every time, every cached row is
 checked against its digest when read, and a cache that is deleted, unreadable or corrupt is
 recreated empty and refilled from the registry.
@@ -64,7 +64,6 @@ __all__ = [
     "ContentCache",
     "Inventory",
     "normalize_reference",
-    "open_cache",
 ]
 
 DEFAULT_JOBS = 8
@@ -183,20 +182,6 @@ class ContentCache:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-
-def open_cache(home: Path) -> ContentCache:
-    """The content cache: ``home/inventory.db``, or the ``content`` table of ``$HARDEN_DB``
-    (shared by every CI runner) when that names a PostgreSQL database."""
-    from harden.state import database_url
-
-    url = database_url()
-    if url is not None:
-        from harden.state.pg_cache import PgContentCache
-        from harden.state.postgres import database
-
-        return PgContentCache(database(url))
-    return ContentCache(home / "inventory.db")
 
 
 # ---- the inventory -----------------------------------------------------------------------------

@@ -66,8 +66,9 @@ def make_inventory(
 ) -> Inventory:
     from harden.debian.archive import ArchiveReader
     from harden.debian.check import SecurityCheck
-    from harden.inventory import Inventory, open_cache
+    from harden.inventory import Inventory
     from harden.paths import harden_home
+    from harden.state.cache import open_cache
 
     cache = open_cache(harden_home())
     if cache.rebuilt:

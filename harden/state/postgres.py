@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from harden.audit import GENESIS, INSERT_ENTRY, SELECT_ENTRIES, Row
 from harden.errors import InputError
 from harden.state import DB_ENV, StateDatabaseError, redact
+from harden.state.schema import GENESIS, INSERT_ENTRY, SELECT_ENTRIES, Row
 
 try:
     import psycopg
@@ -197,7 +197,7 @@ def database(url: str) -> PgDatabase:
 
 
 class PgAuditStore:
-    """The audit log's rows in PostgreSQL (:class:`harden.audit.AuditStore`)."""
+    """The audit log's rows in PostgreSQL (a ``harden.audit.AuditStore``)."""
 
     def __init__(self, db: PgDatabase) -> None:
         self.db = db
