@@ -1,4 +1,5 @@
-"""The local audit log: append-only, hash-chained, in SQLite under $HARDEN_HOME/audit.db.
+"""The audit log: append-only, hash-chained, in SQLite under $HARDEN_HOME/audit.db (embedded
+default) or in the PostgreSQL database ``$HARDEN_DB`` names (many CI runners, one chain).
 
 Every decision harden takes (build, verify, attest, promote, deny, revoke, rebuild) is appended
 as one entry. Each entry's ``hash`` is the SHA-256 of the canonical JSON of its fields plus the
@@ -19,16 +20,17 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harden.clock import Clock
 from harden.errors import EnvironmentProblem, InputError
+from harden.state.schema import GENESIS as GENESIS  # re-exported: the first prev_hash
+from harden.state.schema import INSERT_ENTRY, SELECT_ENTRIES, Row
 
-GENESIS = "0" * 64
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _BUSY_TIMEOUT_S = 30.0
 
@@ -156,32 +158,49 @@ def _is_corrupt(e: sqlite3.DatabaseError) -> bool:
     return "no such table" in text or "no such column" in text or "malformed" in text
 
 
-class AuditLog:
-    """An append-only, hash-chained log in one SQLite file."""
+class AuditStore(Protocol):
+    """Where the entries live: one SQLite file (:class:`SqliteAuditStore`, the embedded default)
+    or a PostgreSQL database shared by many CI runners (:mod:`harden.state.postgres`). The
+    chain itself (hashes, checks) is :class:`AuditLog`'s; a store only keeps rows."""
 
-    def __init__(
-        self, path: Path, clock: Clock, on_append: Callable[[int, str], None] | None = None
-    ) -> None:
-        """``on_append(seq, hash)`` runs after each committed entry (e.g. to publish a signed
-        checkpoint of the head: :mod:`harden.attest.checkpoint`)."""
+    @property
+    def location(self) -> str:
+        """Where the log is, for messages (a path, or a URL without its password)."""
+        ...
+
+    def exists(self) -> bool: ...
+
+    def append(self, make: Callable[[int, str], Row]) -> Row:
+        """In one transaction that no other writer interleaves with: read the head, build the
+        next row with ``make(next_seq, prev_hash)``, insert it and record it as the head."""
+        ...
+
+    def select(self, since: str | None, image: str | None) -> list[Row]: ...
+
+    def last(self) -> tuple[int, str] | None: ...
+
+    def snapshot(self) -> tuple[list[Row], str | None]:
+        """Every row in chain order and the recorded head, read in one snapshot."""
+        ...
+
+    def serialized(self) -> AbstractContextManager[None]:
+        """Held while a checkpoint of the head is published, so that concurrent writers publish
+        heads in chain order (the last checkpoint is never older than an earlier one)."""
+        ...
+
+
+class SqliteAuditStore:
+    """The embedded store: one SQLite file, writers serialised by ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._clock = clock
-        self._on_append = on_append
 
-    @classmethod
-    def default(cls, clock: Clock) -> AuditLog:
-        """The log under $HARDEN_HOME; anchored by signed checkpoints in a registry when
-        HARDEN_AUDIT_ANCHOR and HARDEN_AUDIT_KEY are set."""
-        from harden.paths import harden_home
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
-        hook = None
-        if os.environ.get("HARDEN_AUDIT_ANCHOR"):
-            from harden.attest.checkpoint import anchor_hook
-
-            hook = anchor_hook(clock.now)
-        return cls(harden_home() / "audit.db", clock, hook)
-
-    # -- connection ------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.path.exists()
 
     @contextmanager
     def _connect(self, *, create: bool) -> Iterator[sqlite3.Connection]:
@@ -220,6 +239,117 @@ class AuditLog:
         finally:
             conn.close()
 
+    def append(self, make: Callable[[int, str], Row]) -> Row:
+        with self._connect(create=True) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute(
+                    "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                row = make(*((last[0] + 1, last[1]) if last else (1, GENESIS)))
+                conn.execute(INSERT_ENTRY, row)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('head', ?)",
+                    (json.dumps({"seq": row[0], "hash": row[8]}),),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return row
+
+    def select(self, since: str | None, image: str | None) -> list[Row]:
+        if not self.path.exists():
+            return []
+        query = SELECT_ENTRIES
+        where: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        if image is not None:
+            where.append("image = ?")
+            args.append(image)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY seq"
+        with self._connect(create=False) as conn:
+            return [tuple(r) for r in conn.execute(query, args).fetchall()]
+
+    def last(self) -> tuple[int, str] | None:
+        if not self.path.exists():
+            return None
+        with self._connect(create=False) as conn:
+            row = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def snapshot(self) -> tuple[list[Row], str | None]:
+        if not self.path.exists():
+            return [], None
+        with self._connect(create=False) as conn:
+            rows = conn.execute(SELECT_ENTRIES + " ORDER BY rowid").fetchall()
+            meta = conn.execute("SELECT value FROM meta WHERE key = 'head'").fetchone()
+        return [tuple(r) for r in rows], (str(meta[0]) if meta else None)
+
+    def serialized(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+class AuditLog:
+    """An append-only, hash-chained log in a :class:`AuditStore` (SQLite file or PostgreSQL)."""
+
+    def __init__(
+        self,
+        store: Path | AuditStore,
+        clock: Clock,
+        on_append: Callable[[int, str], None] | None = None,
+    ) -> None:
+        """``store``: a SQLite file path or a store. ``on_append(seq, hash)`` runs after each
+        committed entry (e.g. to publish a signed checkpoint of the head:
+        :mod:`harden.attest.checkpoint`), with the head then current, in chain order across
+        concurrent writers."""
+        self._store: AuditStore = SqliteAuditStore(store) if isinstance(store, Path) else store
+        self._clock = clock
+        self._on_append = on_append
+
+    @classmethod
+    def default(cls, clock: Clock) -> AuditLog:
+        """The log in ``$HARDEN_DB`` (PostgreSQL) when set, else under $HARDEN_HOME; anchored by
+        signed checkpoints in a registry when HARDEN_AUDIT_ANCHOR and HARDEN_AUDIT_KEY are set."""
+        from harden.paths import harden_home
+        from harden.state import database_url
+
+        hook = None
+        if os.environ.get("HARDEN_AUDIT_ANCHOR"):
+            from harden.attest.checkpoint import anchor_hook
+
+            hook = anchor_hook(clock.now)
+        url = database_url()
+        if url is not None:
+            from harden.state.postgres import PgAuditStore, database
+
+            return cls(PgAuditStore(database(url)), clock, hook)
+        return cls(harden_home() / "audit.db", clock, hook)
+
+    @property
+    def store(self) -> AuditStore:
+        return self._store
+
+    @property
+    def location(self) -> str:
+        """Where the log is (a file path, or the database URL without its password)."""
+        return self._store.location
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file of an embedded log (a PostgreSQL log has none: use ``location``)."""
+        if isinstance(self._store, SqliteAuditStore):
+            return self._store.path
+        raise AttributeError(f"the audit log in {self.location} is not a file")
+
+    def exists(self) -> bool:
+        return self._store.exists()
+
     # -- writing ---------------------------------------------------------------------------------
 
     def append(
@@ -230,42 +360,29 @@ class AuditLog:
         outcome: str,
         details: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
-        """Append one entry, chained to the current head, in one IMMEDIATE transaction."""
+        """Append one entry, chained to the current head, in one transaction."""
         action = AuditAction(action).value
         details_text = canonical_details(details or {})
         at = format_time(self._clock.now())
-        with self._connect(create=True) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-                digest_ = entry_hash(
-                    seq=seq,
-                    at=at,
-                    action=action,
-                    image=image,
-                    digest=digest,
-                    outcome=outcome,
-                    details=details_text,
-                    prev_hash=prev,
-                )
-                conn.execute(
-                    "INSERT INTO entries (seq, at, action, image, digest, outcome, details,"
-                    " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, at, action, image, digest, outcome, details_text, prev, digest_),
-                )
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('head', ?)",
-                    (json.dumps({"seq": seq, "hash": digest_}),),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+
+        def make(seq: int, prev: str) -> Row:
+            h = entry_hash(
+                seq=seq,
+                at=at,
+                action=action,
+                image=image,
+                digest=digest,
+                outcome=outcome,
+                details=details_text,
+                prev_hash=prev,
+            )
+            return (seq, at, action, image, digest, outcome, details_text, prev, h)
+
+        seq, *_, prev, digest_ = self._store.append(make)
         if self._on_append is not None:
-            self._on_append(seq, digest_)
+            with self._store.serialized():  # publish the head now current, in chain order
+                last = self._store.last()
+                self._on_append(*(last or (seq, digest_)))
         return AuditEntry(
             seq=seq,
             at=parse_time(at),
@@ -284,41 +401,17 @@ class AuditLog:
         self, since: dt.datetime | None = None, image: str | None = None
     ) -> list[AuditEntry]:
         """Entries in chain order, optionally from ``since`` on and for one image."""
-        if not self.path.exists():
-            return []
-        query = (
-            "SELECT seq, at, action, image, digest, outcome, details, prev_hash, hash FROM entries"
-        )
-        where: list[str] = []
-        args: list[Any] = []
-        if since is not None:
-            where.append("at >= ?")
-            args.append(format_time(since))
-        if image is not None:
-            where.append("image = ?")
-            args.append(image)
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY seq"
-        with self._connect(create=False) as conn:
-            rows = conn.execute(query, args).fetchall()
+        rows = self._store.select(format_time(since) if since is not None else None, image)
         return [_entry(row) for row in rows]
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last entry; (0, GENESIS) for an empty log. Anchor it elsewhere."""
-        if not self.path.exists():
-            return 0, GENESIS
-        with self._connect(create=False) as conn:
-            row = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+        return self._store.last() or (0, GENESIS)
 
     def chain(self) -> list[tuple[int, str]]:
         """``(seq, hash)`` of every entry in chain order (what a checkpoint is checked against)."""
-        if not self.path.exists():
-            return []
-        with self._connect(create=False) as conn:
-            rows = conn.execute("SELECT seq, hash FROM entries ORDER BY rowid").fetchall()
-        return [(int(seq), str(h)) for seq, h in rows]
+        rows, _ = self._store.snapshot()
+        return [(int(r[0]), str(r[8])) for r in rows]
 
     # -- checking --------------------------------------------------------------------------------
 
@@ -329,15 +422,11 @@ class AuditLog:
         mismatch), reordered ones (seq out of order, hash mismatch), a truncated tail (the
         recorded head is missing) and, with ``expected_head``, a chain rewritten from scratch.
         """
-        if not self.path.exists():
-            return [f"no audit log at {self.path}"] if expected_head else []
+        if not self._store.exists():
+            return [f"no audit log at {self.location}"] if expected_head else []
         problems: list[str] = []
-        with self._connect(create=False) as conn:
-            rows = conn.execute(
-                "SELECT seq, at, action, image, digest, outcome, details, prev_hash, hash"
-                " FROM entries ORDER BY rowid"
-            ).fetchall()
-            meta = conn.execute("SELECT value FROM meta WHERE key = 'head'").fetchone()
+        rows, meta_value = self._store.snapshot()
+        meta = None if meta_value is None else (meta_value,)
         expected_seq = 1
         prev_hash = GENESIS
         hashes: set[str] = set()

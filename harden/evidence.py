@@ -238,8 +238,8 @@ def read_audit(
         entries = log.entries(since=since)
         head = log.head()
     except AuditLogCorrupt as e:  # a damaged log is evidence of a problem, not a crash
-        return AuditFacts(str(log.path), (), (e.message,), (0, GENESIS), log.path.exists())
-    return AuditFacts(str(log.path), tuple(entries), tuple(problems), head, log.path.exists())
+        return AuditFacts(log.location, (), (e.message,), (0, GENESIS), log.exists())
+    return AuditFacts(log.location, tuple(entries), tuple(problems), head, log.exists())
 
 
 # ---------------------------------------------------------------- the bundle model

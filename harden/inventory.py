@@ -11,7 +11,8 @@ Requests run on a bounded thread pool (one HTTP session per thread and registry)
 is pinged once first, so an unreachable registry costs one failed request, not one per image.
 
 Content that a digest names never changes, so manifests by digest, config blobs and envelope
-blobs are cached in SQLite under ``$HARDEN_HOME/inventory.db``. The registry stays the source of
+blobs are cached in SQLite under ``$HARDEN_HOME/inventory.db`` (or in ``$HARDEN_DB``'s ``content``
+table: :func:`harden.state.cache.open_cache`). The registry stays the source of
 truth: what can change (tags, the list of referrers) is asked every time, every cached row is
 checked against its digest when read, and a cache that is deleted, unreadable or corrupt is
 recreated empty and refilled from the registry.

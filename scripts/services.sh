@@ -5,6 +5,8 @@
 #   - OCI registry (Debian docker-registry, distribution 2.8) on 127.0.0.1:5000
 #   - base images debian:12 and debian:13 built with debootstrap (no public registry here),
 #     cached as tarballs under /var/cache/harden, imported and pushed to the local registry
+#   - PostgreSQL (Debian postgresql) on 127.0.0.1:5432 only, role and database `harden` for the
+#     shared-state tests (HARDEN_DB); the URL is printed at the end
 # Usage: scripts/services.sh [--no-images] [--vm]   (--vm also builds the cached base VM template)
 set -euo pipefail
 
@@ -30,7 +32,7 @@ mkdir -p "$STATE" "$CACHE"
 # ---- packages --------------------------------------------------------------------------------
 PKGS=(docker.io docker-registry debootstrap skopeo apache2-utils openssl curl chromium
       qemu-system-x86 qemu-utils mmdebstrap zstd openssh-client gnupg apt-utils
-      debian-archive-keyring)
+      debian-archive-keyring postgresql)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -93,6 +95,33 @@ CFG
   wait_for 30 registry curl -fsS "http://$REGISTRY/v2/" || { tail -n 20 "$STATE/registry/registry.log" >&2; exit 4; }
 fi
 
+# ---- PostgreSQL (HARDEN_DB: the shared state of many CI runners) ----------------------------
+# One cluster, loopback only, password auth; the tests make a database of their own per run
+# (the role may create databases) and drop it at the end.
+PG_URL=${HARDEN_TEST_DB:-postgresql://harden:harden-test@127.0.0.1:5432/harden}
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432; }
+if ! pg_up; then
+  PG_VERSION=$(ls /usr/lib/postgresql | sort -n | tail -n 1)
+  if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$PG_VERSION main"; then
+    log "creating PostgreSQL $PG_VERSION cluster main"
+    pg_createcluster "$PG_VERSION" main >/dev/null
+  fi
+  # loopback only (Debian's postgresql.conf includes conf.d/)
+  printf "listen_addresses = '127.0.0.1'\nport = 5432\n" \
+    >"/etc/postgresql/$PG_VERSION/main/conf.d/harden.conf"
+  log "starting PostgreSQL $PG_VERSION on 127.0.0.1:5432"
+  pg_ctlcluster "$PG_VERSION" main start
+  wait_for 30 postgresql pg_up || { tail -n 20 "/var/log/postgresql/postgresql-$PG_VERSION-main.log" >&2; exit 4; }
+fi
+pg_sql() { (cd / && runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAtX "$@"); }
+if [ "$(pg_sql -c "SELECT 1 FROM pg_roles WHERE rolname = 'harden'")" != 1 ]; then
+  log "creating PostgreSQL role and database harden (tests: $PG_URL)"
+  pg_sql -c "CREATE ROLE harden LOGIN CREATEDB PASSWORD 'harden-test'"
+fi
+if [ "$(pg_sql -c "SELECT 1 FROM pg_database WHERE datname = 'harden'")" != 1 ]; then
+  pg_sql -c "CREATE DATABASE harden OWNER harden"
+fi
+
 # ---- base images -----------------------------------------------------------------------------
 base_image() { # base_image VERSION CODENAME
   local version=$1 codename=$2 tarball="$CACHE/debian-$2-minbase.tar"
@@ -129,4 +158,4 @@ if [ "$WANT_VM" = 1 ]; then
   log "base VM template (scripts/vm-base.sh, cached under $CACHE/vm)"
   "$(dirname "$0")/vm-base.sh" >&2
 fi
-log "ready: docker engine, registry $REGISTRY$([ "$WANT_IMAGES" = 1 ] && echo ', debian:12, debian:13')"
+log "ready: docker engine, registry $REGISTRY$([ "$WANT_IMAGES" = 1 ] && echo ', debian:12, debian:13'), PostgreSQL $PG_URL"

@@ -1,9 +1,9 @@
 """The collaborators every use case takes explicitly: clock, audit log, registry clients, progress.
 
 ``Context.from_environment()`` is what the CLI (and any service) builds once per command: the
-clock honours ``$HARDEN_NOW``, the audit log is ``$HARDEN_HOME/audit.db``, registry clients use
-the docker config's credentials. Tests build a ``Context`` with a ``FixedClock``, an audit log in a
-temp dir and a client factory over a fake registry.
+clock honours ``$HARDEN_NOW``, the audit log is ``$HARDEN_HOME/audit.db`` (or in ``$HARDEN_DB``),
+registry clients use the docker config's credentials. Tests build a ``Context`` with a
+``FixedClock``, an audit log in a temp dir and a client factory over a fake registry.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class Context:
 
     @classmethod
     def from_environment(cls, progress: Progress = no_progress) -> Context:
-        """$HARDEN_NOW (a testing aid) or the system clock, $HARDEN_HOME's audit log."""
+        """$HARDEN_NOW (a testing aid) or the system clock; the audit log in $HARDEN_DB
+        (PostgreSQL) or under $HARDEN_HOME."""
         clock = clock_from_environment(os.environ)
         return cls(clock, AuditLog.default(clock), default_client, progress)
 

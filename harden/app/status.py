@@ -66,10 +66,11 @@ def make_inventory(
 ) -> Inventory:
     from harden.debian.archive import ArchiveReader
     from harden.debian.check import SecurityCheck
-    from harden.inventory import ContentCache, Inventory
+    from harden.inventory import Inventory
     from harden.paths import harden_home
+    from harden.state.cache import open_cache
 
-    cache = ContentCache(harden_home() / "inventory.db")
+    cache = open_cache(harden_home())
     if cache.rebuilt:
         ctx.progress("the local inventory cache was unreadable: rebuilding it from the registry")
     security = SecurityCheck(ArchiveReader(harden_home() / "archive", ctx.clock))

@@ -13,7 +13,8 @@ one well-known place per registry, ``<registry>/harden/revocations:current`` (or
 
 The gate (:class:`harden.gate.RevocationListCurrent`) denies when the list is missing, not
 signed by a trusted key, expired, or older than a version this machine saw before (the highest
-version seen per location is kept in ``$HARDEN_HOME/revocation-lists.json``). Writers
+version seen per location is kept in ``$HARDEN_HOME/revocation-lists.json``, or in the
+``revocation_lists_seen`` table of ``$HARDEN_DB``, shared by every CI runner). Writers
 (:func:`append`, :func:`refresh`) read, verify and extend the current version; they never
 recreate a list that is gone (only :func:`init` creates one, and refuses when one exists), so
 deleting the list cannot reset it to empty.
@@ -118,6 +119,13 @@ def _state_path() -> Path:
 
 
 def _load_seen() -> dict[str, dict[str, Any]]:
+    from harden.state import database_url
+
+    url = database_url()
+    if url is not None:  # shared by every runner on $HARDEN_DB
+        from harden.state.postgres import database
+
+        return database(url).seen_revocation_lists()
     try:
         raw = _state_path().read_bytes()[: 4 << 20]
         doc = json.loads(raw)
@@ -132,6 +140,14 @@ def _load_seen() -> dict[str, dict[str, Any]]:
 
 
 def _remember(location: str, version: int, payload_sha256: str) -> None:
+    from harden.state import database_url
+
+    url = database_url()
+    if url is not None:
+        from harden.state.postgres import database
+
+        database(url).remember_revocation_list(location, version, payload_sha256)
+        return
     seen = _load_seen()
     old = seen.get(location) or {}
     if int(old.get("version", 0)) >= version:

@@ -52,8 +52,9 @@ def audit() -> None:
     """The local audit log of build, verify, attest, promote, deny, revoke and rebuild.
 
     The log is append-only and hash-chained, in $HARDEN_HOME/audit.db (default
-    ~/.local/state/harden). `harden audit verify` detects changed, deleted, inserted and
-    reordered entries.
+    ~/.local/state/harden), or in the PostgreSQL database $HARDEN_DB names
+    (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), shared by many CI runners.
+    `harden audit verify` detects changed, deleted, inserted and reordered entries.
     """
 
 
@@ -83,7 +84,7 @@ def verify(ctx: click.Context, expect_head: str | None, keys: tuple[Path, ...]) 
         problems += [p for p in log.verify(expected_head=anchor) if p not in problems]
     if problems:
         emit("\n".join(problems), None)
-        progress(f"audit log TAMPERED: {len(problems)} problem(s) in {log.path}")
+        progress(f"audit log TAMPERED: {len(problems)} problem(s) in {log.location}")
         ctx.exit(int(ExitCode.POLICY))
     seq, head = log.head()
     progress(f"audit log intact: {seq} entries, head {seq}:{head}")
