@@ -24,7 +24,7 @@ def _verify(baseline: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
             "-c",
             "from harden.cli import main; main()",
             "verify",
-            "debian:12",
+            "docker-image://debian:12",  # the local engine's image, said so
             "--baseline",
             baseline,
             "-f",
