@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harden.clock import Clock
-from harden.errors import EnvironmentProblem, InputError
+from harden.errors import EnvironmentProblem, HardenError, InputError
 from harden.state.schema import GENESIS as GENESIS  # re-exported: the first prev_hash
 from harden.state.schema import INSERT_ENTRY, SELECT_ENTRIES, Row
 
@@ -303,6 +303,7 @@ class AuditLog:
         store: Path | AuditStore,
         clock: Clock,
         on_append: Callable[[int, str], None] | None = None,
+        refuse_writes: HardenError | None = None,
     ) -> None:
         """``store``: a SQLite file path or a store. ``on_append(seq, hash)`` runs after each
         committed entry (e.g. to publish a signed checkpoint of the head:
@@ -311,6 +312,7 @@ class AuditLog:
         self._store: AuditStore = SqliteAuditStore(store) if isinstance(store, Path) else store
         self._clock = clock
         self._on_append = on_append
+        self._refuse_writes = refuse_writes  # raised before an entry is written (reads work)
 
     @classmethod
     def default(cls, clock: Clock) -> AuditLog:
@@ -320,16 +322,20 @@ class AuditLog:
         from harden.state import database_url
 
         hook = None
+        refuse: HardenError | None = None
         if os.environ.get("HARDEN_AUDIT_ANCHOR"):
             from harden.attest.checkpoint import anchor_hook
 
-            hook = anchor_hook(clock.now)
+            try:
+                hook = anchor_hook(clock.now)
+            except HardenError as e:  # e.g. no HARDEN_AUDIT_KEY: an auditor reads without it,
+                refuse = e  # but nothing is appended that no checkpoint would anchor
         url = database_url()
         if url is not None:
             from harden.state.postgres import PgAuditStore, database
 
-            return cls(PgAuditStore(database(url)), clock, hook)
-        return cls(harden_home() / "audit.db", clock, hook)
+            return cls(PgAuditStore(database(url)), clock, hook, refuse)
+        return cls(harden_home() / "audit.db", clock, hook, refuse)
 
     @property
     def store(self) -> AuditStore:
@@ -361,6 +367,8 @@ class AuditLog:
         details: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
         """Append one entry, chained to the current head, in one transaction."""
+        if self._refuse_writes is not None:
+            raise self._refuse_writes
         action = AuditAction(action).value
         details_text = canonical_details(details or {})
         at = format_time(self._clock.now())

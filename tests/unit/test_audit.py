@@ -334,3 +334,22 @@ def test_checkpoint_detects_a_cut_tail_a_rewrite_and_unanchored_appends() -> Non
     assert "not anchored" in check([*chain, (4, "e" * 64)], cp)[0]
     assert check([], "no audit checkpoint at x") == []  # nothing written, nothing anchored
     assert check(chain, "no audit checkpoint at x") == ["no audit checkpoint at x"]
+
+
+def test_anchored_log_without_the_audit_key_reads_but_never_writes_unanchored(
+    tmp_path: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an auditor on a machine with HARDEN_AUDIT_ANCHOR but without the signing key reads the log;
+    # a writer without the key is refused before its entry exists (no unanchored entry is made)
+    from harden.errors import InputError
+
+    monkeypatch.setenv("HARDEN_HOME", str(tmp_path))
+    monkeypatch.delenv("HARDEN_DB", raising=False)
+    monkeypatch.delenv("HARDEN_AUDIT_KEY", raising=False)
+    AuditLog.default(clock).append(AuditAction.BUILD, "img", None, "compliant")  # not anchored yet
+    monkeypatch.setenv("HARDEN_AUDIT_ANCHOR", "127.0.0.1:5999/audit/anchor:head")
+    log = AuditLog.default(clock)
+    assert [e.seq for e in log.entries()] == [1] and log.verify() == []
+    with pytest.raises(InputError, match="HARDEN_AUDIT_KEY"):
+        log.append(AuditAction.BUILD, "img", None, "compliant")
+    assert [e.seq for e in AuditLog.default(clock).entries()] == [1]
