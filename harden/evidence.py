@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harden import imagedef
-from harden.attest import dsse
 from harden.attest.keys import PublicKey
 from harden.attest.predicates import (
     HARDEN_COMPLIANCE,
@@ -576,17 +575,17 @@ def _signature_word(i: ImageEvidence) -> str:
 
 def _check(referrer: str, envelope: bytes, trusted: Sequence[PublicKey], digest: str) -> Any:
     """(AttestationCheck, VerifiedStatement | None) of one envelope."""
+    from harden.attest.verification import check_envelope
+
     if not trusted:
         return AttestationCheck(referrer, None, False, None, "no trusted key given (--key)"), None
-    try:
-        v = dsse.verify(envelope, trusted)
-    except AttestationError as e:
-        return AttestationCheck(referrer, None, False, None, e.message), None
-    ptype = v.statement.predicateType
-    if not v.statement.matches(digest):
-        why = f"signed by {v.keyid}, but for another subject than {digest}"
-        return AttestationCheck(referrer, ptype, False, v.keyid, why), None
-    return AttestationCheck(referrer, ptype, True, v.keyid), v
+    checked = check_envelope(referrer, envelope, trusted, digest)
+    v = checked.verified
+    if v is not None:
+        return AttestationCheck(referrer, v.statement.predicateType, True, v.keyid), v
+    assert checked.problem is not None
+    p = checked.problem
+    return AttestationCheck(referrer, p.predicate_type, False, None, p.message), None
 
 
 def _signed_result(verified: Sequence[tuple[str, Any]]) -> SignedResult | None:

@@ -98,27 +98,31 @@ def _precedence(c: ComplianceV1, payload: bytes) -> tuple[Any, ...]:
     )
 
 
+def check_envelope(
+    referrer: str, envelope: bytes, trusted: Sequence[PublicKey], digest: str
+) -> CheckedAttestation:
+    """One envelope: verified with ``trusted`` keys and about the subject ``digest``, or the
+    typed reason it does not count."""
+    try:
+        v = verify(envelope, trusted)
+    except AttestationError as e:
+        problem = AttestationProblem(referrer, ProblemKind.UNVERIFIED, e.message)
+        return CheckedAttestation(referrer, None, problem)
+    if not v.statement.matches(digest):
+        problem = AttestationProblem(
+            referrer,
+            ProblemKind.OTHER_SUBJECT,
+            "signed, but for another image: " + ", ".join(sorted(v.statement.subject_digests)),
+            v.statement.predicateType,
+        )
+        return CheckedAttestation(referrer, None, problem)
+    return CheckedAttestation(referrer, v, None)
+
+
 def check_attestations(
     fetched: FetchedEnvelopes, trusted: Sequence[PublicKey], digest: str
 ) -> CheckedAttestations:
     """Verify every fetched envelope with ``trusted`` keys against the subject ``digest``."""
-    out: list[CheckedAttestation] = []
-    for item in fetched.items:
-        try:
-            v = verify(item.envelope, trusted)
-        except AttestationError as e:
-            problem = AttestationProblem(item.referrer, ProblemKind.UNVERIFIED, e.message)
-            out.append(CheckedAttestation(item.referrer, None, problem))
-            continue
-        if not v.statement.matches(digest):
-            problem = AttestationProblem(
-                item.referrer,
-                ProblemKind.OTHER_SUBJECT,
-                "signed, but for another image: " + ", ".join(sorted(v.statement.subject_digests)),
-                v.statement.predicateType,
-            )
-            out.append(CheckedAttestation(item.referrer, None, problem))
-            continue
-        out.append(CheckedAttestation(item.referrer, v, None))
+    out = [check_envelope(i.referrer, i.envelope, trusted, digest) for i in fetched.items]
     out += [CheckedAttestation(p.referrer, None, p) for p in fetched.unreadable]
     return CheckedAttestations(digest, tuple(out))

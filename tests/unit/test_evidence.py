@@ -299,7 +299,7 @@ def test_signature_for_another_subject_is_not_verified(
     b = _bundle(tmp_path, keys, catalogue, subject_digest="sha256:" + "e" * 64)
     [img] = b.images
     assert not b.ok and img.result is None
-    assert "but for another subject" in img.attestations[0].statement
+    assert "but for another image" in img.attestations[0].statement
 
 
 def test_unreadable_referrer_is_a_problem(
