@@ -12,6 +12,7 @@ bad content, not a broken environment, so :class:`DigestMismatch` exits with
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import heapq
@@ -176,6 +177,15 @@ _CURRENT = threading.local()  # .op: the _Operation this thread is running, if a
 
 def _current_op() -> _Operation | None:
     return getattr(_CURRENT, "op", None)
+
+
+def _in_pool(fn: Callable[[Any], _T], item: Any) -> _T:
+    """Run ``fn(item)`` on a client's fetch pool, marked so nested map_concurrently runs inline."""
+    _CURRENT.in_pool = True
+    try:
+        return fn(item)
+    finally:
+        _CURRENT.in_pool = False
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
@@ -550,6 +560,8 @@ class RegistryClient:
         self._manifests: dict[tuple[str, str], Manifest] = {}  # (repo, digest): immutable
         self._auth_kind: str | None = None  # "basic" or "bearer" once a challenge was seen
         self._tokens: dict[str, str] = {}
+        self._pool: ThreadPoolExecutor | None = None  # map_concurrently's, started on first use
+        self._pool_pid = 0
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
@@ -575,12 +587,42 @@ class RegistryClient:
         self, fn: Callable[[Any], _T], items: Sequence[Any], workers: int = FETCH_WORKERS
     ) -> list[_T]:
         """``[fn(x) for x in items]`` on a small bounded pool, results in order; the first
-        exception (in item order) is raised after every call has finished."""
-        if len(items) <= 1 or workers <= 1:
+        exception (in item order) is raised after every call has finished.
+
+        The pool is the client's own (at most ``FETCH_WORKERS`` threads, started once, shared
+        by every caller of this client); a call made from one of its workers runs inline, so
+        nested calls cannot wait on each other. ``workers`` below the pool's size gets a pool
+        of its own."""
+        if len(items) <= 1 or workers <= 1 or getattr(_CURRENT, "in_pool", False):
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            futures = [pool.submit(fn, x) for x in items]
+        if workers < FETCH_WORKERS:
+            with ThreadPoolExecutor(max_workers=min(workers, len(items))) as own:
+                futures = [own.submit(fn, x) for x in items]
+            return [f.result() for f in futures]
+        pool = self._fetch_pool()
+        futures = [pool.submit(_in_pool, fn, x) for x in items]
+        concurrent.futures.wait(futures)
         return [f.result() for f in futures]
+
+    def submit(self, fn: Callable[[Any], _T], item: Any) -> concurrent.futures.Future[_T]:
+        """``fn(item)`` started on the client's pool (a read to overlap with other work)."""
+        if getattr(_CURRENT, "in_pool", False):  # never wait on the pool from inside it
+            done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+            try:
+                done.set_result(fn(item))
+            except BaseException as e:  # handed to whoever asks for the result
+                done.set_exception(e)
+            return done
+        return self._fetch_pool().submit(_in_pool, fn, item)
+
+    def _fetch_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(
+                    max_workers=FETCH_WORKERS, thread_name_prefix="registry-fetch"
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
 
     # ---- transport ---------------------------------------------------------------------------
     def _url(self, path_or_url: str) -> str:

@@ -281,11 +281,17 @@ def copy_image(
         check_not_reserved(tag)
     copier = _Copier(src, src_repo, dst, dst_repo, progress or (lambda _message: None))
     manifest = src.get_manifest(src_repo, digest)
+    # listing the referrers is a read of the source: it runs while the image is copied
+    listing = (
+        src.submit(lambda d: list_referrers(src, src_repo, d), manifest.digest)
+        if with_referrers
+        else None
+    )
     # a subject that was not at the destination has no referrers there either (they are copied
     # after it): write them without asking first (a PUT of the same bytes is harmless anyway)
     copier.ask_first = copier.manifest(manifest)
-    if with_referrers:
-        copier.referrers(manifest.digest, depth=1)
+    if listing is not None:
+        copier.referrers(manifest.digest, depth=1, found=listing.result())
     if tag is not None:
         dst.put_manifest(dst_repo, tag, manifest.data, manifest.media_type)
         copier.note(f"tagged {dst_repo}:{tag} -> {manifest.digest}")
@@ -296,7 +302,9 @@ def _parallel(fn: Callable[[Descriptor], None], items: Sequence[Descriptor]) -> 
     """Run ``fn`` over ``items`` one after the other.
 
     Deliberately sequential: distribution 2.8 answers MANIFEST_BLOB_UNKNOWN for a manifest
-    whose blobs were mounted concurrently into a new repository (seen here).
+    whose blobs were mounted concurrently into a new repository (seen here). Mounts into a
+    repository that exists (after its first blob) run on the client's pool; streamed copies
+    between registries stay one at a time (memory and the destination's upload sessions).
     """
     for item in items:
         fn(item)
@@ -334,7 +342,13 @@ class _Copier:
                 self.manifest(self.src.get_manifest(self.src_repo, child.digest))
         else:
             config = manifest.config
-            _parallel(self.blob, [*([config] if config else []), *manifest.layers])
+            blobs = [*([config] if config else []), *manifest.layers]
+            if self.same_registry and blobs:
+                # mounts: the first alone (it creates the repository), the rest together
+                self.blob(blobs[0])
+                self.dst.map_concurrently(self.blob, blobs[1:])
+            else:
+                _parallel(self.blob, blobs)
         self.dst.put_manifest(self.dst_repo, manifest.digest, manifest.data, manifest.media_type)
         self.note(f"manifest {manifest.digest} copied")
         return False
