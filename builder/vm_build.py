@@ -57,6 +57,8 @@ from harden.builder.disk_image import DiskImage, inspect_disk
 from harden.builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden.builder.ssh_target import SshTarget
+from harden.verifiers.runner import verify
+
 from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
@@ -65,7 +67,6 @@ from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
 from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
-from harden.verifiers.runner import verify
 
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"
