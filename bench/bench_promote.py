@@ -1,5 +1,8 @@
 """Promotion benchmark: `harden promote` within one registry vs `skopeo copy --all` of the same
-image, interleaved, fresh destination repositories each time (target: harden <= 1x skopeo).
+image, interleaved, fresh destination repositories each time (target, issue #15: harden within
+1.5x of skopeo, with the gate's extra reads). Each promotion gets a new registry client, as the
+CLI does: nothing read by an earlier run (manifests, the registry's lack of a referrers API) is
+reused.
 
 harden does more work than skopeo here (it reads and verifies every attestation and evaluates
 the gate, then copies the image *and* its referrers); it wins back time by mounting blobs
@@ -24,7 +27,7 @@ from harden.promote import promote
 
 REGISTRY = "127.0.0.1:5000"
 DEFINITION = Path(__file__).resolve().parents[1] / "images" / "debian12.yaml"
-REPEAT = 3
+REPEAT = 5  # the machine is shared: medians of 5, interleaved
 
 
 def _golden(home: Path) -> tuple[str, Path]:
@@ -90,10 +93,11 @@ def run() -> list[Result]:
 
         def harden_promote() -> None:
             dst = parse_reference(f"{REGISTRY}/bench/{run_id}/harden-{next(counter)}:latest")
+            fresh = RegistryClient(REGISTRY)
             result = promote(
-                client,
+                fresh,
                 src_ref,
-                client,
+                fresh,
                 dst,
                 trusted,
                 clock,
@@ -127,8 +131,8 @@ def run() -> list[Result]:
             harden_s=h,
             baseline_name="skopeo copy --all",
             baseline_s=s,
-            target="<= 1x",
-            met=ratio <= 1.0,
+            target="<= 1.5x",
+            met=ratio <= 1.5,
             note="harden also verifies every attestation and copies the referrers",
         )
     ]

@@ -390,7 +390,9 @@ class Inventory:
         if codename is None:
             return _replace(facts, notes=(*facts.notes, "the SBOM names no Debian release"))
         try:
-            found = security.pending(defn.update_archives(codename), installed_of(sbom))
+            archives = defn.update_archives(codename)
+            names = security.candidate_names(archives)
+            found = security.pending(archives, installed_of(sbom, names))
         except HardenError as e:
             state = "archive unreachable" if unreachable(e) else "archive refused"
             return _replace(facts, archive_state=state, archive_problem=f"{state}: {e.message}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,9 +125,12 @@ def promote(
     if dst.digest is not None and dst.digest != digest:
         raise UsageError(f"DST pins {dst.digest} but {src} is {digest}")
     progress(f"{src} is {digest}")
-    fetched = fetch_envelopes(src_client, src.repository, digest)
-    progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
-    revocation_list = revlist.fetch_for(src_client, trusted)
+    # the signed revocation list does not depend on the attestations: read it meanwhile
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="revocation-list") as pool:
+        pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
+        fetched = fetch_envelopes(src_client, src.repository, digest)
+        progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
+        revocation_list = pending_list.result()
     gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
     evidence = Evidence(
         subject_digest=gathered.subject_digest,

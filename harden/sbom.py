@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 from cyclonedx.model import Property
@@ -112,14 +112,20 @@ def codename_of(doc: dict[str, Any]) -> str | None:
     return None
 
 
-def installed_of(doc: dict[str, Any]) -> tuple[Package, ...]:
-    """The Debian packages a signed SBOM lists, as :class:`Package` (for pending updates)."""
+def installed_of(doc: dict[str, Any], only: Container[str] | None = None) -> tuple[Package, ...]:
+    """The Debian packages a signed SBOM lists, as :class:`Package` (for pending updates).
+
+    ``only``: the names worth reading (those an archive has a candidate for); the others are
+    skipped before any other work (`status` reads one SBOM of hundreds of packages per image)."""
     out: list[Package] = []
     for comp in doc.get("components") or []:
         if not isinstance(comp, dict):
             continue
+        name = comp.get("name")
+        if only is not None and (not isinstance(name, str) or name not in only):
+            continue
         ref = comp.get("purl")
-        name, version = comp.get("name"), comp.get("version")
+        version = comp.get("version")
         if not isinstance(ref, str) or not ref.startswith("pkg:deb/"):
             continue
         if not isinstance(name, str) or not isinstance(version, str) or not name or not version:

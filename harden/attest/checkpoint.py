@@ -20,7 +20,7 @@ import datetime as dt
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from harden.attest import dsse
 from harden.attest.keys import PublicKey, Signer
@@ -175,7 +175,7 @@ def anchor_hook(clock_now: Callable[[], dt.datetime]) -> Callable[[int, str], No
             f"{ANCHOR_ENV} is set but {KEY_ENV} is not",
             hint=f"set {KEY_ENV}=file:PATH (the key that signs audit checkpoints)",
         )
-    state: dict[str, Signer] = {}
+    state: dict[str, Any] = {}
 
     def publish_head(seq: int, head: str) -> None:
         from harden.attest.keys import load_signer
@@ -183,8 +183,9 @@ def anchor_hook(clock_now: Callable[[], dt.datetime]) -> Callable[[int, str], No
         if "signer" not in state:
             password = os.environ.get("HARDEN_KEY_PASSWORD")
             state["signer"] = load_signer(key_uri, password.encode() if password else None)
-        client = RegistryClient.for_reference(location)
-        publish(client, location, state["signer"], seq, head, clock_now())
+        if "client" not in state:  # one client (one connection) for every checkpoint
+            state["client"] = RegistryClient.for_reference(location)
+        publish(state["client"], location, state["signer"], seq, head, clock_now())
 
     return publish_head
 

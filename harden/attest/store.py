@@ -283,12 +283,18 @@ def push_signed_artifact(
             "annotations": dict(annotations),
         }
     )
-    for content, digest in ((EMPTY_DATA, EMPTY_DIGEST), (envelope, blob.digest)):
+
+    def ensure(item: tuple[bytes, str]) -> None:
+        content, digest = item
         if not client.blob_exists(repository, digest):
             client.upload_blob(repository, content, digest)
+
+    # the two blobs are independent: checked (and uploaded) together, then the manifest
+    client.map_concurrently(ensure, [(EMPTY_DATA, EMPTY_DIGEST), (envelope, blob.digest)])
     digest = compute_digest(data)
-    client.put_manifest(repository, digest, data, OCI_MANIFEST)
-    for tag in tags:
+    if not tags:
+        client.put_manifest(repository, digest, data, OCI_MANIFEST)
+    for tag in tags:  # a PUT by tag stores the manifest (by its digest) too
         client.put_manifest(repository, tag, data, OCI_MANIFEST)
     return digest
 

@@ -38,6 +38,7 @@ class SecurityCheck:
         self._tables: dict[Archive, Mapping[str, Candidate] | HardenError] = {}
         self._pending: dict[tuple[tuple[Archive, ...], tuple[Package, ...]], Pending] = {}
         self._fixes: dict[tuple[Archive, str, str, str], Fix] = {}
+        self._names: dict[tuple[Archive, ...], frozenset[str]] = {}
 
     def _table(self, archive: Archive) -> Mapping[str, Candidate]:
         with self._lock:  # one read per archive and run; the others wait for it
@@ -51,6 +52,19 @@ class SecurityCheck:
         if isinstance(got, HardenError):
             raise got
         return got
+
+    def candidate_names(self, archives: Sequence[Archive]) -> frozenset[str]:
+        """Every package name the archives have a candidate for: only these can be pending
+        (an installed package of another name is skipped before it is even read)."""
+        tables = [self._table(a) for a in archives]
+        key = tuple(archives)
+        with self._lock:
+            names = self._names.get(key)
+        if names is None:
+            names = frozenset().union(*(t.keys() for t in tables))
+            with self._lock:
+                self._names[key] = names
+        return names
 
     def pending(self, archives: Sequence[Archive], installed: Sequence[Package]) -> Pending:
         """ArchiveError when an archive cannot be read or does not verify."""

@@ -12,8 +12,10 @@ bad content, not a broken environment, so :class:`DigestMismatch` exits with
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import functools
+import heapq
 import ipaddress
 import json
 import logging
@@ -24,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -93,8 +95,8 @@ class _Operation:
     deadline: float
     what: str = ""
     expired: bool = False
+    done: bool = False  # finished: the watchdog leaves it alone
     connection: Any = None
-    timer: threading.Timer | None = field(default=None, repr=False)
 
     def expire(self) -> None:
         self.expired = True
@@ -107,11 +109,84 @@ class _Operation:
         return self.deadline - time.monotonic()
 
 
+class _Watchdog:
+    """One daemon thread that expires every operation whose deadline passes.
+
+    A timer thread per operation cost more than the request it guarded (a thread start and a
+    hand-over of the interpreter lock per manifest read: `status` over 500 images does 1,500
+    operations). Finished operations are marked ``done`` and dropped lazily; expiry and
+    finishing take the same lock, so a finished operation's connection is never cut."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Operation]] = []
+        self._seq = 0
+        self._done = 0  # finished operations still in the heap
+        self._thread: threading.Thread | None = None
+
+    def watch(self, op: _Operation) -> None:
+        with self._cond:
+            if self._done > 256 and self._done * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if not e[2].done]
+                heapq.heapify(self._heap)
+                self._done = 0
+            self._seq += 1
+            heapq.heappush(self._heap, (op.deadline, self._seq, op))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="harden-registry-deadline", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is op:  # a new earliest deadline: wake the thread
+                self._cond.notify()
+
+    def finish(self, op: _Operation) -> None:
+        with self._cond:
+            if not op.done:
+                op.done = True
+                self._done += 1
+            op.connection = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                    self._done -= 1
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                left = self._heap[0][0] - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                _, _, op = heapq.heappop(self._heap)
+                op.done = True
+                op.expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
 _CURRENT = threading.local()  # .op: the _Operation this thread is running, if any
 
 
 def _current_op() -> _Operation | None:
     return getattr(_CURRENT, "op", None)
+
+
+def _in_pool(fn: Callable[[Any], _T], item: Any) -> _T:
+    """Run ``fn(item)`` on a client's fetch pool, marked so nested map_concurrently runs inline."""
+    _CURRENT.in_pool = True
+    try:
+        return fn(item)
+    finally:
+        _CURRENT.in_pool = False
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
@@ -415,6 +490,32 @@ def _next_link(response: requests.Response) -> str | None:
     return m.group(1) if m else None
 
 
+class _Session(requests.Session):
+    """A session that reads the proxy and CA-bundle variables once per scheme and host, not on
+    every request (requests scans the whole environment each time: a tenth of the CPU of a
+    cached manifest read). A client lives for one command, so the environment is the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings: dict[tuple[str, str, Any, Any], dict[str, Any]] = {}
+        self._settings_lock = threading.Lock()
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if proxies or cert is not None or not isinstance(url, str):
+            return dict(super().merge_environment_settings(url, proxies, stream, verify, cert))
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream, verify)
+        with self._settings_lock:
+            found = self._settings.get(key)
+        if found is None:
+            found = dict(super().merge_environment_settings(url, {}, stream, verify, None))
+            with self._settings_lock:
+                self._settings[key] = found
+        return {**found, "proxies": dict(found["proxies"])}
+
+
 class RegistryClient:
     """One registry (``host[:port]``), one HTTP session, tokens cached per scope."""
 
@@ -452,7 +553,7 @@ class RegistryClient:
         self._credentials = credentials
         self._verify: bool | str = ca_bundle or os.environ.get("HARDEN_REGISTRY_CA") or True
         if session is None:
-            session = requests.Session()
+            session = _Session()
             adapter = _WatchedAdapter(pool_maxsize=2 * FETCH_WORKERS)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -463,6 +564,8 @@ class RegistryClient:
         self._manifests: dict[tuple[str, str], Manifest] = {}  # (repo, digest): immutable
         self._auth_kind: str | None = None  # "basic" or "bearer" once a challenge was seen
         self._tokens: dict[str, str] = {}
+        self._pool: ThreadPoolExecutor | None = None  # map_concurrently's, started on first use
+        self._pool_pid = 0
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
@@ -477,27 +580,53 @@ class RegistryClient:
     # ---- operations and their deadline ---------------------------------------------------
     def _start_operation(self, what: str) -> _Operation:
         op = _Operation(deadline=time.monotonic() + self.deadline, what=what)
-        timer = threading.Timer(self.deadline, op.expire)
-        timer.daemon = True
-        op.timer = timer
-        timer.start()
+        _WATCHDOG.watch(op)
         return op
 
     @staticmethod
     def _end_operation(op: _Operation) -> None:
-        if op.timer is not None:
-            op.timer.cancel()
+        _WATCHDOG.finish(op)
 
     def map_concurrently(
         self, fn: Callable[[Any], _T], items: Sequence[Any], workers: int = FETCH_WORKERS
     ) -> list[_T]:
         """``[fn(x) for x in items]`` on a small bounded pool, results in order; the first
-        exception (in item order) is raised after every call has finished."""
-        if len(items) <= 1 or workers <= 1:
+        exception (in item order) is raised after every call has finished.
+
+        The pool is the client's own (at most ``FETCH_WORKERS`` threads, started once, shared
+        by every caller of this client); a call made from one of its workers runs inline, so
+        nested calls cannot wait on each other. ``workers`` below the pool's size gets a pool
+        of its own."""
+        if len(items) <= 1 or workers <= 1 or getattr(_CURRENT, "in_pool", False):
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            futures = [pool.submit(fn, x) for x in items]
+        if workers < FETCH_WORKERS:
+            with ThreadPoolExecutor(max_workers=min(workers, len(items))) as own:
+                futures = [own.submit(fn, x) for x in items]
+            return [f.result() for f in futures]
+        pool = self._fetch_pool()
+        futures = [pool.submit(_in_pool, fn, x) for x in items]
+        concurrent.futures.wait(futures)
         return [f.result() for f in futures]
+
+    def submit(self, fn: Callable[[Any], _T], item: Any) -> concurrent.futures.Future[_T]:
+        """``fn(item)`` started on the client's pool (a read to overlap with other work)."""
+        if getattr(_CURRENT, "in_pool", False):  # never wait on the pool from inside it
+            done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+            try:
+                done.set_result(fn(item))
+            except BaseException as e:  # handed to whoever asks for the result
+                done.set_exception(e)
+            return done
+        return self._fetch_pool().submit(_in_pool, fn, item)
+
+    def _fetch_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(
+                    max_workers=FETCH_WORKERS, thread_name_prefix="registry-fetch"
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
 
     # ---- transport ---------------------------------------------------------------------------
     def _url(self, path_or_url: str) -> str:
@@ -742,11 +871,16 @@ class RegistryClient:
             data, response.headers.get("Content-Type"), f"manifest {repo}:{ref}"
         )
         manifest = Manifest(data=data, media_type=media_type, digest=digest)
+        self._remember(repo, manifest)
+        return manifest
+
+    def _remember(self, repo: str, manifest: Manifest) -> None:
+        """Keep a manifest by digest (read and verified, or written: the digest is computed
+        from the bytes either way), so re-reading it after a write costs no request."""
         with self._lock:
             if len(self._manifests) >= _MANIFEST_CACHE:
                 self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[(repo, digest)] = manifest
-        return manifest
+            self._manifests[(repo, manifest.digest)] = manifest
 
     def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
         """Descriptor of a manifest, or None when it does not exist."""
@@ -813,6 +947,7 @@ class RegistryClient:
                 f"{what}: the registry stored it as {header}, not {digest}",
                 hint="the registry rewrote the manifest; it does not keep exact bytes",
             )
+        self._remember(repo, Manifest(data=data, media_type=media_type, digest=digest))
         return PutResult(
             digest=digest,
             subject_header=response.headers.get("OCI-Subject"),

@@ -14,6 +14,7 @@ bytes the registry served and checked against their digest.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -280,9 +281,17 @@ def copy_image(
         check_not_reserved(tag)
     copier = _Copier(src, src_repo, dst, dst_repo, progress or (lambda _message: None))
     manifest = src.get_manifest(src_repo, digest)
-    copier.manifest(manifest)
-    if with_referrers:
-        copier.referrers(manifest.digest, depth=1)
+    # listing the referrers is a read of the source: it runs while the image is copied
+    listing = (
+        src.submit(lambda d: list_referrers(src, src_repo, d), manifest.digest)
+        if with_referrers
+        else None
+    )
+    # a subject that was not at the destination has no referrers there either (they are copied
+    # after it): write them without asking first (a PUT of the same bytes is harmless anyway)
+    copier.ask_first = copier.manifest(manifest)
+    if listing is not None:
+        copier.referrers(manifest.digest, depth=1, found=listing.result())
     if tag is not None:
         dst.put_manifest(dst_repo, tag, manifest.data, manifest.media_type)
         copier.note(f"tagged {dst_repo}:{tag} -> {manifest.digest}")
@@ -293,7 +302,9 @@ def _parallel(fn: Callable[[Descriptor], None], items: Sequence[Descriptor]) -> 
     """Run ``fn`` over ``items`` one after the other.
 
     Deliberately sequential: distribution 2.8 answers MANIFEST_BLOB_UNKNOWN for a manifest
-    whose blobs were mounted concurrently into a new repository (seen here).
+    whose blobs were mounted concurrently into a new repository (seen here). Mounts into a
+    repository that exists (after its first blob) run on the client's pool; streamed copies
+    between registries stay one at a time (memory and the destination's upload sessions).
     """
     for item in items:
         fn(item)
@@ -316,26 +327,37 @@ class _Copier:
             note,
         )
         self.same_registry = src.base_url == dst.base_url
+        self.ask_first = True  # HEAD a referrer's manifest at the destination before copying it
         self._dst_has_referrers_api: bool | None = None
         self._blobs_done: set[str] = set()  # attestations share blobs (the empty config)
+        self._lock = threading.Lock()
 
-    def manifest(self, manifest: Manifest) -> None:
-        if self.dst.head_manifest(self.dst_repo, manifest.digest) is not None:
+    def manifest(self, manifest: Manifest, *, ask_first: bool = True) -> bool:
+        """Copy one manifest and its tree; True when it was at the destination already."""
+        if ask_first and self.dst.head_manifest(self.dst_repo, manifest.digest) is not None:
             self.note(f"manifest {manifest.digest} already present")
-            return
+            return True
         if manifest.is_index:
             for child in manifest.manifests:
                 self.manifest(self.src.get_manifest(self.src_repo, child.digest))
         else:
             config = manifest.config
-            _parallel(self.blob, [*([config] if config else []), *manifest.layers])
+            blobs = [*([config] if config else []), *manifest.layers]
+            if self.same_registry and blobs:
+                # mounts: the first alone (it creates the repository), the rest together
+                self.blob(blobs[0])
+                self.dst.map_concurrently(self.blob, blobs[1:])
+            else:
+                _parallel(self.blob, blobs)
         self.dst.put_manifest(self.dst_repo, manifest.digest, manifest.data, manifest.media_type)
         self.note(f"manifest {manifest.digest} copied")
+        return False
 
     def blob(self, blob: Descriptor) -> None:
-        if blob.digest in self._blobs_done:
-            return
-        self._blobs_done.add(blob.digest)
+        with self._lock:
+            if blob.digest in self._blobs_done:
+                return
+            self._blobs_done.add(blob.digest)
         short = blob.digest[:19]
         # within one registry a mount is one request whether or not the blob is there already
         if self.same_registry and self.dst.mount_blob(self.dst_repo, blob.digest, self.src_repo):
@@ -349,22 +371,55 @@ class _Copier:
         )
         self.note(f"blob {short} copied ({blob.size} bytes)")
 
-    def referrers(self, subject_digest: str, depth: int) -> None:
-        found = list_referrers(self.src, self.src_repo, subject_digest)
+    def referrers(
+        self, subject_digest: str, depth: int, found: Sequence[Descriptor] | None = None
+    ) -> None:
+        if found is None:
+            found = list_referrers(self.src, self.src_repo, subject_digest)
         if not found:
             return
         # read (and verify) the referrer manifests on a small pool; they are cached by digest,
-        # so the sequential writes below do not read them again
+        # so the writes below do not read them again. The next level's listings are reads of
+        # the source too: asked together now rather than one after the other later
         manifests = self.src.map_concurrently(
             lambda r: self.src.get_manifest(self.src_repo, r.digest), found
         )
-        for m in manifests:
-            self.manifest(m)
+        nested: list[list[Descriptor]] = (
+            self.src.map_concurrently(
+                lambda r: list_referrers(self.src, self.src_repo, r.digest), found
+            )
+            if depth < _MAX_REFERRER_DEPTH
+            else [[] for _ in found]
+        )
+        self._copy_all(manifests)
         if not self.dst_has_referrers_api(subject_digest):
             add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
         self.note(f"{len(found)} referrer(s) of {subject_digest[:19]} copied")
-        if depth < _MAX_REFERRER_DEPTH:
-            _parallel(lambda r: self.referrers(r.digest, depth + 1), found)
+        for r, more in zip(found, nested, strict=True):
+            if more:
+                self.referrers(r.digest, depth + 1, more)
+
+    def _copy_all(self, manifests: Sequence[Manifest]) -> None:
+        """Copy referrer manifests (their subject is at the destination already, so the
+        repository exists). Blobs two of them share (the empty config) are copied first, one
+        at a time; then each manifest with its own blobs on the client's bounded pool:
+        distribution 2.8 mishandles concurrent mounts only into a repository that does not
+        exist yet (see :func:`_parallel`)."""
+        ask_first = self.ask_first
+        if any(m.is_index for m in manifests) or len(manifests) <= 1:
+            for m in manifests:
+                self.manifest(m, ask_first=ask_first)
+            return
+        seen: set[str] = set()
+        shared: list[Descriptor] = []
+        for m in manifests:
+            blobs = {b.digest: b for b in [*([m.config] if m.config else []), *m.layers]}
+            for digest, b in blobs.items():
+                if digest in seen and all(s.digest != digest for s in shared):
+                    shared.append(b)
+                seen.add(digest)
+        _parallel(self.blob, shared)
+        self.dst.map_concurrently(lambda m: self.manifest(m, ask_first=ask_first), manifests)
 
     def dst_has_referrers_api(self, subject_digest: str) -> bool:
         if self._dst_has_referrers_api is None:

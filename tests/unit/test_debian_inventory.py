@@ -185,3 +185,47 @@ def test_archive_problems_make_the_state_unknown_with_the_reason() -> None:
     stale = assess(dataclasses.replace(facts, verification=None), FixedClock(now), dt.timedelta(0))
     assert stale.state is State.STALE
     assert facts.archive_problem in stale.reasons
+
+
+def test_reading_only_the_names_an_archive_has_gives_the_same_pending_updates() -> None:
+    from harden.debian.archive import ArchiveReader
+    from harden.debian.check import SecurityCheck
+    from harden.debian.sources import Archive
+    from harden.sbom import installed_of
+
+    sec = Archive("http://127.0.0.1:9/debian-security", "bookworm-security")
+    upd = Archive("http://127.0.0.1:9/debian", "bookworm-updates")
+    tables = {
+        sec: {"libc6": Candidate("libc6", "2.36-9+deb12u99", "glibc", "bookworm-security")},
+        upd: {
+            "tzdata": Candidate("tzdata", "2099a-0", "tzdata", "bookworm-updates"),
+            "not-installed": Candidate("not-installed", "9", "x", "bookworm-updates"),
+        },
+    }
+
+    class Reader(ArchiveReader):  # the archive's parsed indices, no network
+        def __init__(self) -> None:
+            pass
+
+        def candidates(self, archive: Archive) -> dict[str, Candidate]:
+            return dict(tables[archive])
+
+    pkgs = parse_status(STATUS)
+    doc = cyclonedx(
+        pkgs,
+        subject_name="x",
+        subject_digest="sha256:" + "a" * 64,
+        distro="debian-12",
+        now=dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        codename="bookworm",
+    )
+    doc["components"].append({"name": ["not", "a", "string"], "purl": "pkg:deb/debian/x@1"})
+    check = SecurityCheck(Reader(), with_fixes=False)
+    names = check.candidate_names([sec, upd])
+    assert names == {"libc6", "tzdata", "not-installed"}
+    only = installed_of(doc, names)
+    assert {p.name for p in only} <= names
+    assert only == tuple(p for p in installed_of(doc) if p.name in names)
+    full = SecurityCheck(Reader(), with_fixes=False).pending([sec, upd], installed_of(doc))
+    assert full.updates  # the test is about something
+    assert check.pending([sec, upd], only) == full
