@@ -422,6 +422,17 @@ def _mount_option(spec: MountOption, ctx: CheckContext) -> Outcome:
     ev = f"{spec.mountpoint} ({entry[2]}) mounted {entry[3]}"
     if missing:
         return Outcome.fail(f"{ev}; missing {','.join(missing)}")
+    # on a VM the options in force must also be the ones the next boot mounts with (fstab)
+    if ctx.target is TargetKind.VM and ctx.facts.has("fstab"):
+        for raw in ctx.facts.lines("fstab"):
+            parts = raw.split()
+            if len(parts) >= 4 and not parts[0].startswith("#") and parts[1] == spec.mountpoint:
+                lost = [o for o in spec.options if o not in parts[3].split(",")]
+                if lost:
+                    return Outcome.fail(
+                        ev, f"/etc/fstab: {spec.mountpoint} {parts[3]}; missing {','.join(lost)}"
+                    )
+                return Outcome.ok(ev, f"/etc/fstab: {spec.mountpoint} {parts[3]}")
     return Outcome.ok(ev)
 
 

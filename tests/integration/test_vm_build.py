@@ -78,10 +78,13 @@ def built(
     defs.mkdir()
     text = DEFINITION.read_text()
     assert "destination: 127.0.0.1:5000/staging/debian12-vm:latest" in text
+    # the definition names the default cache; build from the template the fixture made
+    cache = str(vm_template.manifest_path.parent.parent / "current")
+    assert "/var/cache/harden/vm/current/" in text
     (defs / "debian12-vm.yaml").write_text(
         text.replace(
             "destination: 127.0.0.1:5000/staging/debian12-vm:latest", f"destination: {ref}"
-        )
+        ).replace("/var/cache/harden/vm/current", cache)
     )
     report = d / "build.json"
     t0 = time.monotonic()
@@ -199,3 +202,55 @@ def test_template_is_an_oci_artifact_that_verifies_promotes_and_is_fresh(built: 
     vm = images["debian12-vm"]
     assert vm["state"] == "fresh", vm
     assert vm["base"]["recorded"] == vm["base"]["current"]
+
+
+def test_sealed_template_effective_settings_on_a_booted_clone(
+    built: Built,
+    tmp_path: Path,
+) -> None:
+    """Boot a clone of the sealed template: what is in force, not what a file says.
+
+    Root cannot log in (not even with the build key), sshd offers no password login, the build
+    account works only through the kernel command line flag, and the loaded audit rules
+    (auditctl -l) include the identity and time-change rules. The report of the build already
+    judged the sealed disk: no sudo rule for the build account, the account expired.
+    """
+    from builder.qemu import Vm
+    from builder.ssh_target import SshTarget
+    from builder.vm_verify import image_and_user_for
+    from harden.errors import TargetError
+
+    sealed = built.out_dir / "debian12-vm.qcow2"
+    image, key, user = image_and_user_for(sealed)
+    assert user == "harden-build" and key is not None
+    assert "harden.build_access=1" in image.append
+    # judged on the sealed disk, in a compliant build: no build access left on the template
+    assert "template.build-account-locked" in built.result["sealed_rules"]
+    assert built.result["compliant"] is True
+    with Vm(image, tmp_path, boot_timeout=240) as vm:
+        target = vm.connect(user, key)
+        port = vm.ssh_port
+        assert port is not None
+        keys = vm.host_keys()
+        # root: refused with the very key that lets the build account in
+        root = SshTarget("127.0.0.1", port, "root", key_path=key, pinned_host_keys=keys)
+        with pytest.raises(TargetError):
+            root.run("true")
+        root.close()
+        # sshd in force (sshd -T), not the file: no root, no passwords
+        effective = target.run("sshd -T").stdout.decode()
+        assert "permitrootlogin no" in effective
+        assert "passwordauthentication no" in effective
+        # loaded audit rules (the kernel's list, not /etc/audit/rules.d)
+        loaded = target.run("auditctl -l").stdout.decode()
+        assert "-w /etc/shadow -p wa" in loaded and "-w /etc/passwd -p wa" in loaded
+        assert "adjtimex" in loaded and "-w /etc/localtime -p wa" in loaded
+        assert target.run("auditctl -s").stdout.decode().count("enabled 2") == 1
+        # mount options in force
+        mounts = target.run("findmnt -rno TARGET,OPTIONS /tmp /var/tmp /home").stdout.decode()
+        for line in mounts.splitlines():
+            opts = line.split()[1].split(",")
+            assert {"nodev", "nosuid", "noexec"} <= set(opts), line
+        # faillock is in the stacks whose configuration harden checks
+        assert "pam_faillock.so" in target.run("cat /etc/pam.d/common-auth").stdout.decode()
+        vm.shutdown()
