@@ -189,7 +189,9 @@ class FactPlan:
             if self.target is TargetKind.VM:
                 for key in sorted(self.sysctl_keys):
                     proc = "/proc/sys/" + key.replace(".", "/")
-                    out.append(f"sec {q('sysctl-live:' + key)}; cat_file {q(proc)}; end")
+                    # cat, not the read builtin: /proc/sys answers a read at an offset > 0
+                    # with end-of-file, so byte-wise reads saw "65536" as "6"
+                    out.append(f"sec {q('sysctl-live:' + key)}; cat {q(proc)} 2>/dev/null; end")
         for unit in sorted(self.units):
             lines = [f"sec {q('unit:' + unit)}"]
             for d in UNIT_DIRS:
