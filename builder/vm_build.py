@@ -65,8 +65,10 @@ from harden.errors import InputError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
+from harden.testsuite import Suite, with_results
 from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
 from verifiers.runner import verify
+from verifiers.suites import run_suites
 
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"
@@ -253,16 +255,29 @@ def verify_clone(
     progress: Progress,
     timings: dict[str, float],
     disk: DiskImage | None = None,
+    suites: tuple[Suite, ...] = (),
 ) -> VerifyReport:
     """Boot a clone of ``sealed`` (inspected here unless ``disk`` is its inspected image) with
-    the sealed file also attached read-only as ``/dev/vdb``, and verify it."""
+    the sealed file also attached read-only as ``/dev/vdb``, and verify it; then run the
+    definition's testinfra ``suites`` on the same clone (over SSH, the host key pinned)."""
     clone_image = dataclasses.replace(boot, disk=sealed.absolute())
     with contextlib.ExitStack() as stack:
         stack.enter_context(cleanup_on_signals())
         if disk is None:
             disk = stack.enter_context(inspect_disk(sealed))
         return _verify_clone(
-            sealed, clone_image, disk, user, key, baseline, clock, name, digest, progress, timings
+            sealed,
+            clone_image,
+            disk,
+            user,
+            key,
+            baseline,
+            clock,
+            name,
+            digest,
+            progress,
+            timings,
+            suites,
         )
 
 
@@ -278,6 +293,7 @@ def _verify_clone(
     digest: str,
     progress: Progress,
     timings: dict[str, float],
+    suites: tuple[Suite, ...] = (),
 ) -> VerifyReport:
     with (
         tempfile.TemporaryDirectory(prefix="harden-vm-clone-") as work,
@@ -306,6 +322,27 @@ def _verify_clone(
                     digest=digest,
                 )
                 report = merge_sealed(report, sealed_report)
+        if suites:
+            # after the baseline's facts: the suites may change the throwaway clone (accounts,
+            # failed logins, the clock); the sealed file is attached read-only
+            with _timed(timings, "tests"):
+                assert vm.ssh_port is not None
+                known_hosts = Path(work, "known_hosts")
+                known_hosts.write_text(
+                    "".join(
+                        f"[127.0.0.1]:{vm.ssh_port} {' '.join(k.split()[:2])}\n"
+                        for k in vm.host_keys()
+                    ),
+                    encoding="utf-8",
+                )
+                tests = run_suites(
+                    suites,
+                    f"ssh://{user}@127.0.0.1:{vm.ssh_port}",
+                    known_hosts=known_hosts,
+                    identity=key,
+                    progress=progress,
+                )
+                report = with_results(report, tests)
         vm.shutdown()
     return report
 
@@ -451,6 +488,7 @@ def _build_from(
             digest=digest,
             progress=progress,
             timings=timings,
+            suites=defn.suites(),
         )
         return VmBuildResult(
             doc.name,
@@ -466,6 +504,7 @@ def _build_from(
             timings,
         )
 
+    suites = defn.suites()  # checked before the first boot: a bad path costs no VM
     rules = remediation_rules(baseline, TargetKind.VM, started.date())
     family = baseline.platforms[0].family.value
     script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
@@ -506,6 +545,7 @@ def _build_from(
             digest=digest,
             progress=progress,
             timings=timings,
+            suites=suites,
         )
         report = dataclasses.replace(report, started_at=started)
         progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))

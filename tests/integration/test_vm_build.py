@@ -34,6 +34,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "images" / "debian12-vm.yaml"
 REGISTRY = "127.0.0.1:5000"
 PASSWORD = "vm-test-password"
+BEHAVIOUR_TESTS = (  # verifiers/behaviour/vm/test_vm_behaviour.py, listed by the definition
+    "test_password_ssh_login_is_refused",
+    "test_root_ssh_login_is_refused",
+    "test_wrong_passwords_lock_the_account_until_unlock_time",
+    "test_su_is_restricted_to_its_group",
+    "test_setuid_programs_do_not_dump_core",
+    "test_auditd_loaded_the_rules",
+)
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,13 @@ def test_attestations_beside_the_template_verify_and_name_file_and_artifact(buil
     assert base.digest == {"sha256": recorded["source"]["sha256"].removeprefix("sha256:")}
     c = by_type[HARDEN_COMPLIANCE].compliance()
     assert c.compliant is True
+    # harden's VM behaviour suite ran on the booted clone, each test by node id in the signed
+    # test result, none failed (a failed or errored one would be in failedTests)
+    tr = by_type[TEST_RESULT].predicate
+    behaviour = sorted(t for t in tr["passedTests"] if "test_vm_behaviour.py::" in t)
+    assert [t.rpartition("::")[2] for t in behaviour] == sorted(BEHAVIOUR_TESTS), tr
+    assert not [t for t in tr["failedTests"] if "::" in t], tr["failedTests"]
+    assert "tests" in built.result["timings"]
     assert (c.validUntil - c.verifiedAt).days == 30  # max_age of the definition
 
 
