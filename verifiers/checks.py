@@ -182,6 +182,12 @@ def _split(line: str, separator: str) -> tuple[str, str] | None:
     line = line.strip()
     if not line or line.startswith("#"):
         return None
+    if separator == "spaced_equals":
+        # auditd.conf's parser splits on blanks: "key = value" or the line is an error there
+        parts = line.split(None, 2)
+        if len(parts) < 2 or parts[1] != "=":
+            return None
+        return parts[0], (parts[2].strip().strip('"') if len(parts) == 3 else "")
     if separator == "equals":
         key, sep, value = line.partition("=")
         if not sep:
