@@ -267,40 +267,63 @@ install -m 0644 "$initrd" "$STAGE/initrd.img"
 
 # One file system per partition, each made with mkfs.ext4 -d from its subtree straight into the
 # partitioned disk file (-E offset): no loop device, no mount. Deepest mount points first, so
-# each tree still holds the (empty) mount points of the file systems below it.
+# each tree still holds the (empty) mount points of the file systems below it. The trees are
+# split off first and measured: a partition whose tree (plus a third, inodes and the journal)
+# does not fit its LAYOUT size is made larger, instead of mkfs failing half-way through a copy
+# ("Could not allocate block ... while populating file system").
 log "partitions and mkfs.ext4 -d per file system"
 TREES="$WORK/trees"
 mkdir -p "$TREES"
-total=1
-table="label: gpt"
-while read -r n mp size _opts; do
-  table="$table
-start=$((total * 2048)), size=$((size * 2048)), name=harden-$n"
-  total=$((total + size))
-done <<EOF
-$LAYOUT
-EOF
-truncate -s "$(((total + 1) * 1024 * 1024))" "$WORK/disk.raw"
-printf '%s\n' "$table" | sfdisk -q "$WORK/disk.raw"
 printf '%s\n' "$LAYOUT" | awk '{ print gsub("/", "/", $2), $0 }' | sort -rn | cut -d' ' -f2- \
   | while read -r n mp _size _opts; do
     [ "$mp" = / ] && continue
+    [ -d "$ROOTFS$mp" ] || mkdir -p "$ROOTFS$mp"
     mode=$(stat -c %a "$ROOTFS$mp")
     mv "$ROOTFS$mp" "$TREES/$n"
     mkdir -m "$mode" "$ROOTFS$mp"
   done
 mv "$ROOTFS" "$TREES/1"
-start=1
+SIZES="$WORK/sizes"
+: >"$SIZES"
 while read -r n mp size _opts; do
-  mode=$(printf '04%04o' "0$(stat -c %a "$TREES/$n")")
-  mkfs.ext4 -q -F -L "harden-$n" -E "offset=$((start * 1024 * 1024)),root_owner=0:0" \
-    -d "$TREES/$n" "$WORK/disk.raw" "${size}M"
-  # mke2fs -d leaves the root directory 0755: /tmp and /var/tmp need 1777
-  debugfs -w -R "sif / mode $mode" "$WORK/disk.raw?offset=$((start * 1024 * 1024))" 2>/dev/null
-  start=$((start + size))
+  used=$(du -s -B1M --apparent-size "$TREES/$n" | cut -f1)
+  files=$(find "$TREES/$n" -xdev | wc -l)
+  # a third more than the data, 16 KiB per entry (inode table and small files' blocks), and
+  # 32 MiB for the journal
+  need=$((used + used / 3 + files / 64 + 32))
+  if [ "$need" -gt "$size" ]; then
+    log "$mp holds ${used} MiB in $files entries: its partition grows from ${size} to ${need} MiB"
+    size=$need
+  fi
+  printf '%s %s %s\n' "$n" "$mp" "$size" >>"$SIZES"
 done <<EOF
 $LAYOUT
 EOF
+total=1
+table="label: gpt"
+while read -r n mp size; do
+  table="$table
+start=$((total * 2048)), size=$((size * 2048)), name=harden-$n"
+  total=$((total + size))
+done <"$SIZES"
+truncate -s "$(((total + 1) * 1024 * 1024))" "$WORK/disk.raw"
+printf '%s\n' "$table" | sfdisk -q "$WORK/disk.raw"
+start=1
+while read -r n mp size; do
+  mode=$(printf '04%04o' "0$(stat -c %a "$TREES/$n")")
+  # 4 KiB blocks and one inode per 16 KiB whatever the size (for a small file system mke2fs
+  # would pick 1 KiB blocks and fewer inodes than a tree of many small files needs)
+  if ! mkfs.ext4 -q -F -b 4096 -i 16384 -L "harden-$n" \
+    -E "offset=$((start * 1024 * 1024)),root_owner=0:0" \
+    -d "$TREES/$n" "$WORK/disk.raw" "${size}M" 2>"$WORK/mkfs.log"; then
+    cat "$WORK/mkfs.log" >&2
+    die "mkfs.ext4 -d failed for $mp (partition $n, ${size} MiB, $(du -s -B1M "$TREES/$n" | cut -f1) MiB in the tree)" \
+      "see the mkfs.ext4 message above; e2fsprogs >= 1.43 is needed for -d"
+  fi
+  # mke2fs -d leaves the root directory 0755: /tmp and /var/tmp need 1777
+  debugfs -w -R "sif / mode $mode" "$WORK/disk.raw?offset=$((start * 1024 * 1024))" 2>/dev/null
+  start=$((start + size))
+done <"$SIZES"
 rm -rf "$TREES"
 qemu-img convert -O qcow2 "$WORK/disk.raw" "$STAGE/base.qcow2"
 rm -f "$WORK/disk.raw"
