@@ -25,6 +25,7 @@ from harden.baseline.resolve import ResolvedBaseline
 from harden.clock import Clock
 from harden.errors import TargetError, UsageError
 from harden.results import VerifyReport
+from harden.testsuite import Suite
 from harden.vm_manifest import manifest_path
 
 
@@ -66,8 +67,9 @@ def verify_template(
     *,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    suites: tuple[Suite, ...] = (),
 ) -> VerifyReport:
-    """Boot a throwaway clone of the template ``path`` and verify it.
+    """Boot a throwaway clone of the template ``path`` and verify it (then run ``suites`` on it).
 
     The clone sees the template itself as a read-only second disk, so the ``template.*`` hygiene
     rules (no host keys, empty machine-id: things every first boot recreates) are judged on the
@@ -98,4 +100,5 @@ def verify_template(
             progress=progress or (lambda _m: None),
             timings={},
             disk=disk,
+            suites=suites,
         )

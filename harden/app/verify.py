@@ -127,16 +127,20 @@ def verify_ref(
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
     local: bool = False,
+    suites: Sequence[Suite] = (),
 ) -> VerifyReport:
     """Verify ``ref`` against the baseline the caller chose (``baseline_id``, else the default
-    for its kind). A baseline label on the image is only compared: a mismatch is a failure."""
+    for its kind). A baseline label on the image is only compared: a mismatch is a failure.
+
+    ``suites`` are only taken here for a qcow2 template (they run on the booted clone, which
+    exists only inside this call); for other references the caller runs them."""
     scheme = scheme_of(ref, local)
     if scheme == "qcow2":
         from builder.vm_verify import verify_template
 
         baseline = resolve(catalogue, baseline_id or DEFAULT_BASELINE[TargetKind.VM], overrides)
         report: VerifyReport = verify_template(
-            Path(ref), baseline, clock, identity=identity, progress=progress
+            Path(ref), baseline, clock, identity=identity, progress=progress, suites=tuple(suites)
         )
         return report
     opener = OPENERS[scheme]
@@ -186,11 +190,8 @@ def verify_reference(
         check_scan_ref(ref, scan_profile or None)
     overrides = None
     suites = [*(definition.suites() if definition is not None else ()), *suites]
-    if suites and scheme_of(ref) == "qcow2":
-        raise UsageError(
-            "test suites need a running system; a qcow2 file is verified without booting it",
-            hint="boot it and verify ssh://USER@HOST:PORT --tests ..., or build with 'tests'",
-        )
+    # a qcow2 template is verified on a booted throwaway clone: its suites run there
+    on_clone = scheme_of(ref) == "qcow2"
     if definition is not None:
         if baseline_id is not None and baseline_id != definition.doc.baseline.id:
             raise UsageError(
@@ -208,8 +209,9 @@ def verify_reference(
         identity=identity,
         progress=ctx.progress,
         local=local,
+        suites=tuple(suites) if on_clone else (),
     )
-    if suites:
+    if suites and not on_clone:
         tests = run_suites(
             suites, ref, known_hosts=known_hosts, identity=identity, progress=ctx.progress
         )
