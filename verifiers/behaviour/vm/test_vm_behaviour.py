@@ -59,11 +59,15 @@ def probe(host: Any, harden_target: Any, password: str) -> Iterator[str]:
 def _transport(target: Any) -> Any:
     import paramiko
 
-    t = paramiko.Transport((target.host, target.port))
-    t.start_client(timeout=30)
-    offered = t.get_remote_server_key()
     pinned = target.host_key
     assert pinned is not None, "the suite's own SSH connection has no pinned host key"
+    t = paramiko.Transport((target.host, target.port))
+    # ask for the type of the pinned key (the server has one of each type)
+    name = pinned.get_name()
+    wanted = ["rsa-sha2-512", "rsa-sha2-256", name] if name == "ssh-rsa" else [name]
+    t.get_security_options().key_types = [k for k in wanted if k in t.preferred_keys]
+    t.start_client(timeout=30)
+    offered = t.get_remote_server_key()
     if offered.get_name() != pinned.get_name() or offered.asbytes() != pinned.asbytes():
         t.close()
         pytest.fail("the SSH server offered another host key than the one pinned for the suite")
