@@ -191,7 +191,8 @@ def test_vm_boots_and_runs_with_the_console_host_key(vm_running: RunningVm) -> N
         ).stdout
     )
     assert info["backing-filename"] == str(vm_running.template.image.disk.resolve())
-    assert vm_running.target.describe() == f"ssh://root@127.0.0.1:{vm_running.vm.ssh_port}"
+    user = vm_running.template.manifest.get("ssh_user") or "root"  # the base's build account
+    assert vm_running.target.describe() == f"ssh://{user}@127.0.0.1:{vm_running.vm.ssh_port}"
 
 
 @pytest.mark.integration
