@@ -14,15 +14,15 @@ import docker
 import testinfra
 
 from bench.common import Result, interleaved, median_time
-from builder.container_build import build_container
-from builder.docker_engine import Engine, RunningContainerTarget
-from builder.render import Phase, remediation_rules, render_script
+from harden.builder.container_build import build_container
+from harden.builder.docker_engine import Engine, RunningContainerTarget
+from harden.builder.render import Phase, remediation_rules, render_script
 from harden.baseline import kinds as k
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule, resolve
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
 from harden.target import TargetKind
-from verifiers.runner import verify
+from harden.verifiers.runner import verify
 
 BASE = "127.0.0.1:5000/library/debian:12"
 
@@ -129,7 +129,7 @@ def _docker_build(client: docker.DockerClient, script: str, user: str | None) ->
 def bench_build(
     engine: Engine, catalogue: Catalogue, defn_path: Path, bl: ResolvedBaseline
 ) -> tuple[Result, Result]:
-    from builder.container_build import container_user, user_script
+    from harden.builder.container_build import container_user, user_script
 
     defn = load_definition(defn_path)
     rules = remediation_rules(bl, TargetKind.CONTAINER, dt.date.today())

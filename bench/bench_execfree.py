@@ -20,15 +20,15 @@ import uuid
 from pathlib import Path
 
 from bench.common import Result, interleaved, median_time
-from builder.container_build import build_container
-from builder.docker_engine import Engine, RunningContainerTarget
+from harden.builder.container_build import build_container
+from harden.builder.docker_engine import Engine, RunningContainerTarget
 from harden.baseline.kinds import Command
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
-from verifiers.image_layers import LayerCache, open_registry_image
-from verifiers.runner import verify
-from verifiers.static_verify import verify_image
+from harden.verifiers.image_layers import LayerCache, open_registry_image
+from harden.verifiers.runner import verify
+from harden.verifiers.static_verify import verify_image
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = "127.0.0.1:5000/bench/execfree-golden:latest"
@@ -107,7 +107,7 @@ def run() -> list[Result]:
         def with_commands() -> None:
             img = open_registry_image(GOLDEN, cache=warm)
             pinned = GOLDEN.rsplit(":", 1)[0] + "@" + img.digest
-            from builder.docker_engine import ImageTarget
+            from harden.builder.docker_engine import ImageTarget
 
             engine.pull(pinned)
             verify_image(

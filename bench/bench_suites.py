@@ -18,7 +18,7 @@ import testinfra
 
 from bench.common import Result, interleaved
 from harden.testsuite import Suite
-from verifiers.suites import run_suite
+from harden.verifiers.suites import run_suite
 
 IMAGE = "debian:12"
 FILES = [

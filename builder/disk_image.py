@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from builder import children
+from harden.builder import children
 from harden.errors import InputError, TargetError
 from harden.files import sha256_fd
 

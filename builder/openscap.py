@@ -34,7 +34,7 @@ from harden.scan.model import SSG_RULE_PREFIX, RuleOutcome, ScanResult, XccdfRes
 from harden.scan.rootfs import read_os_release, unpack_export
 
 if TYPE_CHECKING:
-    from builder.docker_engine import Engine
+    from harden.builder.docker_engine import Engine
 
 DEFAULT_SSG_DIR = Path("/usr/share/harden/ssg")
 DEFAULT_TIMEOUT = 600.0
@@ -276,7 +276,7 @@ def scan_image(
 ) -> ScanResult:
     """Export the file system of image ``ref`` (a created, never started container), unpack it
     safely and scan it. ``keep_arf``: copy the ARF there."""
-    from builder.docker_engine import exported_filesystem
+    from harden.builder.docker_engine import exported_filesystem
 
     with private_dir() as work:
         root = work / "root"
@@ -311,7 +311,7 @@ def scan_container(
     progress: Callable[[str], None] = _noop,
 ) -> ScanResult:
     """A running container's file system as it is now (``docker export`` of the container)."""
-    from builder.docker_engine import exported_container
+    from harden.builder.docker_engine import exported_container
 
     with private_dir() as work:
         root = work / "root"
@@ -347,7 +347,7 @@ def scan_ref(
     """``harden verify REF --scan [PROFILE]``: scan what REF names (profile None: the default
     for its target kind). Images and running containers are exported; a VM template is not
     yet (its file systems must be copied out read-only first)."""
-    from builder.docker_engine import Engine
+    from harden.builder.docker_engine import Engine
 
     scheme = check_scan_ref(ref, profile)
     chosen = profile or DEFAULT_PROFILE[_kind_of(scheme)]
@@ -363,7 +363,7 @@ def check_scan_ref(ref: str, profile: str | None) -> str:
     """Before anything runs: REF is something --scan can read, PROFILE is a profile name and the
     scanner is installed. Returns REF's scheme."""
     from harden.errors import UsageError
-    from verifiers.refs import scheme_of
+    from harden.verifiers.refs import scheme_of
 
     if profile:
         check_profile(profile)

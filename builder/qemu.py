@@ -36,16 +36,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from builder import children
-from builder.children import cleanup_on_signals
-from builder.disk_image import (
+from harden.builder import children
+from harden.builder.children import cleanup_on_signals
+from harden.builder.disk_image import (
     DiskImage,
     blockdev_spec,
     check_overlay,
     inspect_disk,
     json_filename,
 )
-from builder.ssh_target import SshTarget, wait_ready
+from harden.builder.ssh_target import SshTarget, wait_ready
 from harden.errors import TargetError
 
 QEMU = "qemu-system-x86_64"

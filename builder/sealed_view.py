@@ -35,10 +35,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import children
-from builder.children import cleanup_on_signals
-from builder.disk_image import QEMU_IMG, DiskImageError, inspect_disk, json_filename
-from builder.qemu import QemuUser, qemu_user
+from harden.builder import children
+from harden.builder.children import cleanup_on_signals
+from harden.builder.disk_image import QEMU_IMG, DiskImageError, inspect_disk, json_filename
+from harden.builder.qemu import QemuUser, qemu_user
 from harden.errors import TargetError
 
 DEBUGFS = "debugfs"

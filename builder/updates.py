@@ -15,8 +15,8 @@ import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from builder.docker_engine import Engine, Step
-from builder.packages import NoPackageDatabase, image_packages
+from harden.builder.docker_engine import Engine, Step
+from harden.builder.packages import NoPackageDatabase, image_packages
 from harden.debian.archive import ArchiveReader
 from harden.debian.fixes import Fix, changelog_of, fixed_ids
 from harden.debian.pending import PendingUpdate, pending_updates

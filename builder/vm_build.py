@@ -53,11 +53,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from builder.children import cleanup_on_signals
-from builder.disk_image import DiskImage, inspect_disk
-from builder.qemu import DEFAULT_APPEND, Vm, VmImage, default_boot_timeout, hygiene_script, seal
-from builder.render import Phase, check_remediation, remediation_rules, render_script
-from builder.ssh_target import SshTarget
+from harden.builder.children import cleanup_on_signals
+from harden.builder.disk_image import DiskImage, inspect_disk
+from harden.builder.qemu import DEFAULT_APPEND, Vm, VmImage, default_boot_timeout, hygiene_script, seal
+from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
+from harden.builder.ssh_target import SshTarget
 from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
@@ -67,8 +67,8 @@ from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
 from harden.testsuite import Suite, with_results
 from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
-from verifiers.runner import verify
-from verifiers.suites import run_suites
+from harden.verifiers.runner import verify
+from harden.verifiers.suites import run_suites
 
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from builder.children import cleanup_on_signals
-from builder.disk_image import inspect_disk
-from builder.qemu import DEFAULT_APPEND, VmImage
+from harden.builder.children import cleanup_on_signals
+from harden.builder.disk_image import inspect_disk
+from harden.builder.qemu import DEFAULT_APPEND, VmImage
 from harden.baseline.resolve import ResolvedBaseline
 from harden.clock import Clock
 from harden.errors import TargetError, UsageError
@@ -75,7 +75,7 @@ def verify_template(
     rules (no host keys, empty machine-id: things every first boot recreates) are judged on the
     sealed file, the rest on the running clone — as ``harden build`` does for a VM template.
     """
-    from builder.vm_build import verify_clone
+    from harden.builder.vm_build import verify_clone
 
     if not path.exists():
         raise UsageError(f"no such VM template: {path}")

@@ -36,8 +36,8 @@ from harden.baseline.kinds import (
 )
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
-from verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
-from verifiers.pam import effect as pam_effect
+from harden.verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
+from harden.verifiers.pam import effect as pam_effect
 
 MAX_EVIDENCE = 20  # lines per rule; the rest is summarised
 

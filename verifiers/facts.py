@@ -411,7 +411,7 @@ def parse(output: bytes | str, nonce: str) -> Facts:
     walk = sections.get("walk")
     if walk is not None:
         # NUL-separated (find -printf %p\0): a newline in a name stays in the name, escaped
-        from verifiers.fsview import display
+        from harden.verifiers.fsview import display
 
         items = [_raw(x).lstrip(b"\n") for x in walk.split("\0") if x.strip("\n")]
         sections["suid"] = "\n".join(display(x[5:]) for x in items if x.startswith(b"suid "))

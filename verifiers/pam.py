@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 
 from harden.baseline.pam import PAM_EFFECT
-from verifiers.facts import Facts
+from harden.verifiers.facts import Facts
 
 PAM_DIR = "/etc/pam.d"
 MAX_INCLUDE_DEPTH = 8

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from harden import labels
 from harden.errors import UsageError
 from harden.target import CommandResult, Target, TargetKind
-from verifiers.image_layers import ImageFs
+from harden.verifiers.image_layers import ImageFs
 
 BASELINE_LABEL = labels.BASELINE_ID
 DEFAULT_BASELINE = {TargetKind.CONTAINER: "debian-container", TargetKind.VM: "debian-vm"}

@@ -13,8 +13,8 @@ from harden.clock import Clock
 from harden.errors import BaselineError, InputError, TargetError
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport, WaiverInfo
 from harden.target import Target, TargetKind
-from verifiers.checks import CheckContext, Outcome, evaluate
-from verifiers.facts import FactLimitExceeded, FactPlan, Facts, new_nonce, parse
+from harden.verifiers.checks import CheckContext, Outcome, evaluate
+from harden.verifiers.facts import FactLimitExceeded, FactPlan, Facts, new_nonce, parse
 
 CODENAMES = {"bookworm": "12", "trixie": "13", "bullseye": "11", "forky": "14"}
 

@@ -15,7 +15,7 @@ import fnmatch
 import re
 from collections.abc import Iterator
 
-from verifiers.facts import (
+from harden.verifiers.facts import (
     MODPROBE_DIRS,
     SYSCTL_DIRS,
     SYSCTL_FILES,
@@ -23,7 +23,7 @@ from verifiers.facts import (
     FactPlan,
     Facts,
 )
-from verifiers.fsview import (
+from harden.verifiers.fsview import (
     DIR,
     FILE,
     STAT_TYPE,

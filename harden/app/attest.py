@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from harden.attest.statements import BuildInfo
     from harden.attest.verification import CheckedAttestations
     from harden.oci.types import Descriptor
-    from verifiers.refs import Opened
+    from harden.verifiers.refs import Opened
 
 __all__ = [
     "DEFAULT_VALIDITY",
@@ -86,9 +86,9 @@ def attest(
     from harden.baseline.resolve import resolve as resolve_baseline
     from harden.oci.model import resolve
     from harden.oci.types import parse_reference
-    from verifiers.refs import DEFAULT_BASELINE
-    from verifiers.runner import verify
-    from verifiers.static_verify import verify_image, with_label_check
+    from harden.verifiers.refs import DEFAULT_BASELINE
+    from harden.verifiers.runner import verify
+    from harden.verifiers.static_verify import verify_image, with_label_check
 
     if validity is None:
         validity = definition.max_age if definition is not None else DEFAULT_VALIDITY

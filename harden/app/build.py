@@ -22,9 +22,9 @@ from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
 
 if TYPE_CHECKING:
-    from builder.container_build import BuildResult
-    from builder.docker_engine import Engine
-    from builder.vm_build import VmBuildResult
+    from harden.builder.container_build import BuildResult
+    from harden.builder.docker_engine import Engine
+    from harden.builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
     from harden.oci.client import RegistryClient
     from harden.oci.types import Descriptor
@@ -105,8 +105,8 @@ def build(
         _check_scan(defn, scan_profile)
     if defn.doc.target.value == "vm":
         return _build_vm(defn, catalogue, ctx, signer, force, allow_noncompliant, push)
-    from builder.container_build import build_container
-    from builder.docker_engine import Engine
+    from harden.builder.container_build import build_container
+    from harden.builder.docker_engine import Engine
 
     result = build_container(
         defn,
@@ -190,8 +190,8 @@ def _attach_inventory(
     """The pushed image's package inventory (its dpkg database, read without running it) as a
     signed CycloneDX attestation; with security updates installed, the OpenVEX of what they
     fixed."""
-    from builder.docker_engine import Engine
-    from builder.packages import NoPackageDatabase, image_packages
+    from harden.builder.docker_engine import Engine
+    from harden.builder.packages import NoPackageDatabase, image_packages
     from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
     from harden.sbom import purl
 
@@ -221,7 +221,7 @@ def _attach_inventory(
 
 def _check_scan(defn: ImageDefinition, profile: str) -> None:
     """A bad profile, a vm definition or a missing scanner fails before the build."""
-    from builder.openscap import check_profile, oscap_version
+    from harden.builder.openscap import check_profile, oscap_version
 
     if profile:
         check_profile(profile)
@@ -237,7 +237,7 @@ def _scan(
     result: BuildResult, profile: str, ctx: Context, engine: Engine
 ) -> tuple[ScanResult | None, HardenError | None]:
     """The OpenSCAP scan of the image just built (by its local image id)."""
-    from builder.openscap import DEFAULT_PROFILE, scan_image
+    from harden.builder.openscap import DEFAULT_PROFILE, scan_image
 
     try:
         scan = scan_image(
@@ -264,7 +264,7 @@ def _build_vm(
 ) -> Built:
     """A vm definition: build and seal a qcow2 template (builder/vm_build.py); with a signer sign
     it (envelopes beside the file), with a destination push it as an OCI artifact."""
-    from builder.vm_build import build_vm
+    from harden.builder.vm_build import build_vm
     from harden.app.publish import publish_vm
     from harden.oci.types import parse_reference
 

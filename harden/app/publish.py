@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from builder.container_build import BuildResult
-    from builder.vm_build import VmBuildResult
+    from harden.builder.container_build import BuildResult
+    from harden.builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
     from harden.attest.statements import BuildInfo, Subject
     from harden.attest.store import SignedStatement

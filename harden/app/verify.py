@@ -22,10 +22,10 @@ from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
 from harden.target import CommandResult, TargetKind
 from harden.testsuite import Suite, with_results
-from verifiers.refs import BASELINE_LABEL, DEFAULT_BASELINE, Opened, names_registry, scheme_of
-from verifiers.runner import verify
-from verifiers.static_verify import verify_image, with_label_check
-from verifiers.suites import run_suites
+from harden.verifiers.refs import BASELINE_LABEL, DEFAULT_BASELINE, Opened, names_registry, scheme_of
+from harden.verifiers.runner import verify
+from harden.verifiers.static_verify import verify_image, with_label_check
+from harden.verifiers.suites import run_suites
 
 __all__ = ["OPENERS", "Opened", "verify_ref", "verify_reference"]
 
@@ -36,7 +36,7 @@ def _registry_image(
 ) -> Iterator[Opened]:
     """A registry reference means the registry: read by harden's OCI client, never an image of
     the same name in the local engine. The engine is used only to run ``command`` checks."""
-    from verifiers.image_layers import open_registry_image
+    from harden.verifiers.image_layers import open_registry_image
 
     if not names_registry(ref):
         raise InputError(
@@ -51,7 +51,7 @@ def _registry_image(
     pinned = f"{repo}@{img.digest}"
 
     def run(script: str) -> CommandResult:
-        from builder.docker_engine import Engine, ImageTarget
+        from harden.builder.docker_engine import Engine, ImageTarget
 
         engine = Engine.connect()
         if engine.pull(pinned) is None:
@@ -67,8 +67,8 @@ def _local_image(
 ) -> Iterator[Opened]:
     """An image of the local engine (``docker-image://NAME`` or ``--local``), read from its
     exported layers; only the ``command`` checks run, in a container of it."""
-    from builder.docker_engine import Engine, ImageTarget
-    from verifiers.image_layers import open_local_image
+    from harden.builder.docker_engine import Engine, ImageTarget
+    from harden.verifiers.image_layers import open_local_image
 
     name = ref.removeprefix("docker-image://")
     engine = Engine.connect()
@@ -82,7 +82,7 @@ def _local_image(
 
 @contextlib.contextmanager
 def _docker_container(ref: str, **_: object) -> Iterator[Opened]:
-    from builder.docker_engine import Engine, RunningContainerTarget
+    from harden.builder.docker_engine import Engine, RunningContainerTarget
 
     engine = Engine.connect()
     target = RunningContainerTarget(engine, ref.removeprefix("docker://"))
@@ -98,7 +98,7 @@ def _docker_container(ref: str, **_: object) -> Iterator[Opened]:
 def _ssh(
     ref: str, *, known_hosts: Path | None = None, identity: Path | None = None, **_: object
 ) -> Iterator[Opened]:
-    from builder.ssh_target import SshTarget, parse_ssh_url
+    from harden.builder.ssh_target import SshTarget, parse_ssh_url
 
     user, host, port = parse_ssh_url(ref)
     target = SshTarget(host, port, user, key_path=identity, known_hosts=known_hosts)
@@ -136,7 +136,7 @@ def verify_ref(
     exists only inside this call); for other references the caller runs them."""
     scheme = scheme_of(ref, local)
     if scheme == "qcow2":
-        from builder.vm_verify import verify_template
+        from harden.builder.vm_verify import verify_template
 
         baseline = resolve(catalogue, baseline_id or DEFAULT_BASELINE[TargetKind.VM], overrides)
         report: VerifyReport = verify_template(
@@ -185,7 +185,7 @@ def verify_reference(
     (``""``: the default profile) an OpenSCAP second opinion is added to the report; it does not
     change whether the report is compliant."""
     if scan_profile is not None:  # a bad profile or target fails before the verification
-        from builder.openscap import check_scan_ref
+        from harden.builder.openscap import check_scan_ref
 
         check_scan_ref(ref, scan_profile or None)
     overrides = None
@@ -217,7 +217,7 @@ def verify_reference(
         )
         report = with_results(report, tests)
     if scan_profile is not None:
-        from builder.openscap import scan_ref
+        from harden.builder.openscap import scan_ref
 
         scan = scan_ref(ref, scan_profile or None, progress=ctx.progress)
         ctx.progress(f"OpenSCAP {scan.profile_short}: score {scan.score} ({scan.seconds:.1f} s)")
@@ -240,12 +240,12 @@ def open_target(
 
     Used by the pytest plugin (``pytest --harden-target REF``) that runs testinfra suites."""
     if ref.startswith("ssh://"):
-        from builder.ssh_target import SshTarget
+        from harden.builder.ssh_target import SshTarget
 
         with SshTarget.from_url(ref, key_path=identity, known_hosts=known_hosts) as ssh:
             yield ssh
         return
-    from builder.docker_engine import Engine, RunningContainerTarget, names_registry
+    from harden.builder.docker_engine import Engine, RunningContainerTarget, names_registry
 
     engine = Engine.connect()
     if ref.startswith("docker://"):

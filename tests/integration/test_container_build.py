@@ -129,7 +129,7 @@ def test_building_on_the_output_changes_nothing(
     """Run the same remediation on the hardened image: the filesystem diff is empty."""
     import datetime as dt
 
-    from builder.render import Phase, remediation_rules, render_script
+    from harden.builder.render import Phase, remediation_rules, render_script
     from harden.baseline.resolve import Catalogue, resolve
     from harden.target import TargetKind
 

@@ -510,9 +510,9 @@ def test_a_committed_top_layer_read_from_overlay2_equals_the_export(
 ) -> None:
     """The build reads its new top layer from the engine's overlay2 directory (whiteouts and
     opaque directories included); the result is the same file system as `docker save` gives."""
-    from builder.docker_engine import Engine
-    from verifiers.fsview import FILE
-    from verifiers.image_layers import LayerCache, open_local_image
+    from harden.builder.docker_engine import Engine
+    from harden.verifiers.fsview import FILE
+    from harden.verifiers.image_layers import LayerCache, open_local_image
 
     c = client.containers.create(
         BASE,

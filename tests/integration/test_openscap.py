@@ -285,7 +285,7 @@ def test_verify_scan_refuses_targets_it_cannot_read(scan_sess: Session) -> None:
 
 @pytest.fixture(scope="session")
 def base_root(tmp_path_factory: pytest.TempPathFactory, scan_sess: Session) -> Path:
-    from builder.docker_engine import Engine, exported_filesystem
+    from harden.builder.docker_engine import Engine, exported_filesystem
     from harden.scan.rootfs import unpack_export
 
     root = tmp_path_factory.mktemp("base") / "root"
@@ -297,7 +297,7 @@ def base_root(tmp_path_factory: pytest.TempPathFactory, scan_sess: Session) -> P
 
 def test_scanning_never_runs_the_images_programs(base_root: Path, tmp_path: Path) -> None:
     """libapt would run the image's /usr/bin/dpkg in a chroot; harden's apt.conf stops that."""
-    from builder.openscap import scan_root
+    from harden.builder.openscap import scan_root
 
     dpkg = base_root / "usr/bin/dpkg"
     original = dpkg.read_bytes()
@@ -321,7 +321,7 @@ def test_a_failed_dpkginfo_probe_is_an_error_not_a_score(
     """The pitfall itself: without the status file and cache directory in the apt.conf (only the
     architectures, so the image's dpkg still never runs) dpkginfo_init fails, and the real
     scanner then passes every package_*_removed rule. harden refuses the result."""
-    import builder.openscap as adapter
+    import harden.builder.openscap as adapter
 
     def architectures_only(root: Path) -> str:
         return 'APT::Architecture "amd64";\nAPT::Architectures { "amd64"; };\n'
@@ -345,8 +345,8 @@ def _mapping() -> dict[str, tuple[str, ...]]:
 
 
 def test_agreement_no_false_pass(scan_sess: Session, golden: Golden) -> None:
-    from builder.docker_engine import Engine
-    from builder.openscap import DEFAULT_PROFILE, content_rule_ids, scan_image
+    from harden.builder.docker_engine import Engine
+    from harden.builder.openscap import DEFAULT_PROFILE, content_rule_ids, scan_image
 
     r = scan_sess.harden(
         "verify", golden.ref, "--definition", str(golden.definition), "--format", "json"

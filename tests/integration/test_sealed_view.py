@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from needs import unavailable
 
-from builder.disk_image import DiskImageError
-from builder.qemu import qemu_user
-from builder.sealed_view import extracted_tree
+from harden.builder.disk_image import DiskImageError
+from harden.builder.qemu import qemu_user
+from harden.builder.sealed_view import extracted_tree
 
 pytestmark = [pytest.mark.integration]
 

@@ -10,7 +10,7 @@ import harden_cli
 import pytest
 from vm_fixtures import SshdServer
 
-from builder.ssh_target import known_hosts_name
+from harden.builder.ssh_target import known_hosts_name
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

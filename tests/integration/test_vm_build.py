@@ -233,9 +233,9 @@ def test_sealed_template_effective_settings_on_a_booted_clone(
     (auditctl -l) include the identity and time-change rules. The report of the build already
     judged the sealed disk: no sudo rule for the build account, the account expired.
     """
-    from builder.qemu import Vm
-    from builder.ssh_target import SshTarget
-    from builder.vm_verify import image_and_user_for
+    from harden.builder.qemu import Vm
+    from harden.builder.ssh_target import SshTarget
+    from harden.builder.vm_verify import image_and_user_for
     from harden.errors import TargetError
 
     sealed = built.out_dir / "debian12-vm.qcow2"

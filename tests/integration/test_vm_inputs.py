@@ -24,7 +24,7 @@ import pytest
 from needs import unavailable
 from vm_fixtures import VmTemplate
 
-from builder.disk_image import DiskImageError, analyse_info
+from harden.builder.disk_image import DiskImageError, analyse_info
 
 pytestmark = [pytest.mark.integration]
 
@@ -288,8 +288,8 @@ def test_sigterm_during_vm_verify_leaves_no_qemu_and_no_temp_dir(
 def test_seal_refuses_an_overlay_rewritten_to_name_a_data_file(tmp_path: Path) -> None:
     """qemu writes the overlay; if a guest subverted qemu and made the overlay name a host file
     as its data file, sealing (qemu-img as root) must not read that file into the template."""
-    from builder.disk_image import inspect_disk
-    from builder.qemu import seal
+    from harden.builder.disk_image import inspect_disk
+    from harden.builder.qemu import seal
 
     base = tmp_path / "base.qcow2"
     _qemu_img("create", "-q", "-f", "qcow2", str(base), "16M")
@@ -310,8 +310,8 @@ def test_seal_refuses_an_overlay_rewritten_to_name_a_data_file(tmp_path: Path) -
 def test_seal_with_explicit_backing_flattens_the_inspected_base(tmp_path: Path) -> None:
     """The seal reads the base through the inspected descriptor (not the overlay's backing
     name) and writes a standalone image larger than any helper output bound."""
-    from builder.disk_image import inspect_disk
-    from builder.qemu import seal
+    from harden.builder.disk_image import inspect_disk
+    from harden.builder.qemu import seal
 
     payload = tmp_path / "payload.raw"
     payload.write_bytes(os.urandom(24 << 20))  # incompressible: the sealed file is > 24 MiB

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from needs import unavailable
 
-from builder.qemu import Vm, VmImage, free_port
-from builder.ssh_target import SshTarget, wait_ready
+from harden.builder.qemu import Vm, VmImage, free_port
+from harden.builder.ssh_target import SshTarget, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 VM_BASE_SCRIPT = REPO / "scripts" / "vm-base.sh"

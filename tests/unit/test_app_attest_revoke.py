@@ -34,8 +34,8 @@ from harden.oci import Descriptor, RegistryClient
 from harden.oci.model import OCI_MANIFEST, compute_digest
 from harden.results import VerifyReport
 from harden.target import CommandResult, TargetKind
-from verifiers.refs import Opened
-from verifiers.runner import verify
+from harden.verifiers.refs import Opened
+from harden.verifiers.runner import verify
 
 NOW = dt.datetime(2026, 8, 10, 12, 0, tzinfo=dt.UTC)
 REG = "reg.test:5000"

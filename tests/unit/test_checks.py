@@ -13,8 +13,8 @@ from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import FixedClock
 from harden.results import RuleResult, Status
 from harden.target import CommandResult, TargetKind
-from verifiers.facts import FactPlan, Facts, parse
-from verifiers.runner import evaluate_rules, verify
+from harden.verifiers.facts import FactPlan, Facts, parse
+from harden.verifiers.runner import evaluate_rules, verify
 
 HEADER = """\
 id: t
@@ -394,7 +394,7 @@ def test_verify_runs_one_command_for_the_whole_baseline(tmp_path: Path) -> None:
 
 
 def test_plan_quotes_values_and_rejects_unsafe_globs() -> None:
-    from verifiers.facts import glob_word
+    from harden.verifiers.facts import glob_word
 
     with pytest.raises(ValueError):
         glob_word("/etc/$(reboot)")

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from builder.container_build import GOLDEN_LABELS, golden_labels
-from builder.debs import (
+from harden.builder.container_build import GOLDEN_LABELS, golden_labels
+from harden.builder.debs import (
     AptSource,
     Deb,
     host_sources,
     image_sources,
     parse_os_release,
 )
-from builder.docker_engine import (
+from harden.builder.docker_engine import (
     CAPABILITIES,
     TEMPORARY_LABEL,
     Containment,

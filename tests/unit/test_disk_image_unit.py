@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import children
-from builder.disk_image import (
+from harden.builder import children
+from harden.builder.disk_image import (
     DEFAULT_MAX_VIRTUAL_SIZE,
     QCOW2_MAGIC,
     DiskImageError,
@@ -236,7 +236,7 @@ def test_child_dies_with_its_parent_even_on_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from builder import children
+        from harden.builder import children
         p = children.spawn(["sleep", "300"], {as_user})
         print(p.pid, flush=True)
         time.sleep(300)
@@ -299,7 +299,7 @@ def test_run_bounds_time_and_output() -> None:
 
 
 def test_debugfs_listing_parsed_by_inode() -> None:
-    from builder.sealed_view import FileMeta, parse_ls_p
+    from harden.builder.sealed_view import FileMeta, parse_ls_p
 
     out = (
         b"debugfs 1.47.0 (5-Feb-2023)\n"

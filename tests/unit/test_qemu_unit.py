@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.qemu import (
+from harden.builder.qemu import (
     HOST_KEYS_BEGIN,
     HOST_KEYS_END,
     QemuFds,
@@ -23,7 +23,7 @@ from builder.qemu import (
     qemu_user,
     seal,
 )
-from builder.ssh_target import (
+from harden.builder.ssh_target import (
     HostKeyRejected,
     SshTarget,
     fingerprint,
@@ -270,7 +270,7 @@ def test_start_with_missing_image_is_target_error(tmp_path: Path) -> None:
 
 
 def test_qemu_never_runs_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("builder.qemu.os.geteuid", lambda: 0)
+    monkeypatch.setattr("harden.builder.qemu.os.geteuid", lambda: 0)
     with pytest.raises(TargetError) as e:
         qemu_user({"HARDEN_QEMU_USER": "root"})
     assert "never runs qemu as root" in e.value.message
@@ -278,7 +278,7 @@ def test_qemu_never_runs_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
         qemu_user({"HARDEN_QEMU_USER": "no-such-user-harden-test"})
     assert "does not exist" in e.value.message
     assert "useradd --system" in (e.value.hint or "")
-    monkeypatch.setattr("builder.qemu.os.geteuid", lambda: 1000)
+    monkeypatch.setattr("harden.builder.qemu.os.geteuid", lambda: 1000)
     assert qemu_user({}) is None  # not root: qemu runs as harden's own user
 
 
@@ -350,7 +350,7 @@ class _FakeTarget(SshTarget):
 
 def test_wait_ready_retries_until_a_command_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr("builder.ssh_target.time.sleep", sleeps.append)
+    monkeypatch.setattr("harden.builder.ssh_target.time.sleep", sleeps.append)
     outcomes: list[object] = [TargetError("banner"), 1, 0]
     target = wait_ready(lambda: _FakeTarget(outcomes), timeout=30, interval=0.1)
     assert outcomes == []
@@ -360,7 +360,7 @@ def test_wait_ready_retries_until_a_command_succeeds(monkeypatch: pytest.MonkeyP
 
 
 def test_wait_ready_host_key_rejection_is_final(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("builder.ssh_target.time.sleep", lambda s: None)
+    monkeypatch.setattr("harden.builder.ssh_target.time.sleep", lambda s: None)
     outcomes: list[object] = [HostKeyRejected("bad key"), 0]
     with pytest.raises(HostKeyRejected):
         wait_ready(lambda: _FakeTarget(outcomes), timeout=30)
@@ -369,12 +369,12 @@ def test_wait_ready_host_key_rejection_is_final(monkeypatch: pytest.MonkeyPatch)
 
 def test_wait_ready_times_out_with_last_error(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr("builder.ssh_target.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("harden.builder.ssh_target.time.monotonic", lambda: clock[0])
 
     def sleep(s: float) -> None:
         clock[0] += s
 
-    monkeypatch.setattr("builder.ssh_target.time.sleep", sleep)
+    monkeypatch.setattr("harden.builder.ssh_target.time.sleep", sleep)
     with pytest.raises(TargetError) as e:
         wait_ready(lambda: _FakeTarget([TargetError("refused")] * 100), timeout=3)
     assert "within 3 s" in e.value.message
@@ -383,7 +383,7 @@ def test_wait_ready_times_out_with_last_error(monkeypatch: pytest.MonkeyPatch) -
 
 def test_boot_files_need_to_be_readable_by_the_qemu_user(tmp_path: Path) -> None:
     """A hostile manifest naming a private host file as initrd must not get it into the guest."""
-    from builder.qemu import QemuUser, _boot_file_fd
+    from harden.builder.qemu import QemuUser, _boot_file_fd
 
     nobody = QemuUser("harden-test", 65000, 65000, (65000,))
     secret = tmp_path / "shadow"
@@ -398,7 +398,7 @@ def test_boot_files_need_to_be_readable_by_the_qemu_user(tmp_path: Path) -> None
 
 
 def test_boot_timeout_default_and_env() -> None:
-    from builder.qemu import default_boot_timeout
+    from harden.builder.qemu import default_boot_timeout
 
     assert default_boot_timeout({}) == 120.0
     assert default_boot_timeout({"HARDEN_VM_BOOT_TIMEOUT": "600"}) == 600.0

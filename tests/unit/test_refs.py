@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from builder.docker_engine import names_registry, split_tag
+from harden.builder.docker_engine import names_registry, split_tag
 from harden.errors import UsageError
-from verifiers.refs import scheme_of
+from harden.verifiers.refs import scheme_of
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.render import (
+from harden.builder.render import (
     DONE_MARKER,
     Phase,
     RemediationFailure,

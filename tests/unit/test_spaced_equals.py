@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from builder.render import _ctx_config_line
+from harden.builder.render import _ctx_config_line
 from harden.baseline.kinds import ConfigLine
 from harden.target import TargetKind
-from verifiers.checks import _split
+from harden.verifiers.checks import _split
 
 
 def _spec(separator: str) -> ConfigLine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport
-from verifiers.static_verify import LABEL_RULE_ID, _mark, with_label_check
+from harden.verifiers.static_verify import LABEL_RULE_ID, _mark, with_label_check
 
 T = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.vm_verify import image_for
+from harden.builder.vm_verify import image_for
 from harden.errors import InputError
 from harden.vm_manifest import TemplateManifest, manifest_path, read_manifest, write_manifest
 
