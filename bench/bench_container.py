@@ -12,17 +12,17 @@ from typing import Any
 
 import docker
 import testinfra
-
-from bench.common import Result, interleaved, median_time
 from harden.builder.container_build import build_container
 from harden.builder.docker_engine import Engine, RunningContainerTarget
 from harden.builder.render import Phase, remediation_rules, render_script
+from harden.verifiers.runner import verify
+
+from bench.common import Result, interleaved, median_time
 from harden.baseline import kinds as k
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule, resolve
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
 from harden.target import TargetKind
-from harden.verifiers.runner import verify
 
 BASE = "127.0.0.1:5000/library/debian:12"
 

@@ -19,16 +19,17 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import Result, interleaved, median_time
 from harden.builder.container_build import build_container
 from harden.builder.docker_engine import Engine, RunningContainerTarget
+from harden.verifiers.image_layers import LayerCache, open_registry_image
+from harden.verifiers.runner import verify
+from harden.verifiers.static_verify import verify_image
+
+from bench.common import Result, interleaved, median_time
 from harden.baseline.kinds import Command
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
-from harden.verifiers.image_layers import LayerCache, open_registry_image
-from harden.verifiers.runner import verify
-from harden.verifiers.static_verify import verify_image
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = "127.0.0.1:5000/bench/execfree-golden:latest"

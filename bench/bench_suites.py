@@ -15,10 +15,10 @@ from typing import Any
 
 import docker
 import testinfra
+from harden.verifiers.suites import run_suite
 
 from bench.common import Result, interleaved
 from harden.testsuite import Suite
-from harden.verifiers.suites import run_suite
 
 IMAGE = "debian:12"
 FILES = [

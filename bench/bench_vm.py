@@ -8,16 +8,16 @@ import tempfile
 from pathlib import Path
 
 import testinfra
+from harden.builder.qemu import Vm, VmImage
+from harden.builder.vm_build import build_vm
+from harden.verifiers.runner import verify
 
 from bench.bench_container import plain_testinfra_check
 from bench.common import Result, interleaved
-from harden.builder.qemu import Vm, VmImage
-from harden.builder.vm_build import build_vm
 from harden.baseline.resolve import Catalogue, resolve
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
 from harden.target import TargetKind
-from harden.verifiers.runner import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path("/var/cache/harden/vm/current/manifest.json")

@@ -33,6 +33,12 @@ from harden.builder.docker_engine import (
     repo_digest,
 )
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
+from harden.verifiers.facts import FactPlan, Facts, new_nonce
+from harden.verifiers.facts import parse as parse_facts
+from harden.verifiers.image_layers import open_local_image
+from harden.verifiers.static_verify import verify_image
+from harden.verifiers.suites import run_suites
+
 from harden import __version__
 from harden.baseline.kinds import ImageCheck, ImageConfig, PackagePresent
 from harden.baseline.model import Target
@@ -53,11 +59,6 @@ from harden.labels import DEFINITION as LABEL_DEFINITION
 from harden.results import VerifyReport, rfc3339
 from harden.target import TargetKind
 from harden.testsuite import with_results
-from harden.verifiers.facts import FactPlan, Facts, new_nonce
-from harden.verifiers.facts import parse as parse_facts
-from harden.verifiers.image_layers import open_local_image
-from harden.verifiers.static_verify import verify_image
-from harden.verifiers.suites import run_suites
 
 HARDEN_LABEL_PREFIX = "dev.harden."
 # the labels harden puts on a golden image (docs/operations.md); no other dev.harden.* label
@@ -215,6 +216,7 @@ def _updates(
     """Remediation step 0, visible in the progress and the provenance: apply the security and
     stable updates of the archive the definition pins (else the host's apt sources)."""
     from harden.builder.updates import apply_updates
+
     from harden.debian.archive import ArchiveReader
     from harden.paths import harden_home
 

@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any
 
 from harden.builder import children
+
 from harden.errors import InputError, TargetError
 from harden.files import sha256_fd
 

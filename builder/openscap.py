@@ -362,8 +362,9 @@ def scan_ref(
 def check_scan_ref(ref: str, profile: str | None) -> str:
     """Before anything runs: REF is something --scan can read, PROFILE is a profile name and the
     scanner is installed. Returns REF's scheme."""
-    from harden.errors import UsageError
     from harden.verifiers.refs import scheme_of
+
+    from harden.errors import UsageError
 
     if profile:
         check_profile(profile)

@@ -4,6 +4,7 @@ without running it (:meth:`builder.docker_engine.Engine.read_file`)."""
 from __future__ import annotations
 
 from harden.builder.docker_engine import Engine
+
 from harden.debian.dpkg import Package, parse_status
 from harden.debian.release import Release, parse_os_release
 from harden.errors import TargetError

@@ -46,6 +46,7 @@ from harden.builder.disk_image import (
     json_filename,
 )
 from harden.builder.ssh_target import SshTarget, wait_ready
+
 from harden.errors import TargetError
 
 QEMU = "qemu-system-x86_64"

@@ -39,6 +39,7 @@ from harden.builder import children
 from harden.builder.children import cleanup_on_signals
 from harden.builder.disk_image import QEMU_IMG, DiskImageError, inspect_disk, json_filename
 from harden.builder.qemu import QemuUser, qemu_user
+
 from harden.errors import TargetError
 
 DEBUGFS = "debugfs"

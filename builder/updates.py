@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harden.builder.docker_engine import Engine, Step
 from harden.builder.packages import NoPackageDatabase, image_packages
+
 from harden.debian.archive import ArchiveReader
 from harden.debian.fixes import Fix, changelog_of, fixed_ids
 from harden.debian.pending import PendingUpdate, pending_updates

@@ -55,9 +55,19 @@ from typing import Any
 
 from harden.builder.children import cleanup_on_signals
 from harden.builder.disk_image import DiskImage, inspect_disk
-from harden.builder.qemu import DEFAULT_APPEND, Vm, VmImage, default_boot_timeout, hygiene_script, seal
+from harden.builder.qemu import (
+    DEFAULT_APPEND,
+    Vm,
+    VmImage,
+    default_boot_timeout,
+    hygiene_script,
+    seal,
+)
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden.builder.ssh_target import SshTarget
+from harden.verifiers.runner import verify
+from harden.verifiers.suites import run_suites
+
 from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.clock import Clock
@@ -67,8 +77,6 @@ from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
 from harden.testsuite import Suite, with_results
 from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
-from harden.verifiers.runner import verify
-from harden.verifiers.suites import run_suites
 
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"

@@ -21,6 +21,7 @@ from typing import Any
 from harden.builder.children import cleanup_on_signals
 from harden.builder.disk_image import inspect_disk
 from harden.builder.qemu import DEFAULT_APPEND, VmImage
+
 from harden.baseline.resolve import ResolvedBaseline
 from harden.clock import Clock
 from harden.errors import TargetError, UsageError

@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harden.verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
+from harden.verifiers.pam import effect as pam_effect
+
 from harden.baseline.kinds import (
     AccountCheck,
     Accounts,
@@ -36,8 +39,6 @@ from harden.baseline.kinds import (
 )
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
-from harden.verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
-from harden.verifiers.pam import effect as pam_effect
 
 MAX_EVIDENCE = 20  # lines per rule; the rest is summarised
 

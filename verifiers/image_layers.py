@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from harden.verifiers.fsview import LayerEntry, LayerFs, LimitExceeded, index_layer
+
 from harden.errors import InputError, RegistryError
 from harden.paths import harden_home
-from harden.verifiers.fsview import LayerEntry, LayerFs, LimitExceeded, index_layer
 
 MAX_LAYERS = 256
 MAX_LAYER_BYTES = 8 << 30  # uncompressed, per layer

@@ -9,8 +9,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from harden.baseline.pam import PAM_EFFECT
 from harden.verifiers.facts import Facts
+
+from harden.baseline.pam import PAM_EFFECT
 
 PAM_DIR = "/etc/pam.d"
 MAX_INCLUDE_DEPTH = 8

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from harden.verifiers.image_layers import ImageFs
+
 from harden import labels
 from harden.errors import UsageError
 from harden.target import CommandResult, Target, TargetKind
-from harden.verifiers.image_layers import ImageFs
 
 BASELINE_LABEL = labels.BASELINE_ID
 DEFAULT_BASELINE = {TargetKind.CONTAINER: "debian-container", TargetKind.VM: "debian-vm"}

@@ -7,14 +7,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from harden.verifiers.checks import CheckContext, Outcome, evaluate
+from harden.verifiers.facts import FactLimitExceeded, FactPlan, Facts, new_nonce, parse
+
 from harden.baseline.kinds import HOST_ENFORCED_DEFAULT, HOST_ENFORCED_WHY
 from harden.baseline.resolve import ResolvedBaseline, Rule
 from harden.clock import Clock
 from harden.errors import BaselineError, InputError, TargetError
 from harden.results import BaselineRef, RuleResult, Status, VerifyReport, WaiverInfo
 from harden.target import Target, TargetKind
-from harden.verifiers.checks import CheckContext, Outcome, evaluate
-from harden.verifiers.facts import FactLimitExceeded, FactPlan, Facts, new_nonce, parse
 
 CODENAMES = {"bookworm": "12", "trixie": "13", "bullseye": "11", "forky": "14"}
 

@@ -13,6 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from harden.verifiers.facts import FactPlan, Facts, new_nonce, parse
+from harden.verifiers.image_layers import ImageFs
+from harden.verifiers.runner import report_from_facts
+from harden.verifiers.static_facts import gather_static
+
 from harden import labels
 from harden.baseline.kinds import Command
 from harden.baseline.resolve import ResolvedBaseline
@@ -20,10 +25,6 @@ from harden.clock import Clock
 from harden.errors import HardenError
 from harden.results import RuleResult, Status, VerifyReport
 from harden.target import CommandResult, TargetKind
-from harden.verifiers.facts import FactPlan, Facts, new_nonce, parse
-from harden.verifiers.image_layers import ImageFs
-from harden.verifiers.runner import report_from_facts
-from harden.verifiers.static_facts import gather_static
 
 BASELINE_LABEL = labels.BASELINE_ID
 LABEL_RULE_ID = "image.baseline-label"

@@ -22,10 +22,10 @@ from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
 
 if TYPE_CHECKING:
+    from harden.attest.keys import Signer
     from harden.builder.container_build import BuildResult
     from harden.builder.docker_engine import Engine
     from harden.builder.vm_build import VmBuildResult
-    from harden.attest.keys import Signer
     from harden.oci.client import RegistryClient
     from harden.oci.types import Descriptor
     from harden.scan.model import ScanResult
@@ -190,9 +190,9 @@ def _attach_inventory(
     """The pushed image's package inventory (its dpkg database, read without running it) as a
     signed CycloneDX attestation; with security updates installed, the OpenVEX of what they
     fixed."""
+    from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
     from harden.builder.docker_engine import Engine
     from harden.builder.packages import NoPackageDatabase, image_packages
-    from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
     from harden.sbom import purl
 
     assert result.digest is not None
@@ -264,8 +264,8 @@ def _build_vm(
 ) -> Built:
     """A vm definition: build and seal a qcow2 template (builder/vm_build.py); with a signer sign
     it (envelopes beside the file), with a destination push it as an OCI artifact."""
-    from harden.builder.vm_build import build_vm
     from harden.app.publish import publish_vm
+    from harden.builder.vm_build import build_vm
     from harden.oci.types import parse_reference
 
     result = build_vm(

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harden.builder.container_build import BuildResult
-    from harden.builder.vm_build import VmBuildResult
     from harden.attest.keys import Signer
     from harden.attest.statements import BuildInfo, Subject
     from harden.attest.store import SignedStatement
     from harden.baseline.model import Waiver
     from harden.baseline.resolve import ResolvedBaseline
+    from harden.builder.container_build import BuildResult
+    from harden.builder.vm_build import VmBuildResult
     from harden.clock import Clock
     from harden.imagedef import ImageDefinition
     from harden.oci import Descriptor, RegistryClient

@@ -22,7 +22,13 @@ from harden.imagedef import ImageDefinition
 from harden.results import VerifyReport, compliance_word
 from harden.target import CommandResult, TargetKind
 from harden.testsuite import Suite, with_results
-from harden.verifiers.refs import BASELINE_LABEL, DEFAULT_BASELINE, Opened, names_registry, scheme_of
+from harden.verifiers.refs import (
+    BASELINE_LABEL,
+    DEFAULT_BASELINE,
+    Opened,
+    names_registry,
+    scheme_of,
+)
 from harden.verifiers.runner import verify
 from harden.verifiers.static_verify import verify_image, with_label_check
 from harden.verifiers.suites import run_suites

@@ -130,6 +130,7 @@ def test_building_on_the_output_changes_nothing(
     import datetime as dt
 
     from harden.builder.render import Phase, remediation_rules, render_script
+
     from harden.baseline.resolve import Catalogue, resolve
     from harden.target import TargetKind
 

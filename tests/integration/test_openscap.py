@@ -286,6 +286,7 @@ def test_verify_scan_refuses_targets_it_cannot_read(scan_sess: Session) -> None:
 @pytest.fixture(scope="session")
 def base_root(tmp_path_factory: pytest.TempPathFactory, scan_sess: Session) -> Path:
     from harden.builder.docker_engine import Engine, exported_filesystem
+
     from harden.scan.rootfs import unpack_export
 
     root = tmp_path_factory.mktemp("base") / "root"

@@ -12,11 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from needs import unavailable
-
 from harden.builder.disk_image import DiskImageError
 from harden.builder.qemu import qemu_user
 from harden.builder.sealed_view import extracted_tree
+from needs import unavailable
 
 pytestmark = [pytest.mark.integration]
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import harden_cli
 import pytest
-from vm_fixtures import SshdServer
-
 from harden.builder.ssh_target import known_hosts_name
+from vm_fixtures import SshdServer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -236,6 +236,7 @@ def test_sealed_template_effective_settings_on_a_booted_clone(
     from harden.builder.qemu import Vm
     from harden.builder.ssh_target import SshTarget
     from harden.builder.vm_verify import image_and_user_for
+
     from harden.errors import TargetError
 
     sealed = built.out_dir / "debian12-vm.qcow2"

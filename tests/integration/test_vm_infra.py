@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from vm_fixtures import RunningVm, SshdServer, VmTemplate, sshd_server, vm_running, vm_template
-
 from harden.builder.qemu import HOST_KEYS_BEGIN, Vm, VmImage, hygiene_script, seal
 from harden.builder.ssh_target import HostKeyRejected, SshTarget, fingerprint, parse_public_key
+from vm_fixtures import RunningVm, SshdServer, VmTemplate, sshd_server, vm_running, vm_template
+
 from harden.errors import ExitCode, TargetError
 
 __all__ = ["sshd_server", "vm_running", "vm_template"]  # fixtures used here

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import harden_cli
 import pytest
+from harden.builder.disk_image import DiskImageError, analyse_info
 from needs import unavailable
 from vm_fixtures import VmTemplate
-
-from harden.builder.disk_image import DiskImageError, analyse_info
 
 pytestmark = [pytest.mark.integration]
 

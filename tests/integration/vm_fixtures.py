@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from needs import unavailable
-
 from harden.builder.qemu import Vm, VmImage, free_port
 from harden.builder.ssh_target import SshTarget, wait_ready
+from needs import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 VM_BASE_SCRIPT = REPO / "scripts" / "vm-base.sh"

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harden.verifiers.refs import Opened
+from harden.verifiers.runner import verify
 from test_oci_client import FakeRegistry, client_for, manifest_bytes, seed_image
 
 from harden import labels
@@ -34,8 +36,6 @@ from harden.oci import Descriptor, RegistryClient
 from harden.oci.model import OCI_MANIFEST, compute_digest
 from harden.results import VerifyReport
 from harden.target import CommandResult, TargetKind
-from harden.verifiers.refs import Opened
-from harden.verifiers.runner import verify
 
 NOW = dt.datetime(2026, 8, 10, 12, 0, tzinfo=dt.UTC)
 REG = "reg.test:5000"

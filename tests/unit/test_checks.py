@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harden.verifiers.facts import FactPlan, Facts, parse
+from harden.verifiers.runner import evaluate_rules, verify
 
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import FixedClock
 from harden.results import RuleResult, Status
 from harden.target import CommandResult, TargetKind
-from harden.verifiers.facts import FactPlan, Facts, parse
-from harden.verifiers.runner import evaluate_rules, verify
 
 HEADER = """\
 id: t

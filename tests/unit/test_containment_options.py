@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from harden.builder.container_build import GOLDEN_LABELS, golden_labels
 from harden.builder.debs import (
     AptSource,
@@ -23,6 +22,7 @@ from harden.builder.docker_engine import (
     Step,
     clean_image_config,
 )
+
 from harden import signals
 from harden.errors import EnvironmentProblem, ExitCode, ImageDefinitionError, InputError
 

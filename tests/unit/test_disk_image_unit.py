@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from harden.builder import children
 from harden.builder.disk_image import (
     DEFAULT_MAX_VIRTUAL_SIZE,
@@ -27,6 +26,7 @@ from harden.builder.disk_image import (
     parse_qcow2_header,
     parse_size,
 )
+
 from harden import signals
 from harden.errors import ExitCode, InputError
 

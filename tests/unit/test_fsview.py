@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from harden.baseline.resolve import Catalogue, resolve
-from harden.errors import InputError
-from harden.target import TargetKind
 from harden.verifiers.facts import FactLimitExceeded, FactPlan
 from harden.verifiers.fsview import DirFs, LayerFs, LimitExceeded, display, index_layer
 from harden.verifiers.fsview import resolve as lookup
 from harden.verifiers.image_layers import LayerCache
 from harden.verifiers.runner import evaluate_rules
 from harden.verifiers.static_facts import dpkg_status_lines, gather_static
+
+from harden.baseline.resolve import Catalogue, resolve
+from harden.errors import InputError
+from harden.target import TargetKind
 
 TODAY = dt.date(2026, 12, 1)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from harden.builder.qemu import (
     HOST_KEYS_BEGIN,
     HOST_KEYS_END,
@@ -32,6 +31,7 @@ from harden.builder.ssh_target import (
     parse_ssh_url,
     wait_ready,
 )
+
 from harden.errors import ExitCode, TargetError, UsageError
 from harden.target import CommandResult, TargetKind
 

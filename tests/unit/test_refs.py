@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from harden.builder.docker_engine import names_registry, split_tag
-from harden.errors import UsageError
 from harden.verifiers.refs import scheme_of
+
+from harden.errors import UsageError
 
 
 @pytest.mark.parametrize(

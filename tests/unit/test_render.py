@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from harden.builder.render import (
     DONE_MARKER,
     Phase,
@@ -26,6 +25,7 @@ from harden.builder.render import (
     rule_phase,
     template_environment,
 )
+
 from harden.baseline.kinds import RuleKind
 from harden.baseline.resolve import Catalogue, Rule, resolve
 from harden.errors import BaselineError

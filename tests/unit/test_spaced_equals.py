@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from harden.builder.render import _ctx_config_line
+from harden.verifiers.checks import _split
+
 from harden.baseline.kinds import ConfigLine
 from harden.target import TargetKind
-from harden.verifiers.checks import _split
 
 
 def _spec(separator: str) -> ConfigLine:

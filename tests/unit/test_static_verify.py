@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from harden.results import BaselineRef, RuleResult, Status, VerifyReport
 from harden.verifiers.static_verify import LABEL_RULE_ID, _mark, with_label_check
+
+from harden.results import BaselineRef, RuleResult, Status, VerifyReport
 
 T = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from harden.builder.vm_verify import image_for
+
 from harden.errors import InputError
 from harden.vm_manifest import TemplateManifest, manifest_path, read_manifest, write_manifest
 
