@@ -258,7 +258,7 @@ def _ctx_config_line(spec: Spec, _target: TargetKind) -> dict[str, Any]:
     if spec.compare is Compare.ONE_OF:
         # the value lists the acceptable choices; write the first (the baseline's preference)
         write_value = value.split(",")[0].strip()
-    sep = "=" if spec.separator == "equals" else " "
+    sep = {"equals": "=", "spaced_equals": " = "}.get(spec.separator, " ")
     line = spec.key + sep + write_value
     keep_int: int | None = None
     if spec.compare in (Compare.LE, Compare.GE):

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import select
+import shlex
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -120,7 +121,11 @@ def quiet_paramiko() -> Iterator[None]:
 
 
 class SshTarget:
-    """Run shell as root on a host over SSH; implements :class:`harden.target.Target`."""
+    """Run shell as root on a host over SSH; implements :class:`harden.target.Target`.
+
+    A user other than root runs everything through ``sudo -n`` (password-less sudo, such as the
+    base template's build account has in build mode); files are then written through that shell.
+    """
 
     kind = TargetKind.VM
 
@@ -135,8 +140,10 @@ class SshTarget:
         pinned_host_keys: Sequence[str] = (),
         accept_new: bool = False,
         connect_timeout: float = 10,
+        sudo: bool | None = None,
     ) -> None:
         self.host = host
+        self.sudo = (user != "root") if sudo is None else sudo
         self.port = port
         self.user = user
         self.key_path = key_path
@@ -200,7 +207,7 @@ class SshTarget:
         out: list[bytes] = []
         err: list[bytes] = []
         try:
-            chan.exec_command("sh -s")
+            chan.exec_command("sudo -n sh -s" if self.sudo else "sh -s")
             chan.sendall(script.encode("utf-8"))
             chan.shutdown_write()
             fd = chan.fileno()
@@ -242,8 +249,11 @@ class SshTarget:
 
     def put_file(self, data: bytes, remote_path: str, mode: int) -> None:
         """Write ``data`` to ``remote_path`` atomically (temp file, chmod, rename) over SFTP."""
-        transport = self._transport()
         tmp = f"{remote_path}.harden-tmp"
+        if self.sudo:
+            self._put_file_sudo(data, remote_path, tmp, mode)
+            return
+        transport = self._transport()
         try:
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
@@ -258,6 +268,23 @@ class SshTarget:
                 f"{self.describe()}: cannot write {remote_path}: {e}",
                 hint="does the folder exist, and does the host run an SFTP subsystem?",
             ) from e
+
+    def _put_file_sudo(self, data: bytes, remote_path: str, tmp: str, mode: int) -> None:
+        """The same through ``sudo -n sh`` (SFTP would write as the unprivileged user)."""
+        encoded = base64.b64encode(data).decode("ascii")
+        lines = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+        script = (
+            f"set -e\numask 077\nbase64 -d > {shlex.quote(tmp)} <<'HARDEN_EOF'\n{lines}\n"
+            f"HARDEN_EOF\nchmod {mode:o} {shlex.quote(tmp)}\n"
+            f"mv -f {shlex.quote(tmp)} {shlex.quote(remote_path)}\n"
+        )
+        result = self.run(script, timeout=120)
+        if not result.ok:
+            err = result.stderr.decode("utf-8", "replace").strip()[-500:]
+            raise TargetError(
+                f"{self.describe()}: cannot write {remote_path} through sudo: {err}",
+                hint="does the user have password-less sudo (sudo -n)?",
+            )
 
     def close(self) -> None:
         self._drop()

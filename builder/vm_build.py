@@ -21,8 +21,9 @@ first boot of any clone undoes several of them on purpose (it makes host keys, a
 random seed). Checked on the running clone they would fail on every correct template; checked on
 the build VM before power-off they would miss what shutdown writes (the random seed). So every
 ``template.*`` rule is evaluated on the sealed file itself: the clone boots with the sealed qcow2
-attached a second time as a read-only disk, which is mounted read-only (``ro,noload``) and the
-facts for those rules are gathered with ``chroot`` into it. Their results replace the clone's own
+attached a second time as a read-only disk, which is mounted read-only (``ro,noload``; a
+partitioned template's other file systems as its own fstab lists them) and the facts for those
+rules are gathered with ``chroot`` into it. Their results replace the clone's own
 results for the same rules and say so in their evidence. Every other rule is judged on the
 running clone, the way an instance will run.
 
@@ -56,7 +57,14 @@ from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.builder.children import cleanup_on_signals
 from harden.builder.disk_image import DiskImage, inspect_disk
-from harden.builder.qemu import DEFAULT_APPEND, Vm, VmImage, hygiene_script, seal
+from harden.builder.qemu import (
+    DEFAULT_APPEND,
+    Vm,
+    VmImage,
+    default_boot_timeout,
+    hygiene_script,
+    seal,
+)
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden.builder.ssh_target import SshTarget
 from harden.clock import Clock
@@ -64,12 +72,24 @@ from harden.errors import InputError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
+from harden.testsuite import Suite, with_results
 from harden.verifiers.runner import verify
+from harden.verifiers.suites import run_suites
 from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
 
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"
 REMEDIATION_TIMEOUT = 1800.0
+# a partitioned template mounts eleven file systems at boot; under TCG on a busy host (2 shared
+# cores) that took up to 150 s here, so the build waits longer than Vm's default
+BOOT_TIMEOUT = 300.0  # a build boots a partitioned template twice: at least this, under TCG
+
+
+def _boot_timeout() -> float:
+    """300 s, or more when ``HARDEN_VM_BOOT_TIMEOUT`` says so (slow, shared CI runners)."""
+    return max(BOOT_TIMEOUT, default_boot_timeout())
+
+
 SEALED_RULE_PREFIX = "template."
 REMOTE_SCRIPT = "/run/harden-remediation.sh"
 REMOTE_FACTS = "/run/harden-sealed-facts.sh"
@@ -162,12 +182,27 @@ class SealedDiskTarget:
 
     def run(self, script: str, *, timeout: float = 600.0) -> CommandResult:
         self.ssh.put_file(script.encode(), REMOTE_FACTS, 0o600)
+        # a partitioned template (root on vda1) also mounts the file systems its fstab names as
+        # /dev/vdaN (vdbN here); mount points are checked so none leaves the sealed tree
         wrapper = f"""set -u
-mkdir -p {SEALED_MOUNT}
-mountpoint -q {SEALED_MOUNT} || mount -o ro,noload {SEALED_DEVICE} {SEALED_MOUNT} || exit 97
-chroot {SEALED_MOUNT} /bin/sh -s <{REMOTE_FACTS}
+M={SEALED_MOUNT}
+D={SEALED_DEVICE}
+mkdir -p "$M"
+if ! mountpoint -q "$M"; then
+  if [ -b "${{D}}1" ]; then root="${{D}}1"; else root="$D"; fi
+  mount -o ro,noload "$root" "$M" || exit 97
+  if [ "$root" != "$D" ] && [ -f "$M/etc/fstab" ]; then
+    awk 'substr($1, 1, 8) == "/dev/vda" && substr($1, 9) ~ "^[0-9]+$" && $2 ~ "^/[A-Za-z0-9_/.-]+$" && index($2, "..") == 0 && $3 == "ext4" {{ print $2, substr($1, 9) }}' "$M/etc/fstab" \\
+      | sort | while read -r mp n; do
+        [ -b "$D$n" ] && [ -d "$M$mp" ] || continue
+        case "$(realpath -e "$M$mp")" in "$M$mp") ;; *) continue ;; esac  # no symlink on the way
+        mount -o ro,noload "$D$n" "$M$mp" || exit 97
+      done || exit 97
+  fi
+fi
+chroot "$M" /bin/sh -s <{REMOTE_FACTS}
 rc=$?
-umount {SEALED_MOUNT}
+umount -R "$M"
 rm -f {REMOTE_FACTS}
 exit $rc
 """
@@ -227,16 +262,29 @@ def verify_clone(
     progress: Progress,
     timings: dict[str, float],
     disk: DiskImage | None = None,
+    suites: tuple[Suite, ...] = (),
 ) -> VerifyReport:
     """Boot a clone of ``sealed`` (inspected here unless ``disk`` is its inspected image) with
-    the sealed file also attached read-only as ``/dev/vdb``, and verify it."""
+    the sealed file also attached read-only as ``/dev/vdb``, and verify it; then run the
+    definition's testinfra ``suites`` on the same clone (over SSH, the host key pinned)."""
     clone_image = dataclasses.replace(boot, disk=sealed.absolute())
     with contextlib.ExitStack() as stack:
         stack.enter_context(cleanup_on_signals())
         if disk is None:
             disk = stack.enter_context(inspect_disk(sealed))
         return _verify_clone(
-            sealed, clone_image, disk, user, key, baseline, clock, name, digest, progress, timings
+            sealed,
+            clone_image,
+            disk,
+            user,
+            key,
+            baseline,
+            clock,
+            name,
+            digest,
+            progress,
+            timings,
+            suites,
         )
 
 
@@ -252,10 +300,18 @@ def _verify_clone(
     digest: str,
     progress: Progress,
     timings: dict[str, float],
+    suites: tuple[Suite, ...] = (),
 ) -> VerifyReport:
     with (
         tempfile.TemporaryDirectory(prefix="harden-vm-clone-") as work,
-        Vm(clone_image, Path(work), on_progress=progress, disk=disk, extra_disks=(disk,)) as vm,
+        Vm(
+            clone_image,
+            Path(work),
+            boot_timeout=_boot_timeout(),
+            on_progress=progress,
+            disk=disk,
+            extra_disks=(disk,),  # the sealed template, read-only, as /dev/vdb
+        ) as vm,
     ):
         with _timed(timings, "clone_boot"):
             target = vm.connect(user, key)
@@ -273,6 +329,27 @@ def _verify_clone(
                     digest=digest,
                 )
                 report = merge_sealed(report, sealed_report)
+        if suites:
+            # after the baseline's facts: the suites may change the throwaway clone (accounts,
+            # failed logins, the clock); the sealed file is attached read-only
+            with _timed(timings, "tests"):
+                assert vm.ssh_port is not None
+                known_hosts = Path(work, "known_hosts")
+                known_hosts.write_text(
+                    "".join(
+                        f"[127.0.0.1]:{vm.ssh_port} {' '.join(k.split()[:2])}\n"
+                        for k in vm.host_keys()
+                    ),
+                    encoding="utf-8",
+                )
+                tests = run_suites(
+                    suites,
+                    f"ssh://{user}@127.0.0.1:{vm.ssh_port}",
+                    known_hosts=known_hosts,
+                    identity=key,
+                    progress=progress,
+                )
+                report = with_results(report, tests)
         vm.shutdown()
     return report
 
@@ -418,6 +495,7 @@ def _build_from(
             digest=digest,
             progress=progress,
             timings=timings,
+            suites=defn.suites(),
         )
         return VmBuildResult(
             doc.name,
@@ -433,6 +511,7 @@ def _build_from(
             timings,
         )
 
+    suites = defn.suites()  # checked before the first boot: a bad path costs no VM
     rules = remediation_rules(baseline, TargetKind.VM, started.date())
     family = baseline.platforms[0].family.value
     script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
@@ -441,7 +520,9 @@ def _build_from(
     try:
         with (
             tempfile.TemporaryDirectory(prefix="harden-vm-build-") as work,
-            Vm(base, Path(work), on_progress=progress, disk=base_disk) as vm,
+            Vm(
+                base, Path(work), boot_timeout=_boot_timeout(), on_progress=progress, disk=base_disk
+            ) as vm,
         ):
             with _timed(timings, "boot"):
                 target = vm.connect(src.ssh_user, ssh_key)
@@ -471,6 +552,7 @@ def _build_from(
             digest=digest,
             progress=progress,
             timings=timings,
+            suites=suites,
         )
         report = dataclasses.replace(report, started_at=started)
         progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))

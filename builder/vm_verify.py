@@ -25,14 +25,22 @@ from harden.builder.qemu import DEFAULT_APPEND, VmImage
 from harden.clock import Clock
 from harden.errors import TargetError, UsageError
 from harden.results import VerifyReport
+from harden.testsuite import Suite
 from harden.vm_manifest import manifest_path
 
 
 def image_for(disk: Path) -> tuple[VmImage, Path | None]:
     """The boot description of ``disk`` and the SSH key recorded beside it (if any)."""
+    image, key, _user = image_and_user_for(disk)
+    return image, key
+
+
+def image_and_user_for(disk: Path) -> tuple[VmImage, Path | None, str]:
+    """As :func:`image_for`, plus the SSH user recorded beside it (default root)."""
     folder = disk.parent
     manifest = manifest_path(disk) if manifest_path(disk).is_file() else folder / "manifest.json"
     kernel = initrd = key = None
+    user = "root"
     append = DEFAULT_APPEND
     if manifest.is_file():
         try:
@@ -43,12 +51,13 @@ def image_for(disk: Path) -> tuple[VmImage, Path | None]:
         initrd = Path(data["initrd"]) if data.get("initrd") else None
         key = Path(data["build_key"]) if data.get("build_key") else None
         append = str(data.get("append", DEFAULT_APPEND))
+        user = str(data.get("ssh_user") or "root")
     else:
         if (folder / "vmlinuz").is_file():
             kernel = folder / "vmlinuz"
         if (folder / "initrd.img").is_file():
             initrd = folder / "initrd.img"
-    return VmImage(disk=disk.absolute(), kernel=kernel, initrd=initrd, append=append), key
+    return VmImage(disk=disk.absolute(), kernel=kernel, initrd=initrd, append=append), key, user
 
 
 def verify_template_at_rest(
@@ -99,8 +108,9 @@ def verify_template(
     *,
     identity: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    suites: tuple[Suite, ...] = (),
 ) -> VerifyReport:
-    """Boot a throwaway clone of the template ``path`` and verify it.
+    """Boot a throwaway clone of the template ``path`` and verify it (then run ``suites`` on it).
 
     The clone sees the template itself as a read-only second disk, so the ``template.*`` hygiene
     rules (no host keys, empty machine-id: things every first boot recreates) are judged on the
@@ -111,17 +121,18 @@ def verify_template(
     if not path.exists():
         raise UsageError(f"no such VM template: {path}")
     with cleanup_on_signals(), inspect_disk(path) as disk:
-        image, recorded_key = image_for(path)
+        image, recorded_key, user = image_and_user_for(path)
         key = identity or recorded_key
         if key is None:
             raise UsageError(
                 f"no SSH key to log in to {path}",
-                hint="pass --identity KEY (the key whose public half is in root's authorized_keys)",
+                hint="pass --identity KEY (the key whose public half is in the SSH user's "
+                "authorized_keys)",
             )
         return verify_clone(
             path,
             image,
-            "root",
+            user,
             key,
             baseline,
             clock,
@@ -130,4 +141,5 @@ def verify_template(
             progress=progress or (lambda _m: None),
             timings={},
             disk=disk,
+            suites=suites,
         )

@@ -32,7 +32,7 @@ mkdir -p "$STATE" "$CACHE"
 # ---- packages --------------------------------------------------------------------------------
 PKGS=(docker.io docker-registry debootstrap skopeo apache2-utils openssl curl chromium
       qemu-system-x86 qemu-utils mmdebstrap zstd openssh-client gnupg apt-utils
-      debian-archive-keyring postgresql)
+      debian-archive-keyring postgresql fdisk)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -185,6 +185,12 @@ def _split(line: str, separator: str) -> tuple[str, str] | None:
     line = line.strip()
     if not line or line.startswith("#"):
         return None
+    if separator == "spaced_equals":
+        # auditd.conf's parser splits on blanks: "key = value" or the line is an error there
+        parts = line.split(None, 2)
+        if len(parts) < 2 or parts[1] != "=":
+            return None
+        return parts[0], (parts[2].strip().strip('"') if len(parts) == 3 else "")
     if separator == "equals":
         key, sep, value = line.partition("=")
         if not sep:
@@ -425,6 +431,17 @@ def _mount_option(spec: MountOption, ctx: CheckContext) -> Outcome:
     ev = f"{spec.mountpoint} ({entry[2]}) mounted {entry[3]}"
     if missing:
         return Outcome.fail(f"{ev}; missing {','.join(missing)}")
+    # on a VM the options in force must also be the ones the next boot mounts with (fstab)
+    if ctx.target is TargetKind.VM and ctx.facts.has("fstab"):
+        for raw in ctx.facts.lines("fstab"):
+            parts = raw.split()
+            if len(parts) >= 4 and not parts[0].startswith("#") and parts[1] == spec.mountpoint:
+                lost = [o for o in spec.options if o not in parts[3].split(",")]
+                if lost:
+                    return Outcome.fail(
+                        ev, f"/etc/fstab: {spec.mountpoint} {parts[3]}; missing {','.join(lost)}"
+                    )
+                return Outcome.ok(ev, f"/etc/fstab: {spec.mountpoint} {parts[3]}")
     return Outcome.ok(ev)
 
 

@@ -58,6 +58,13 @@ SYSCTL_DIRS = (
     "/lib/sysctl.d",
 )
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/lib/modprobe.d", "/lib/modprobe.d")
+# a PAM module's configuration file -> the module and the Debian PAM stacks that must load it: on
+# a VM a setting there only counts when the module is in every one of those stacks
+PAM_CONFIG_MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "/etc/security/faillock.conf": ("pam_faillock.so", ("common-auth", "common-account")),
+    "/etc/security/pwquality.conf": ("pam_pwquality.so", ("common-password",)),
+    "/etc/security/pwhistory.conf": ("pam_pwhistory.so", ("common-password",)),
+}
 
 
 def q(value: str) -> str:
@@ -108,6 +115,9 @@ class FactPlan:
                     plan.dropin_dirs.add("/etc/pam.d")
                 if target is TargetKind.VM and str(spec.path).endswith("/sshd_config"):
                     plan.sshd_effective = True
+                if target is TargetKind.VM and str(spec.path) in PAM_CONFIG_MODULES:
+                    _module, stacks = PAM_CONFIG_MODULES[str(spec.path)]
+                    plan.files.update(f"/etc/pam.d/{stack}" for stack in stacks)
             elif isinstance(spec, Sysctl):
                 plan.sysctl_keys.add(spec.key)
             elif isinstance(spec, ServiceDisabled):
@@ -193,7 +203,9 @@ class FactPlan:
             if self.target is TargetKind.VM:
                 for key in sorted(self.sysctl_keys):
                     proc = "/proc/sys/" + key.replace(".", "/")
-                    out.append(f"sec {q('sysctl-live:' + key)}; cat_file {q(proc)}; end")
+                    # cat, not the read builtin: /proc/sys answers a read at an offset > 0
+                    # with end-of-file, so byte-wise reads saw "65536" as "6"
+                    out.append(f"sec {q('sysctl-live:' + key)}; cat {q(proc)} 2>/dev/null; end")
         for unit in sorted(self.units):
             lines = [f"sec {q('unit:' + unit)}"]
             for d in UNIT_DIRS:

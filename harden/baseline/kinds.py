@@ -111,7 +111,9 @@ class ConfigLine(Spec):
     key: ConfigKey
     value: ConfigValue | int | ParamRef
     compare: Compare = Compare.EQ
-    separator: Literal["space", "equals"] = "space"
+    # equals writes key=value; spaced_equals writes key = value, for parsers that need the
+    # blanks (auditd.conf: "space_left_action=email" is a syntax error and auditd does not start)
+    separator: Literal["space", "equals", "spaced_equals"] = "space"
     match: Literal["first", "last"] = "first"
     dropin_dir: AbsPath | None = None
     missing_ok: bool = False

@@ -66,6 +66,8 @@ def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_
                     "kernel": str(image.kernel),
                     "initrd": str(image.initrd),
                     "ssh_key": str(vm_template.build_key),
+                    "append": image.append,
+                    "ssh_user": str(vm_template.manifest.get("ssh_user") or "root"),
                 },
                 "baseline": {"id": "drop-ssh"},
             }

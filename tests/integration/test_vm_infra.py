@@ -191,7 +191,8 @@ def test_vm_boots_and_runs_with_the_console_host_key(vm_running: RunningVm) -> N
         ).stdout
     )
     assert info["backing-filename"] == str(vm_running.template.image.disk.resolve())
-    assert vm_running.target.describe() == f"ssh://root@127.0.0.1:{vm_running.vm.ssh_port}"
+    user = vm_running.template.manifest.get("ssh_user") or "root"  # the base's build account
+    assert vm_running.target.describe() == f"ssh://{user}@127.0.0.1:{vm_running.vm.ssh_port}"
 
 
 @pytest.mark.integration
@@ -240,8 +241,13 @@ def test_vm_reboot_keeps_host_keys(vm_running: RunningVm, vm_template: VmTemplat
     vm.reboot()
     assert vm.console_log.read_text(errors="replace").count(HOST_KEYS_BEGIN) == 2
     assert sorted(vm.host_keys()) == sorted(vm_running.host_keys)
-    vm_running.target = vm.connect(key_path=vm_template.build_key)
+    vm_running.target = vm.connect(_user(vm_template), vm_template.build_key)
     assert vm_running.target.run("cat /proc/sys/kernel/random/boot_id").text() != boot_id
+
+
+def _user(template: VmTemplate) -> str:
+    """The base's SSH user (its build account; root cannot log in)."""
+    return str(template.manifest.get("ssh_user") or "root")
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,10 @@ def test_clone_of_sealed_gets_new_identity_and_ctrl_c_kills_it(
     sealed: Sealed, vm_template: VmTemplate, tmp_path: Path
 ) -> None:
     image = VmImage(
-        disk=sealed.path, kernel=vm_template.image.kernel, initrd=vm_template.image.initrd
+        disk=sealed.path,
+        kernel=vm_template.image.kernel,
+        initrd=vm_template.image.initrd,
+        append=vm_template.image.append,
     )
     progress: list[str] = []
     pid = 0
@@ -309,7 +318,7 @@ def test_clone_of_sealed_gets_new_identity_and_ctrl_c_kills_it(
         pid = vm.pid
         keys = vm.host_keys()
         assert _fingerprints(keys).isdisjoint(_fingerprints(sealed.host_keys))
-        t = vm.connect(key_path=vm_template.build_key)
+        t = vm.connect(_user(vm_template), vm_template.build_key)
         machine_id = t.run("cat /etc/machine-id").text().strip()
         assert len(machine_id) == 32
         assert machine_id != sealed.machine_id
@@ -325,11 +334,16 @@ def test_clone_of_sealed_gets_new_identity_and_ctrl_c_kills_it(
 def test_bogus_kernel_is_target_error(vm_template: VmTemplate, tmp_path: Path) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"not a kernel\n" * 1000)
-    image = VmImage(disk=vm_template.image.disk, kernel=kernel, initrd=vm_template.image.initrd)
+    image = VmImage(
+        disk=vm_template.image.disk,
+        kernel=kernel,
+        initrd=vm_template.image.initrd,
+        append=vm_template.image.append,
+    )
     started = time.monotonic()
     vm = Vm(image, tmp_path / "vm", boot_timeout=30)
     with pytest.raises(TargetError) as e, vm:
-        vm.connect(key_path=vm_template.build_key)
+        vm.connect(_user(vm_template), vm_template.build_key)
     assert time.monotonic() - started < 30
     assert e.value.exit_code == ExitCode.ENVIRONMENT
     assert "kernel" in e.value.message
@@ -354,7 +368,7 @@ def test_vm_that_cannot_boot_times_out_with_console_tail(
     with pytest.raises(TargetError) as e, vm:
         assert vm.pid is not None
         pid = vm.pid
-        vm.connect(key_path=vm_template.build_key)
+        vm.connect(_user(vm_template), vm_template.build_key)
     elapsed = time.monotonic() - started
     assert timeout <= elapsed < timeout + 15
     assert f"within {timeout:g} s" in e.value.message

@@ -3,7 +3,8 @@
     from vm_fixtures import sshd_server, vm_running, vm_template  # noqa: F401
 
 - ``vm_template`` (session): the cached base template from scripts/vm-base.sh (root; the first
-  build takes about a minute, later runs are instant).
+  build takes about a minute, later runs are instant; ``HARDEN_CACHE`` picks another cache). Its
+  build account (manifest ``ssh_user``) logs in with sudo; root has no SSH access.
 - ``vm_running`` (module): one booted VM of that template and an SshTarget connected with the
   host key pinned from its serial console. One VM per module: boot as few as you can (TCG).
 - ``sshd_server`` (session): sshd in a container (``--network host``, 127.0.0.1 only) with a host
@@ -114,7 +115,8 @@ def vm_running(
     workdir = tmp_path_factory.mktemp("vm")
     with Vm(vm_template.image, workdir, boot_timeout=240) as vm:
         host_keys = vm.host_keys()
-        target = vm.connect(key_path=vm_template.build_key)
+        user = str(vm_template.manifest.get("ssh_user") or "root")
+        target = vm.connect(user, key_path=vm_template.build_key)
         yield RunningVm(vm, target, host_keys, vm_template)
 
 
