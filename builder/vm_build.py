@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -68,7 +69,7 @@ from harden.builder.qemu import (
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden.builder.ssh_target import SshTarget
 from harden.clock import Clock
-from harden.errors import InputError, TargetError
+from harden.errors import InputError, RemediationError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport
 from harden.target import CommandResult, TargetKind
@@ -242,6 +243,43 @@ def _remediate(target: SshTarget, script: str) -> None:
     check_remediation(result, consequence="; no template written")
 
 
+def _keep_failed(
+    vm: Vm,
+    target: SshTarget,
+    base: VmImage,
+    base_disk: DiskImage | None,
+    kept: Path,
+    user: str,
+    key: Path | None,
+    failure: RemediationError,
+) -> RemediationError:
+    """--keep-on-error: power the build VM off (after a sync), flatten its overlay into ``kept``
+    (a standalone qcow2: no backing file, so harden itself would open it too) and say how to boot
+    it and log in. The template is still not written."""
+    try:
+        with contextlib.suppress(TargetError):
+            target.run("sync", timeout=60)
+        vm.shutdown()
+        seal(vm.overlay, kept, backing=base_disk)
+    except (TargetError, OSError) as e:
+        return RemediationError(
+            failure.message, hint=f"{failure.hint}\n(could not keep the failed state: {e})"
+        )
+    boot = ["qemu-system-x86_64", "-m", "2048", "-nographic", "-snapshot"]
+    boot += ["-drive", f"file={kept},format=qcow2,if=virtio"]
+    boot += ["-nic", "user,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"]
+    if base.kernel is not None:
+        boot += ["-kernel", str(base.kernel), "-append", base.append]
+        if base.initrd is not None:
+            boot += ["-initrd", str(base.initrd)]
+    login = f"ssh -p 2222{f' -i {shlex.quote(str(key))}' if key else ''} {user}@127.0.0.1"
+    return RemediationError(
+        f"{failure.message}; the failed disk is kept as {kept}",
+        hint=f"{failure.hint}\nboot it (changes not saved): {shlex.join(boot)}\n"
+        f"then log in: {login}\nremove it: rm {shlex.quote(str(kept))}",
+    )
+
+
 def _run_checked(target: SshTarget, script: str, what: str) -> None:
     result = target.run(script, timeout=300)
     if not result.ok:
@@ -378,8 +416,10 @@ def build_vm(
     force: bool = False,
     allow_noncompliant: bool = False,
     progress: Progress = _noop,
+    keep_on_error: bool = False,
 ) -> VmBuildResult:
-    """Build (see the module docstring). SIGTERM/SIGHUP/SIGINT end qemu and remove temp files."""
+    """Build (see the module docstring). SIGTERM/SIGHUP/SIGINT end qemu and remove temp files.
+    ``keep_on_error``: a failed remediation's disk is kept, flattened, to boot and inspect."""
     with cleanup_on_signals():
         return _build_vm(
             defn,
@@ -389,6 +429,7 @@ def build_vm(
             force=force,
             allow_noncompliant=allow_noncompliant,
             progress=progress,
+            keep_on_error=keep_on_error,
         )
 
 
@@ -401,6 +442,7 @@ def _build_vm(
     force: bool,
     allow_noncompliant: bool,
     progress: Progress,
+    keep_on_error: bool = False,
 ) -> VmBuildResult:
     doc = defn.doc
     if doc.vm is None:
@@ -457,6 +499,7 @@ def _build_from(
     force: bool,
     allow_noncompliant: bool,
     progress: Progress,
+    keep_on_error: bool = False,
 ) -> VmBuildResult:
     doc = defn.doc
     assert doc.vm is not None
@@ -528,7 +571,14 @@ def _build_from(
                 target = vm.connect(src.ssh_user, ssh_key)
             with _timed(timings, "remediation"):
                 progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
-                _remediate(target, script)
+                try:
+                    _remediate(target, script)
+                except RemediationError as e:
+                    if not keep_on_error:
+                        raise
+                    kept = out_dir / f"{doc.name}.failed-{started:%Y%m%d-%H%M%S}.qcow2"
+                    user = src.ssh_user
+                    raise _keep_failed(vm, target, base, base_disk, kept, user, ssh_key, e) from e
             with _timed(timings, "reboot"):
                 vm.reboot()
                 target = vm.connect(src.ssh_user, ssh_key)

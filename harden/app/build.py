@@ -108,7 +108,9 @@ def build(
     if scan_profile is not None:
         _check_scan(defn, scan_profile)
     if defn.doc.target.value == "vm":
-        return _build_vm(defn, catalogue, ctx, signer, force, allow_noncompliant, push)
+        return _build_vm(
+            defn, catalogue, ctx, signer, force, allow_noncompliant, push, keep_on_error
+        )
     from harden.builder.container_build import build_container
     from harden.builder.docker_engine import Engine
 
@@ -266,6 +268,7 @@ def _build_vm(
     force: bool,
     allow_noncompliant: bool,
     push: bool,
+    keep_on_error: bool = False,
 ) -> Built:
     """A vm definition: build and seal a qcow2 template (builder/vm_build.py); with a signer sign
     it (envelopes beside the file), with a destination push it as an OCI artifact."""
@@ -280,6 +283,7 @@ def _build_vm(
         force=force,
         allow_noncompliant=allow_noncompliant,
         progress=ctx.progress,
+        keep_on_error=keep_on_error,
     )
     destination = defn.doc.destination if result.written and push else None
     pushed: str | None = None

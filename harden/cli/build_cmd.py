@@ -74,7 +74,8 @@ from harden.imagedef import load_definition
     is_flag=True,
     help="When a remediation step fails, keep its state to inspect (as Packer's -on-error): a "
     "container build commits it as image harden-kept/NAME:STEP-TIME and prints the command that "
-    "opens a shell in it (network none).",
+    "opens a shell in it (network none); a VM build keeps the build VM's disk, flattened, as "
+    "NAME.failed-TIME.qcow2 beside the templates and prints how to boot it and log in.",
 )
 @allow_unencrypted_option
 def build(

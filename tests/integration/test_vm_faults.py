@@ -1,7 +1,8 @@
-"""VM build faults: SSH dropped in the middle of the remediation.
+"""VM build faults: SSH dropped in the middle of the remediation; a failing remediation kept
+for inspection (--keep-on-error).
 
 The build must fail (exit 4), write no template, and leave no qemu process and no overlay.
-One VM boot (no reboot, no seal): about 30 s under TCG.
+One VM boot each (no reboot, no seal): about 30 s under TCG.
 """
 
 from __future__ import annotations
@@ -33,33 +34,21 @@ def qemu_pids() -> set[str]:
     return ours
 
 
-def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_path: Path) -> None:
+def _build(
+    vm_template: VmTemplate, tmp_path: Path, baseline: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """harden build of a VM definition on the cached base with ``baseline`` (YAML text); the
+    result, the templates folder and harden's own temporary folder."""
     bdir = tmp_path / "baselines"
     bdir.mkdir()
-    (bdir / "drop.yaml").write_text(
-        textwrap.dedent(
-            """\
-            id: drop-ssh
-            version: 1.0.0
-            title: a remediation that kills the SSH connection it runs over
-            platforms: [{family: debian}]
-            targets: [vm]
-            rules:
-              - id: custom.kill-sshd
-                title: kills every sshd process
-                controls: {iso27017: [CLD.9.5.2]}
-                command:
-                  check: test -e /nonexistent-marker
-                  remediation: pkill -9 sshd; sleep 10
-            """
-        )
-    )
+    (bdir / "test.yaml").write_text(textwrap.dedent(baseline))
+    bid = next(ln.split(":", 1)[1].strip() for ln in baseline.splitlines() if "id:" in ln)
     image = vm_template.image
     definition = tmp_path / "vm.yaml"
     definition.write_text(
         json.dumps(
             {
-                "name": "drop-test",
+                "name": "fault-test",
                 "target": "vm",
                 "vm": {
                     "disk": str(image.disk),
@@ -69,14 +58,13 @@ def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_
                     "append": image.append,
                     "ssh_user": str(vm_template.manifest.get("ssh_user") or "root"),
                 },
-                "baseline": {"id": "drop-ssh"},
+                "baseline": {"id": bid},
             }
         )
     )
     out_dir = tmp_path / "templates"
     tmpdir = tmp_path / "tmp"  # harden's temporary directories, apart from concurrent runs
     tmpdir.mkdir()
-    before = qemu_pids()
     r = subprocess.run(
         [
             sys.executable,
@@ -87,10 +75,11 @@ def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_
             "--baselines",
             str(bdir),
             "--force",
+            *extra,
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         cwd=ROOT,
         env={
             **os.environ,
@@ -99,9 +88,76 @@ def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_
             "TMPDIR": str(tmpdir),
         },
     )
+    return r, out_dir, tmpdir
+
+
+def test_ssh_dropped_mid_remediation_fails_cleanly(vm_template: VmTemplate, tmp_path: Path) -> None:
+    before = qemu_pids()
+    r, out_dir, tmpdir = _build(
+        vm_template,
+        tmp_path,
+        """\
+        id: drop-ssh
+        version: 1.0.0
+        title: a remediation that kills the SSH connection it runs over
+        platforms: [{family: debian}]
+        targets: [vm]
+        rules:
+          - id: custom.kill-sshd
+            title: kills every sshd process
+            controls: {iso27017: [CLD.9.5.2]}
+            command:
+              check: test -e /nonexistent-marker
+              remediation: pkill -9 sshd; sleep 10
+        """,
+    )
     assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert "SSH connection dropped" in r.stderr
     assert not out_dir.exists() or not list(out_dir.glob("*.qcow2"))
+    assert qemu_pids() <= before, "the build left its qemu process running"
+    assert list(tmpdir.iterdir()) == [], "temporary files left behind"
+
+
+def test_keep_on_error_keeps_the_failed_disk_flattened(
+    vm_template: VmTemplate, tmp_path: Path
+) -> None:
+    before = qemu_pids()
+    r, out_dir, tmpdir = _build(
+        vm_template,
+        tmp_path,
+        """\
+        id: fails-half-way
+        version: 1.0.0
+        title: a remediation that changes something, then fails
+        platforms: [{family: debian}]
+        targets: [vm]
+        rules:
+          - id: custom.half-way
+            title: writes a marker, then fails
+            controls: {iso27017: [CLD.9.5.2]}
+            command:
+              check: test -e /nonexistent-marker
+              remediation: echo half-done > /root/marker; echo nope >&2; exit 3
+        """,
+        "--keep-on-error",
+    )
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "custom.half-way" in r.stderr and "nope" in r.stderr
+    [kept] = list(out_dir.glob("fault-test.failed-*.qcow2"))
+    assert f"the failed disk is kept as {kept}" in r.stderr
+    assert "boot it (changes not saved): qemu-system-x86_64 " in r.stderr
+    assert f"file={kept},format=qcow2" in r.stderr
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(kept)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    assert info["format"] == "qcow2" and "backing-filename" not in info  # standalone
+    assert not list(out_dir.glob("fault-test.qcow2"))  # no template written
     assert qemu_pids() <= before, "the build left its qemu process running"
     assert list(tmpdir.iterdir()) == [], "temporary files left behind"
