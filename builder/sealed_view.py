@@ -19,8 +19,14 @@ Entries debugfs cannot list unambiguously (a name with a newline) are in
 Readers of the tree must treat it as hostile too: symlinks point anywhere (never follow them out
 of :attr:`ExtractedTree.root`), names are any bytes.
 
-Only a whole-disk ext2/3/4 file system (what scripts/vm-base.sh and harden build make) is read;
-a partitioned disk is refused with a hint.
+A whole-disk ext2/3/4 file system is read as it is. A GPT-partitioned disk (what
+scripts/vm-base.sh makes: one ext4 file system per ANSSI-BP28 partition) is read as the booted
+system would see it: partition 1 is "/", and every ext2/3/4 line of its ``/etc/fstab`` naming
+``/dev/vdaN`` is copied out at its mount point (shallowest first), the mounted file system's
+owners and modes replacing what the root file system had below that point. Partition offsets
+come from harden's own bounded read of the GPT; debugfs opens each file system as
+``disk.raw?offset=N``. An fstab line harden cannot map, a mount point that is not a plain
+directory of the tree, or a partition outside the disk is a problem (never silently skipped).
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ ROOT_INODE = 2
 _ROOT_DOT = re.compile(rb"^/2/([0-7]+)/(\d+)/(\d+)/\./", re.MULTILINE)
 MAX_ENTRIES = 2_000_000
 MAX_DEPTH = 128
+SECTOR = 512
+MAX_PARTITIONS = 128
+FSTAB_LIMIT = 64 << 10
+_EXT_FSTYPES = frozenset({"ext2", "ext3", "ext4"})
+_VDA = re.compile(r"^/dev/vda(\d{1,3})$")
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,87 @@ def parse_ls_p(output: bytes) -> tuple[dict[int, list[tuple[int, FileMeta, bytes
     return listing, problems
 
 
+def gpt_partitions(data: bytes, disk_size: int) -> dict[int, int]:
+    """Partition number -> byte offset, from the GPT header and entries at the start of a raw
+    disk (``data``: its first bytes). Empty when there is no GPT; bounded and checked against
+    ``disk_size``, a malformed table is refused."""
+    header = data[SECTOR : SECTOR + 92]
+    if header[:8] != b"EFI PART":
+        return {}
+    first_lba = int.from_bytes(header[72:80], "little")
+    count = int.from_bytes(header[80:84], "little")
+    size = int.from_bytes(header[84:88], "little")
+    end = first_lba * SECTOR + count * size
+    if not (1 <= count <= MAX_PARTITIONS and 128 <= size <= 1024 and end <= len(data)):
+        raise DiskImageError(
+            f"unreadable GPT ({count} entries of {size} bytes at sector {first_lba}): refused",
+            hint="harden reads GPT disks with at most 128 entries at the start of the disk",
+        )
+    out: dict[int, int] = {}
+    for i in range(count):
+        entry = data[first_lba * SECTOR + i * size : first_lba * SECTOR + (i + 1) * size]
+        if entry[:16] == bytes(16):
+            continue  # an unused entry
+        start = int.from_bytes(entry[32:40], "little")
+        last = int.from_bytes(entry[40:48], "little")
+        if not (0 < start <= last and (last + 1) * SECTOR <= disk_size):
+            raise DiskImageError(
+                f"GPT partition {i + 1} (sectors {start}-{last}) lies outside the disk: refused"
+            )
+        out[i + 1] = start * SECTOR
+    return out
+
+
+def fstab_mounts(text: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """(mount point, partition number) of every ext2/3/4 line naming ``/dev/vdaN`` except "/",
+    shallowest first, and the problems of the lines harden cannot map."""
+    mounts: list[tuple[str, int]] = []
+    problems: list[str] = []
+    for raw in text.splitlines():
+        fields = raw.split("#", 1)[0].split()
+        if len(fields) < 3 or fields[2] not in _EXT_FSTYPES:
+            continue
+        device, point = fields[0], fields[1].replace("\\040", " ")
+        m = _VDA.match(device)
+        parts = [p for p in point.split("/") if p]
+        if m is None:
+            problems.append(f"/etc/fstab: cannot map {device} (mounted at {point}) to a partition")
+        elif not point.startswith("/") or any(p in (".", "..") for p in parts):
+            problems.append(f"/etc/fstab: mount point {point!r} is not a plain absolute path")
+        elif parts:
+            mounts.append(("/".join(parts), int(m.group(1))))
+    mounts.sort(key=lambda mp: mp[0].count("/"))
+    return mounts, problems
+
+
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """A regular file of the extracted (hostile) tree, never through a symlink, at most
+    ``limit`` bytes; None when it is not there or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def _plain_dir(root: Path, relative: str) -> Path | None:
+    """``root/relative`` when every component is a real directory (no symlink), else None."""
+    here = root
+    for part in relative.split("/"):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    return here
+
+
 def _need(tool: str, package: str) -> None:
     if shutil.which(tool) is None:
         raise TargetError(f"{tool} is not installed", hint=f"apt-get install {package}")
@@ -157,26 +249,52 @@ def extracted_tree(
             ) from e
         with raw.open("rb") as f:
             f.seek(_EXT_MAGIC_OFFSET)
-            if f.read(2) != b"\x53\xef":
-                raise DiskImageError(
-                    f"{disk.path}: no ext2/3/4 file system at the start of the disk",
-                    hint="harden reads whole-disk ext4 templates (as scripts/vm-base.sh makes); "
-                    "boot the template to verify a partitioned disk",
-                )
+            whole_disk = f.read(2) == b"\x53\xef"
+            f.seek(0)
+            head = f.read(SECTOR * 34)  # protective MBR, GPT header, 128 entries of 128 bytes
+        partitions = {} if whole_disk else gpt_partitions(head, disk.virtual_size)
+        if not whole_disk and not _is_ext(raw, partitions.get(1)):
+            raise DiskImageError(
+                f"{disk.path}: no ext2/3/4 file system on the disk or on its GPT partition 1",
+                hint="harden reads whole-disk ext4 templates and GPT disks whose partition 1 is "
+                "an ext4 root (as scripts/vm-base.sh makes); boot the template to verify others",
+            )
         _give(raw, user, 0o400)
         out = work / "root"
         out.mkdir(mode=0o700)
         _give(out, user, 0o700)
         as_user = (user.uid, user.gid, user.groups) if user else None
+        root_fs = f"{raw}?offset={partitions[1]}" if partitions else str(raw)
         try:
-            children.run(
-                [DEBUGFS, "-R", f"rdump / {out}", str(raw)],
-                timeout=RDUMP_TIMEOUT,
-                max_output=16 << 20,
-                file_limit=disk.virtual_size,  # no extracted file can be larger than the disk
-                user=as_user,
-            )
-            files, problems = _metadata(raw, work, as_user)
+            files, problems = _copy_out(root_fs, out, work, as_user, disk.virtual_size)
+            if partitions:
+                fstab = _read_small(out / "etc" / "fstab", FSTAB_LIMIT)
+                mounts, bad = fstab_mounts((fstab or b"").decode("utf-8", "replace"))
+                problems += bad
+                if fstab is None:
+                    problems.append("/etc/fstab of partition 1 is missing or not a small file")
+                for point, number in mounts:
+                    target = _plain_dir(out, point)
+                    if number not in partitions or target is None:
+                        problems.append(
+                            f"/etc/fstab: /dev/vda{number} at /{point}: "
+                            + ("no such partition" if target else "not a plain directory")
+                        )
+                        continue
+                    for key in [k for k in files if k.startswith(point.encode() + b"/")]:
+                        del files[key]  # hidden by the mounted file system
+                    _give(target, user, 0o700)
+                    sub, bad = _copy_out(
+                        f"{raw}?offset={partitions[number]}",
+                        target,
+                        work,
+                        as_user,
+                        disk.virtual_size,
+                    )
+                    problems += bad
+                    prefix = point.encode()
+                    for key, meta in sub.items():
+                        files[prefix + b"/" + key if key else prefix] = meta
         except children.ChildFailed as e:
             if e.returncode == -signal.SIGXFSZ:
                 raise DiskImageError(
@@ -198,8 +316,35 @@ def extracted_tree(
         yield ExtractedTree(out, files, tuple(problems), hashed[0] if digest else None)
 
 
+def _is_ext(raw: Path, offset: int | None) -> bool:
+    if offset is None:
+        return False
+    with raw.open("rb") as f:
+        f.seek(offset + _EXT_MAGIC_OFFSET)
+        return f.read(2) == b"\x53\xef"
+
+
+def _copy_out(
+    fs: str,
+    into: Path,
+    work: Path,
+    user: tuple[int, int, tuple[int, ...]] | None,
+    size_limit: int,
+) -> tuple[dict[bytes, FileMeta], list[str]]:
+    """``rdump`` the file system ``fs`` (``disk.raw`` or ``disk.raw?offset=N``) into ``into`` as
+    the unprivileged user, then list its declared owners and modes."""
+    children.run(
+        [DEBUGFS, "-R", f"rdump / {into}", fs],
+        timeout=RDUMP_TIMEOUT,
+        max_output=16 << 20,
+        file_limit=size_limit,  # no extracted file can be larger than the disk
+        user=user,
+    )
+    return _metadata(fs, work, user)
+
+
 def _metadata(
-    raw: Path, work: Path, user: tuple[int, int, tuple[int, ...]] | None
+    raw: Path | str, work: Path, user: tuple[int, int, tuple[int, ...]] | None
 ) -> tuple[dict[bytes, FileMeta], list[str]]:
     """Owner and mode of every entry, from ``ls -p`` by inode, one debugfs run per depth."""
     files: dict[bytes, FileMeta] = {}
