@@ -442,7 +442,7 @@ def _build_vm(
     force: bool,
     allow_noncompliant: bool,
     progress: Progress,
-    keep_on_error: bool = False,
+    keep_on_error: bool,
 ) -> VmBuildResult:
     doc = defn.doc
     if doc.vm is None:
@@ -482,6 +482,7 @@ def _build_vm(
             force=force,
             allow_noncompliant=allow_noncompliant,
             progress=progress,
+            keep_on_error=keep_on_error,
         )
 
 
@@ -499,7 +500,7 @@ def _build_from(
     force: bool,
     allow_noncompliant: bool,
     progress: Progress,
-    keep_on_error: bool = False,
+    keep_on_error: bool,
 ) -> VmBuildResult:
     doc = defn.doc
     assert doc.vm is not None

@@ -144,7 +144,9 @@ def test_keep_on_error_keeps_the_failed_disk_flattened(
     )
     assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "custom.half-way" in r.stderr and "nope" in r.stderr
-    [kept] = list(out_dir.glob("fault-test.failed-*.qcow2"))
+    found = list(out_dir.glob("fault-test.failed-*.qcow2"))
+    assert len(found) == 1, r.stderr[-3000:]
+    kept = found[0]
     assert f"the failed disk is kept as {kept}" in r.stderr
     assert "boot it (changes not saved): qemu-system-x86_64 " in r.stderr
     assert f"file={kept},format=qcow2" in r.stderr
