@@ -5,7 +5,6 @@ as the failure."""
 from __future__ import annotations
 
 import hashlib
-import json
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,8 +72,7 @@ def cases_sarif(
     help; a result per failed check (level error) or undecided one (level warning); passed checks
     are not results. Each result is located at ``Case.location`` (GitHub code scanning needs a
     location) and names ``Case.subject`` as a logical location."""
-    from harden import __version__
-    from harden.report.sarif import SARIF_SCHEMA, SARIF_VERSION, location_uri
+    from harden.report.sarif import location_uri, sarif_log
 
     rules: list[dict[str, Any]] = []
     index: dict[str, int] = {}
@@ -116,23 +114,4 @@ def cases_sarif(
         if location:
             result["locations"] = [location]
         results.append(result)
-    log = {
-        "$schema": SARIF_SCHEMA,
-        "version": SARIF_VERSION,
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "harden",
-                        "version": __version__,
-                        "semanticVersion": __version__,
-                        "rules": rules,
-                    }
-                },
-                "automationDetails": {"id": automation_id},
-                "results": results,
-                "properties": dict(properties or {}),
-            }
-        ],
-    }
-    return json.dumps(log, indent=2, ensure_ascii=False)
+    return sarif_log(automation_id, rules, results, dict(properties or {}))

@@ -141,39 +141,49 @@ class SarifFormatter:
                 result["suppressions"] = [suppression]
             results.append(result)
 
-        log = {
-            "$schema": SARIF_SCHEMA,
-            "version": SARIF_VERSION,
-            "runs": [
-                {
-                    "tool": {
-                        "driver": {
-                            "name": "harden",
-                            "version": __version__,
-                            "semanticVersion": __version__,
-                            "rules": rules,
-                        }
-                    },
-                    "automationDetails": {"id": f"harden/{report.baseline.id}/"},
-                    "invocations": [
-                        {
-                            "executionSuccessful": True,
-                            "startTimeUtc": rfc3339(report.started_at),
-                            "endTimeUtc": rfc3339(report.finished_at),
-                        }
-                    ],
-                    "results": results,
-                    "properties": {
-                        "image": clean_line(report.image),
-                        "digest": report.digest,
-                        "baseline": report.baseline.to_json(),
-                        "platform": report.platform,
-                        "target": report.target,
-                        "compliant": report.compliant,
-                        "summary": report.summary(),
-                        **({"openscap": dict(report.scan)} if report.scan is not None else {}),
-                    },
-                }
-            ],
+        invocation = {
+            "executionSuccessful": True,
+            "startTimeUtc": rfc3339(report.started_at),
+            "endTimeUtc": rfc3339(report.finished_at),
         }
-        return json.dumps(log, indent=2, ensure_ascii=False)
+        properties = {
+            "image": clean_line(report.image),
+            "digest": report.digest,
+            "baseline": report.baseline.to_json(),
+            "platform": report.platform,
+            "target": report.target,
+            "compliant": report.compliant,
+            "summary": report.summary(),
+            **({"openscap": dict(report.scan)} if report.scan is not None else {}),
+        }
+        return sarif_log(
+            f"harden/{report.baseline.id}/", rules, results, properties, invocation=invocation
+        )
+
+
+def sarif_log(
+    automation_id: str,
+    rules: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    properties: dict[str, Any],
+    *,
+    invocation: dict[str, Any] | None = None,
+) -> str:
+    """One SARIF 2.1.0 log with harden's one run (verify reports and decision checks alike)."""
+    run: dict[str, Any] = {
+        "tool": {
+            "driver": {
+                "name": "harden",
+                "version": __version__,
+                "semanticVersion": __version__,
+                "rules": rules,
+            }
+        },
+        "automationDetails": {"id": automation_id},
+    }
+    if invocation is not None:
+        run["invocations"] = [invocation]
+    run["results"] = results
+    run["properties"] = properties
+    log = {"$schema": SARIF_SCHEMA, "version": SARIF_VERSION, "runs": [run]}
+    return json.dumps(log, indent=2, ensure_ascii=False)
