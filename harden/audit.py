@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from harden.clock import Clock
 from harden.errors import EnvironmentProblem, HardenError, InputError
 from harden.state.schema import GENESIS as GENESIS  # re-exported: the first prev_hash
-from harden.state.schema import INSERT_ENTRY, SELECT_ENTRIES, Row
+from harden.state.schema import INSERT_ENTRY, SELECT_ENTRIES, Row, select_entries
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _BUSY_TIMEOUT_S = 30.0
@@ -261,18 +261,7 @@ class SqliteAuditStore:
     def select(self, since: str | None, image: str | None) -> list[Row]:
         if not self.path.exists():
             return []
-        query = SELECT_ENTRIES
-        where: list[str] = []
-        args: list[Any] = []
-        if since is not None:
-            where.append("at >= ?")
-            args.append(since)
-        if image is not None:
-            where.append("image = ?")
-            args.append(image)
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY seq"
+        query, args = select_entries(since, image, "?")
         with self._connect(create=False) as conn:
             return [tuple(r) for r in conn.execute(query, args).fetchall()]
 

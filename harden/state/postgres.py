@@ -27,7 +27,7 @@ from typing import Any
 
 from harden.errors import InputError
 from harden.state import DB_ENV, StateDatabaseError, redact
-from harden.state.schema import GENESIS, INSERT_ENTRY, SELECT_ENTRIES, Row
+from harden.state.schema import GENESIS, INSERT_ENTRY, SELECT_ENTRIES, Row, select_entries
 
 try:
     import psycopg
@@ -243,18 +243,7 @@ class PgAuditStore:
         )
 
     def select(self, since: str | None, image: str | None) -> list[Row]:
-        query = SELECT_ENTRIES
-        where: list[str] = []
-        args: list[Any] = []
-        if since is not None:
-            where.append("at >= %s")
-            args.append(since)
-        if image is not None:
-            where.append("image = %s")
-            args.append(image)
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY seq"
+        query, args = select_entries(since, image, "%s")
         with self.db.connect() as conn:
             try:
                 return [tuple(r) for r in conn.execute(query, args).fetchall()]
