@@ -37,6 +37,9 @@ GOLDEN = "127.0.0.1:5000/bench/execfree-golden:latest"
 def _golden(engine: Engine, catalogue: Catalogue, d: Path) -> str:
     doc = (ROOT / "images" / "debian12.yaml").read_text()
     doc = doc.replace("127.0.0.1:5000/staging/debian12-hardened:latest", GOLDEN)
+    # the bench measures verify, not the definition's test suites (their paths are relative to
+    # images/, and they run in the build, not in the verify being timed)
+    doc = doc.split("\ntests:", 1)[0] + "\n"
     path = d / "golden.yaml"
     path.write_text(doc)
     result = build_container(load_definition(path), catalogue, engine, SystemClock(), push=True)
