@@ -38,7 +38,9 @@ from harden.builder.docker_engine import (
     repo_digest,
 )
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
+from harden.builder.updates import NO_UPDATES, UpdatePlan
 from harden.clock import Clock
+from harden.debian.archive import Candidate
 from harden.debian.fixes import Fix
 from harden.debian.pending import PendingUpdate
 from harden.errors import (
@@ -99,6 +101,7 @@ class BuildResult:
     report: VerifyReport
     updates: tuple[PendingUpdate, ...] = ()  # security/stable updates the build installed
     fixes: tuple[Fix, ...] = ()  # what the installed security updates fixed (CVE/DSA ids)
+    added: tuple[Candidate, ...] = ()  # packages the updates newly depend on (installed too)
 
     @property
     def compliant(self) -> bool:
@@ -256,7 +259,7 @@ def _updates(
     defn: ImageDefinition,
     clock: Clock,
     progress: Progress,
-) -> tuple[str, tuple[PendingUpdate, ...], tuple[Fix, ...]]:
+) -> tuple[str, UpdatePlan]:
     """Remediation step 0, visible in the progress and the provenance: apply the security and
     stable updates of the archive the definition pins (else the host's apt sources)."""
     from harden.builder.updates import apply_updates
@@ -361,8 +364,7 @@ def build_container(
 
     image_id: str | None = None
     reused = False
-    updates: tuple[PendingUpdate, ...] = ()
-    fixes: tuple[Fix, ...] = ()
+    updated_with = NO_UPDATES
     if not force:
         # an image committed before labels were cleaned (it carries the temporary label of its
         # remediation container) is never reused: it is rebuilt with clean labels
@@ -386,7 +388,7 @@ def build_container(
         restore = _base_config_changes(base_cfg)
         current = base_id
         if doc.archive is None or doc.archive.apply:
-            current, updates, fixes = _updates(engine, current, restore, defn, clock, progress)
+            current, updated_with = _updates(engine, current, restore, defn, clock, progress)
         updated = current if current != base_id else None
         labels = golden_labels(
             base_cfg.get("Labels") or {},
@@ -489,6 +491,7 @@ def build_container(
         base_digest=base_digest,
         baseline=baseline,
         report=report,
-        updates=updates,
-        fixes=fixes,
+        updates=updated_with.pending,
+        fixes=updated_with.fixes,
+        added=updated_with.added,
     )

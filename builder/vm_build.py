@@ -4,7 +4,12 @@ The pipeline, one VM at a time (qemu under TCG is slow):
 
 1. Boot a qcow2 overlay of the base template (the base is never written), log in with the build
    key, host keys pinned from the serial console.
-2. Upload the rendered OFFLINE remediation for target ``vm`` (rules not for vm, and actively
+2. Updates (unless the definition's ``archive: {apply: false}``): the security and stable
+   updates pending for the base's dpkg database (read from the base disk with debugfs, never
+   through its code; :mod:`builder.vm_packages`), plus the packages those new versions newly
+   depend on, downloaded by harden from the signed indices, uploaded over SFTP and installed with
+   the guest's ``dpkg -i``. The list goes into the provenance.
+   Then upload the rendered OFFLINE remediation for target ``vm`` (rules not for vm, and actively
    waived rules, are skipped) and run it. A failure names the rule and no template is written.
    ``package_present`` rules are not run: the VM has no network, so those packages must already
    be in the base (scripts/vm-base.sh); verification then reports whether they are.
@@ -13,8 +18,11 @@ The pipeline, one VM at a time (qemu under TCG is slow):
 4. Seal: run :func:`builder.qemu.hygiene_script` (no host keys, empty machine-id, no caches),
    stop ``systemd-random-seed`` and remove the seed it saved (otherwise shutdown writes it back
    into the template), power off, flatten the overlay into a standalone zstd qcow2.
-5. Boot a clone of the sealed template (new host keys pinned from the console, new machine-id)
-   and verify it. The clone's report is the one returned (and attested).
+5. Read the sealed template's package database (its SBOM) and its newest kernel and initramfs
+   from the sealed disk: clones boot the template's own kernel (a kernel update installed in
+   step 2 is what the template runs). Boot a clone of the sealed template (new host keys pinned
+   from the console, new machine-id) and verify it. The clone's report is the one returned (and
+   attested).
 
 Template hygiene (the decision): a ``template.*`` rule is about the template's *disk*, and the
 first boot of any clone undoes several of them on purpose (it makes host keys, a machine-id and a
@@ -58,6 +66,7 @@ from harden import __version__
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule
 from harden.builder.children import cleanup_on_signals
 from harden.builder.disk_image import DiskImage, inspect_disk
+from harden.builder.packages import NoPackageDatabase
 from harden.builder.qemu import (
     DEFAULT_APPEND,
     Vm,
@@ -68,7 +77,18 @@ from harden.builder.qemu import (
 )
 from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
 from harden.builder.ssh_target import SshTarget
+from harden.builder.updates import (
+    NO_UPDATES,
+    UpdatePlan,
+    install_failed,
+    install_script,
+    plan_updates,
+)
+from harden.builder.vm_packages import DiskPackages, read_disk
 from harden.clock import Clock
+from harden.debian.archive import Candidate
+from harden.debian.fixes import Fix
+from harden.debian.pending import PendingUpdate
 from harden.errors import InputError, RemediationError, TargetError
 from harden.imagedef import ImageDefinition
 from harden.results import RuleResult, VerifyReport
@@ -81,6 +101,7 @@ from harden.vm_manifest import TemplateManifest, read_manifest, write_manifest
 DEFAULT_TEMPLATES_DIR = Path("/var/cache/harden/templates")
 TEMPLATES_ENV = "HARDEN_TEMPLATES"
 REMEDIATION_TIMEOUT = 1800.0
+UPDATES_TIMEOUT = 1800.0  # dpkg -i of the updates; a kernel's initramfs takes minutes under TCG
 # a partitioned template mounts eleven file systems at boot; under TCG on a busy host (2 shared
 # cores) that took up to 150 s here, so the build waits longer than Vm's default
 BOOT_TIMEOUT = 300.0  # a build boots a partitioned template twice: at least this, under TCG
@@ -129,6 +150,10 @@ class VmBuildResult:
     baseline: ResolvedBaseline
     report: VerifyReport  # the clone's report, template.* rules judged on the sealed disk
     timings: dict[str, float] = field(default_factory=dict)
+    updates: tuple[PendingUpdate, ...] = ()  # installed by the updates step (provenance)
+    added: tuple[Candidate, ...] = ()  # packages those updates newly depend on
+    fixes: tuple[Fix, ...] = ()  # the ids each installed security update's changelog names
+    inventory: DiskPackages | None = None  # the sealed template's package database (the SBOM)
 
     @property
     def compliant(self) -> bool:
@@ -151,6 +176,8 @@ class VmBuildResult:
             "summary": self.report.summary(),
             "sealed_rules": list(self.report.meta.get("sealed_rules", [])),
             "timings": {k: round(v, 1) for k, v in self.timings.items()},
+            "updates": [u.describe() for u in self.updates],
+            "kernel": self.inventory.kernel_version if self.inventory else None,
         }
 
 
@@ -522,6 +549,7 @@ def _build_from(
         )
         with inspect_disk(out) as sealed_disk:
             digest = sealed_disk.sha256()
+        inventory = _inventory(out, None, progress)
         boot = VmImage(
             disk=out,
             kernel=previous.kernel or base.kernel,
@@ -553,14 +581,20 @@ def _build_from(
             baseline,
             report,
             timings,
+            inventory=inventory,
         )
 
     suites = defn.suites()  # checked before the first boot: a bad path costs no VM
     rules = remediation_rules(baseline, TargetKind.VM, started.date())
     family = baseline.platforms[0].family.value
     script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
+    plan = NO_UPDATES
+    if doc.archive is None or doc.archive.apply:
+        with _timed(timings, "updates"):
+            plan = _plan_updates(base.disk, defn, clock, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".{doc.name}.building.qcow2"
+    boot_files = out_dir / f".{doc.name}.building.boot"
     try:
         with (
             tempfile.TemporaryDirectory(prefix="harden-vm-build-") as work,
@@ -570,6 +604,9 @@ def _build_from(
         ):
             with _timed(timings, "boot"):
                 target = vm.connect(src.ssh_user, ssh_key)
+            if plan.files:
+                with _timed(timings, "updates"):
+                    install_updates(target, plan, progress)
             with _timed(timings, "remediation"):
                 progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
                 try:
@@ -592,9 +629,21 @@ def _build_from(
                 _run_checked(target, _SEAL_EXTRA, "removing the random seed")
                 vm.shutdown()
                 digest = "sha256:" + seal(vm.overlay, staging, backing=base_disk)
+        with _timed(timings, "seal"):
+            shutil.rmtree(boot_files, ignore_errors=True)
+            boot_files.mkdir(mode=0o700)
+            inventory = _inventory(staging, boot_files, progress)
+        # the template boots its own newest kernel (a kernel update the build installed), else
+        # the base's (a template without one in /boot)
+        boot = dataclasses.replace(
+            base,
+            disk=staging,
+            kernel=(inventory and inventory.kernel) or base.kernel,
+            initrd=(inventory and inventory.initrd) or base.initrd,
+        )
         report = verify_clone(
             staging,
-            base,
+            boot,
             src.ssh_user,
             ssh_key,
             baseline,
@@ -623,16 +672,20 @@ def _build_from(
                 baseline,
                 report,
                 timings,
+                plan.pending,
+                plan.added,
+                plan.fixes,
+                inventory,
             )
         if not report.compliant:
             progress(f"WARNING: writing NON-COMPLIANT template {out} (--allow-noncompliant)")
         kernel = initrd = None
-        if base.kernel is not None:
+        if boot.kernel is not None:
             kernel = out_dir / f"{doc.name}.vmlinuz"
-            _copy(base.kernel, kernel)
-        if base.initrd is not None:
+            _copy(boot.kernel, kernel)
+        if boot.initrd is not None:
             initrd = out_dir / f"{doc.name}.initrd.img"
-            _copy(base.initrd, initrd)
+            _copy(boot.initrd, initrd)
         os.replace(staging, out)
         write_manifest(
             TemplateManifest(
@@ -654,6 +707,69 @@ def _build_from(
         )
     finally:
         staging.unlink(missing_ok=True)
+        shutil.rmtree(boot_files, ignore_errors=True)
     return VmBuildResult(
-        doc.name, out, digest, True, False, str(base.disk), base_sha, key, baseline, report, timings
+        doc.name,
+        out,
+        digest,
+        True,
+        False,
+        str(base.disk),
+        base_sha,
+        key,
+        baseline,
+        report,
+        timings,
+        plan.pending,
+        plan.added,
+        plan.fixes,
+        inventory,
     )
+
+
+def _plan_updates(
+    disk: Path, defn: ImageDefinition, clock: Clock, progress: Progress
+) -> UpdatePlan:
+    """Remediation step 0, visible in the progress and the provenance: the security and stable
+    updates of the archive the definition pins (else the host's apt sources) for the packages
+    the base's own database lists (read from its disk, not through its code)."""
+    from harden.debian.archive import ArchiveReader
+    from harden.paths import harden_home
+
+    progress("remediation: security and stable updates")
+    try:
+        base = read_disk(disk)
+    except NoPackageDatabase as e:
+        progress(f"updates: none applied: {e.message}")
+        return NO_UPDATES
+    reader = ArchiveReader(harden_home() / "archive", clock)
+    return plan_updates(
+        base.status, base.os_release, reader, defn.update_archives, progress, origin=disk.name
+    )
+
+
+def install_updates(target: SshTarget, plan: UpdatePlan, progress: Progress) -> None:
+    """Upload the verified ``.deb`` files over SFTP (as the build account) and install them with
+    the guest's ``dpkg -i`` through sudo; the upload folder is removed afterwards."""
+    size = sum(len(d) for d in plan.files.values())
+    progress(f"updates: installing {len(plan.files)} package(s) ({size / 1e6:.1f} MB)")
+    where = target.upload(plan.files, f".harden-updates-{os.getpid()}-{time.monotonic_ns()}")
+    result = target.run(
+        install_script([f"{where}/{n}" for n in plan.files], where, remount=True),
+        timeout=UPDATES_TIMEOUT,
+    )
+    if not result.ok:
+        raise install_failed(result.stderr)
+
+
+def _inventory(disk: Path, boot_files: Path | None, progress: Progress) -> DiskPackages | None:
+    """The sealed template's package database (and with ``boot_files`` its newest kernel),
+    read from its disk; None for a template without a dpkg database."""
+    try:
+        found = read_disk(disk, boot_files_to=boot_files)
+    except NoPackageDatabase as e:
+        progress(f"no package inventory: {e.message}")
+        return None
+    kernel = f", kernel {found.kernel_version}" if found.kernel_version else ""
+    progress(f"package inventory: {len(found.packages)} packages{kernel}")
+    return found

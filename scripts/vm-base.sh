@@ -28,6 +28,9 @@ set -euo pipefail
 
 SUITE=bookworm
 MIRROR=$("$(dirname "$0")/apt-mirror.sh")
+# the base carries the security and stable updates published when it is made (so a template
+# build installs only the ones published since; harden's updates step reads the same suites)
+SECURITY_MIRROR=$("$(dirname "$0")/apt-mirror.sh" security)
 # libpam-pwquality, auditd, audispd-plugins, apparmor and systemd-timesyncd are required by
 # baselines/debian-vm.yaml; a VM has no network at build time, so they must be in the base.
 # sudo, aide, rsyslog(-gnutls), chrony, logrotate and libpam-apparmor: ANSSI-BP28 asks for them.
@@ -256,7 +259,8 @@ mmdebstrap --mode=root --variant=apt --include="$PACKAGES" \
   --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
   --customize-hook="\"$WORK/customize.sh\" \"\$1\" \"$WORK/authorized_keys\" $BUILD_USER \"$WORK/fstab\"" \
-  "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/mmdebstrap.log" 2>&1 \
+  "$SUITE" "$ROOTFS" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+  "deb $SECURITY_MIRROR $SUITE-security main" >"$WORK/mmdebstrap.log" 2>&1 \
   || { tail -n 30 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap failed" "is the Debian mirror $MIRROR reachable?"; }
 
 kernel=$(ls "$ROOTFS"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)

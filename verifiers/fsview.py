@@ -161,6 +161,15 @@ class LayerEntry:
     offset: int
 
 
+
+def read_path(view: FsView, path: bytes, limit: int) -> bytes | None:
+    """Content of the regular file at ``path`` (links resolved inside the root); None when it is
+    not a regular file. More than ``limit`` bytes raises LimitExceeded."""
+    node = resolve(view, path)
+    if node is None or node.type != FILE:
+        return None
+    return view.read(node, limit)
+
 def _tar_type(info: tarfile.TarInfo) -> str | None:
     if info.isreg():
         return FILE

@@ -34,6 +34,7 @@ from harden.verifiers.fsview import (
     display,
     norm,
     parent,
+    read_path,
     resolve,
 )
 
@@ -92,10 +93,7 @@ class _Gather:
 
     def read_file(self, path: bytes, limit: int) -> bytes | None:
         """Content of the regular file at ``path`` (links followed); None when not a file."""
-        node = self.node(path)
-        if node is None or node.type != FILE:
-            return None
-        return self.view.read(node, limit)
+        return read_path(self.view, path, limit)
 
     def file_section(self, name: str, path: bytes, limit: int = MAX_FILE_BYTES) -> None:
         try:

@@ -197,10 +197,9 @@ def _attach_inventory(
     """The pushed image's package inventory (its dpkg database, read without running it) as a
     signed CycloneDX attestation; with security updates installed, the OpenVEX of what they
     fixed."""
-    from harden.app.publish import attach_sbom_attestation, attach_vex_attestation
+    from harden.app.publish import attach_inventory, fixed_cves
     from harden.builder.docker_engine import Engine
     from harden.builder.packages import NoPackageDatabase, image_packages
-    from harden.sbom import purl
 
     assert result.digest is not None
     try:
@@ -209,19 +208,18 @@ def _attach_inventory(
         ctx.progress(f"no package inventory attached: {e.message}")
         return []
     ctx.progress(f"package inventory: {len(packages)} packages ({release.purl_distro})")
-    out = [
-        attach_sbom_attestation(
-            result.reference, result.digest, packages, release, signer, ctx.clock, client
-        )
-    ]
-    cves = sorted({i for f in result.fixes for i in f.ids if i.startswith("CVE-")})
+    out = attach_inventory(
+        result.reference,
+        result.digest,
+        packages,
+        release,
+        result.fixes,
+        signer,
+        ctx.clock,
+        client,
+    )
+    cves = fixed_cves(result.fixes)
     if cves:
-        purls = {p.name: purl(p, release.purl_distro).to_string() for p in packages}
-        out.append(
-            attach_vex_attestation(
-                result.reference, result.digest, result.fixes, purls, signer, ctx.clock, client
-            )
-        )
         ctx.progress(f"VEX: {len(cves)} CVE(s) fixed by the applied updates: {', '.join(cves)}")
     return out
 

@@ -196,21 +196,29 @@ def attach_build_attestations(
         base_name=result.base_name,
         base_digest=result.base_digest,
         baseline=result.baseline,
-        extra={
-            # the remediation step that applied Debian's security and stable updates
-            "appliedUpdates": [
-                {
-                    "package": u.name,
-                    "from": u.installed,
-                    "to": u.candidate,
-                    "suite": u.suite,
-                    "source": u.source,
-                }
-                for u in result.updates
-            ]
-        },
+        extra=applied_updates(result.updates, result.added),
     )
     return attach_signed(client, reference.repository, subject, signed, clock)
+
+
+def applied_updates(updates: Sequence[Any], added: Sequence[Any] = ()) -> dict[str, Any]:
+    """The provenance's record of the remediation step that applied Debian's security and
+    stable updates (and the packages they newly needed, such as a new kernel ABI package)."""
+    return {
+        "appliedUpdates": [
+            {
+                "package": u.name,
+                "from": u.installed,
+                "to": u.candidate,
+                "suite": u.suite,
+                "source": u.source,
+            }
+            for u in updates
+        ],
+        "addedPackages": [
+            {"package": c.name, "version": c.version, "suite": c.suite} for c in added
+        ],
+    }
 
 
 def publish_vm(
@@ -268,7 +276,17 @@ def publish_vm(
             base_name=result.base_disk,
             base_digest=result.base_sha256,
             baseline=result.baseline,
+            extra=applied_updates(result.updates, result.added),
         )
+        if result.inventory is not None:
+            inv = result.inventory
+            signed += sbom_statements(
+                subjects, inv.packages, inv.release, result.fixes, signer, clock.now()
+            )
+            progress(f"package inventory: {len(inv.packages)} packages ({inv.release.purl_distro})")
+            cves = fixed_cves(result.fixes)
+            if cves:
+                progress(f"VEX: {len(cves)} CVE(s) fixed by the applied updates: {', '.join(cves)}")
         where = vm_artifact.write_attestations(result.path, [s.envelope for s in signed])
         progress(f"wrote {len(signed)} signed attestation(s) to {where}")
     if reference is None:
@@ -322,60 +340,59 @@ def attach_scan_attestation(
     return attach_signed(client, ref.repository, subject, [signed], clock)[0]
 
 
-def attach_sbom_attestation(
+def sbom_statements(
+    subjects: Sequence[Subject],
+    packages: Sequence[Any],
+    release: Any,
+    fixes: Sequence[Any],
+    signer: Signer,
+    now: dt.datetime,
+) -> list[SignedStatement]:
+    """The package inventory of ``subjects[-1]`` (the pushed image or artifact; a VM template's
+    file when it is not pushed) as a signed CycloneDX 1.6 statement about every subject; with
+    CVEs named by the installed security updates, also the signed OpenVEX of what they fixed."""
+    from harden.attest import dsse
+    from harden.attest.statements import sbom, serialize, vex
+    from harden.attest.store import SignedStatement
+    from harden.debian.fixes import openvex
+    from harden.sbom import cyclonedx, purl
+
+    described = subjects[-1]
+    doc = cyclonedx(
+        packages,
+        subject_name=described.name,
+        subject_digest=described.digest,
+        distro=release.purl_distro,
+        now=now,
+        codename=release.codename or None,
+    )
+    statements = [sbom(subjects, doc)]
+    if any(i.startswith("CVE-") for f in fixes for i in f.ids):
+        purls = {p.name: purl(p, release.purl_distro).to_string() for p in packages}
+        product = f"{described.name}@{described.digest}"
+        statements.append(vex(subjects, openvex(fixes, product=product, purls=purls, now=now)))
+    return [
+        SignedStatement(str(st["predicateType"]), dsse.sign(serialize(st), signer))
+        for st in statements
+    ]
+
+
+def fixed_cves(fixes: Sequence[Any]) -> list[str]:
+    return sorted({i for f in fixes for i in f.ids if i.startswith("CVE-")})
+
+
+def attach_inventory(
     reference: str,
     digest: str,
     packages: Sequence[Any],
     release: Any,
-    signer: Signer,
-    clock: Clock,
-    client: RegistryClient | None = None,
-) -> Descriptor:
-    """After ``harden build --key``: the package inventory of the pushed image as a signed
-    CycloneDX 1.6 statement (predicate ``https://cyclonedx.org/bom``), subject = its digest."""
-    from harden.attest import dsse
-    from harden.attest.statements import Subject, sbom, serialize
-    from harden.attest.store import SignedStatement
-    from harden.errors import RegistryError
-    from harden.oci import RegistryClient, parse_reference
-    from harden.sbom import cyclonedx
-
-    ref = parse_reference(reference)
-    client = client or RegistryClient.for_reference(ref)
-    subject = client.head_manifest(ref.repository, digest)
-    if subject is None:
-        raise RegistryError(f"{reference}@{digest} is not in the registry")
-    name = f"{ref.registry}/{ref.repository}"
-    doc = cyclonedx(
-        packages,
-        subject_name=name,
-        subject_digest=digest,
-        distro=release.purl_distro,
-        now=clock.now(),
-        codename=release.codename or None,
-    )
-    statement = sbom(Subject(name, digest), doc)
-    signed = SignedStatement(
-        str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
-    )
-    return attach_signed(client, ref.repository, subject, [signed], clock)[0]
-
-
-def attach_vex_attestation(
-    reference: str,
-    digest: str,
     fixes: Sequence[Any],
-    purls: Mapping[str, str],
     signer: Signer,
     clock: Clock,
     client: RegistryClient | None = None,
-) -> Descriptor:
-    """After a build that installed security updates: a signed OpenVEX v0.2.0 statement naming
-    each CVE those updates fixed as ``fixed`` in the pushed image (subject = its digest)."""
-    from harden.attest import dsse
-    from harden.attest.statements import Subject, serialize, vex
-    from harden.attest.store import SignedStatement
-    from harden.debian.fixes import openvex
+) -> list[Descriptor]:
+    """After ``harden build --key``: the SBOM (and VEX) of the pushed image, attached."""
+    from harden.attest.statements import Subject
     from harden.errors import RegistryError
     from harden.oci import RegistryClient, parse_reference
 
@@ -384,10 +401,12 @@ def attach_vex_attestation(
     subject = client.head_manifest(ref.repository, digest)
     if subject is None:
         raise RegistryError(f"{reference}@{digest} is not in the registry")
-    name = f"{ref.registry}/{ref.repository}"
-    doc = openvex(fixes, product=f"{name}@{digest}", purls=purls, now=clock.now())
-    statement = vex(Subject(name, digest), doc)
-    signed = SignedStatement(
-        str(statement["predicateType"]), dsse.sign(serialize(statement), signer)
+    signed = sbom_statements(
+        [Subject(f"{ref.registry}/{ref.repository}", digest)],
+        packages,
+        release,
+        fixes,
+        signer,
+        clock.now(),
     )
-    return attach_signed(client, ref.repository, subject, [signed], clock)[0]
+    return attach_signed(client, ref.repository, subject, signed, clock)

@@ -54,7 +54,25 @@ zzhello (1.0) bookworm; urgency=medium
 """
 
 
-def build_deb(tmp: Path, version: str) -> Path:
+def build_deb(tmp: Path, version: str, name: str = "zzhello") -> Path:
+    """zzhello ``version`` (1.1 depends on a package 1.0 did not have, as a kernel
+    metapackage's update depends on a new ABI package), or another package ``name``."""
+    if name != "zzhello":
+        pkg = tmp / f"{name}-{version}"
+        (pkg / "DEBIAN").mkdir(parents=True)
+        (pkg / "usr/share" / name).mkdir(parents=True)
+        (pkg / "usr/share" / name / "data").write_text(f"{name} {version}\n")
+        (pkg / "DEBIAN/control").write_text(
+            f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+            "Maintainer: Test <test@test.invalid>\nDescription: harden test package\n"
+        )
+        out = tmp / f"{name}_{version}_all.deb"
+        subprocess.run(
+            ["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(out)],
+            check=True,
+            capture_output=True,
+        )
+        return out
     pkg = tmp / f"zzhello-{version}"
     doc = pkg / "usr/share/doc/zzhello"
     doc.mkdir(parents=True)
@@ -70,7 +88,12 @@ def build_deb(tmp: Path, version: str) -> Path:
     (pkg / "DEBIAN").mkdir()
     (pkg / "DEBIAN/control").write_text(
         f"Package: zzhello\nVersion: {version}\nArchitecture: all\n"
-        "Maintainer: Test <test@test.invalid>\nDescription: harden test package\n"
+        + (
+            "Depends: zzhello-data (= 1.1) | zzhello-data-alt, dpkg (>= 1.0)\n"
+            if version != "1.0"
+            else ""
+        )
+        + "Maintainer: Test <test@test.invalid>\nDescription: harden test package\n"
     )
     out = tmp / f"zzhello_{version}_all.deb"
     subprocess.run(
@@ -105,19 +128,23 @@ class World:
         return r.returncode, {i["name"]: i for i in json.loads(r.stdout)["images"]}, r.stderr
 
     def publish(self, version: str | None) -> None:
-        """bookworm-security carries zzhello ``version`` (None: nothing); -updates is empty."""
+        """bookworm-security carries zzhello ``version`` (None: nothing) and, with 1.1, the new
+        package zzhello-data it depends on; -updates is empty."""
         stanza = ""
         if version is not None:
-            deb = self.debs[version]
-            pool = self.archive.root / "pool/main/z/zzhello"
-            pool.mkdir(parents=True, exist_ok=True)
-            shutil.copy(deb, pool / deb.name)
-            data = deb.read_bytes()
-            stanza = (
-                f"Package: zzhello\nVersion: {version}\nArchitecture: all\n"
-                f"Filename: pool/main/z/zzhello/{deb.name}\nSize: {len(data)}\n"
-                f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n"
-            )
+            debs = {"zzhello": self.debs[version]}
+            if version != "1.0":
+                debs["zzhello-data"] = self.debs["data"]
+            for name, deb in debs.items():
+                pool = self.archive.root / "pool/main/z/zzhello"
+                pool.mkdir(parents=True, exist_ok=True)
+                shutil.copy(deb, pool / deb.name)
+                data = deb.read_bytes()
+                stanza += (
+                    f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+                    f"Filename: pool/main/z/zzhello/{deb.name}\nSize: {len(data)}\n"
+                    f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n"
+                )
         self.archive.publish("bookworm-security", stanza)
         self.archive.publish("bookworm-updates", "")
 
@@ -189,7 +216,10 @@ def world(
         images=d / "images",
         archive=test_archive,
         destination=f"{REGISTRY}/test-refresh/{run}/golden:latest",
-        debs={v: build_deb(d, v) for v in ("1.0", "1.1")},
+        debs={
+            **{v: build_deb(d, v) for v in ("1.0", "1.1")},
+            "data": build_deb(d, "1.1", "zzhello-data"),
+        },
     )
     r = w.harden("keygen", "--out", str(d / "signing"))
     assert r.returncode == 0, r.stderr
@@ -308,3 +338,7 @@ def test_05_rebuild_applies_the_fix_and_signs_sbom_and_vex(world: World) -> None
     provenance = world.signed("https://slsa.dev/provenance/v1")
     applied = provenance["buildDefinition"]["externalParameters"]["appliedUpdates"]
     assert [(u["package"], u["from"], u["to"]) for u in applied] == [("zzhello", "1.0", "1.1")]
+    # the new version depends on a package the image did not have: installed with it, recorded
+    added = provenance["buildDefinition"]["externalParameters"]["addedPackages"]
+    assert [(a["package"], a["version"]) for a in added] == [("zzhello-data", "1.1")]
+    assert packages_of(world.signed("https://cyclonedx.org/bom"))["zzhello-data"] == "1.1"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,13 +20,24 @@ from typing import Any
 
 import harden_cli
 import pytest
+from test_security_refresh import build_deb
 from vm_fixtures import VmTemplate, vm_template  # noqa: F401
 
 from harden.attest import dsse
 from harden.attest.keys import load_public_key
-from harden.attest.predicates import HARDEN_COMPLIANCE, SLSA_PROVENANCE, TEST_RESULT
+from harden.attest.predicates import (
+    CYCLONEDX_BOM,
+    HARDEN_COMPLIANCE,
+    OPENVEX,
+    SLSA_PROVENANCE,
+    TEST_RESULT,
+)
 from harden.attest.statements import BUILD_TYPE_VM
+from harden.builder.updates import UpdatePlan
+from harden.builder.vm_build import install_updates
+from harden.builder.vm_packages import read_disk
 from harden.oci import RegistryClient, parse_reference
+from harden.sbom import packages_of
 from harden.vm_artifact import ARTIFACT_TYPE, QCOW2_MEDIA_TYPE
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
@@ -143,6 +155,14 @@ def test_build_seals_a_compliant_standalone_template(built: Built, vm_template: 
     assert manifest["base"] == str(sealed)
     assert manifest["template_sha256"] == result["digest"]
     assert Path(manifest["kernel"]).is_file() and Path(manifest["initrd"]).is_file()
+    # clones boot the template's own newest kernel (a kernel update the build installed is the
+    # kernel it runs), read from the sealed disk
+    with tempfile.TemporaryDirectory() as d:
+        own = read_disk(sealed, boot_files_to=Path(d))
+        assert own.kernel_version == result["kernel"]
+        assert own.kernel is not None and own.initrd is not None
+        assert own.kernel.read_bytes() == Path(manifest["kernel"]).read_bytes()
+        assert own.initrd.read_bytes() == Path(manifest["initrd"]).read_bytes()
     assert not list(built.out_dir.glob(".*"))  # no staging or temp files left behind
 
     # the unhardened base is not compliant against the same baseline
@@ -171,7 +191,24 @@ def test_attestations_beside_the_template_verify_and_name_file_and_artifact(buil
         assert v.statement.matches(built.result["digest"])  # the qcow2 file's sha256
         assert v.statement.matches(artifact_digest)  # and the pushed artifact manifest
         by_type[v.statement.predicateType] = v.statement
-    assert set(by_type) == {SLSA_PROVENANCE, TEST_RESULT, HARDEN_COMPLIANCE}
+    prov_params = by_type[SLSA_PROVENANCE].predicate["buildDefinition"]["externalParameters"]
+    applied = prov_params["appliedUpdates"]
+    # the updates step: the base's pending security/stable updates (read from its disk) installed
+    assert [f"{u['package']} {u['from']} -> {u['to']} ({u['suite']})" for u in applied] == (
+        built.result["updates"]
+    )
+    expected = {SLSA_PROVENANCE, TEST_RESULT, HARDEN_COMPLIANCE, CYCLONEDX_BOM}
+    if OPENVEX in by_type:  # only when the installed security updates named CVEs
+        expected.add(OPENVEX)
+        assert applied, "a VEX without applied updates"
+    assert set(by_type) == expected
+    # the SBOM is the sealed template's own package database: every update at its new version
+    # (and the packages the updates newly needed, such as a new kernel ABI package)
+    installed = packages_of(by_type[CYCLONEDX_BOM].predicate)
+    for u in applied:
+        assert installed[u["package"]] == u["to"], u
+    for a in prov_params["addedPackages"]:
+        assert installed[a["package"]] == a["version"], a
     assert sealed.name in {s.name for s in by_type[TEST_RESULT].subject}
     prov = by_type[SLSA_PROVENANCE].provenance()
     assert prov.buildDefinition.buildType == BUILD_TYPE_VM
@@ -202,7 +239,9 @@ def test_template_is_an_oci_artifact_that_verifies_promotes_and_is_fresh(built: 
 
     r = built.harden("attestation", "verify", built.ref, "--key", str(built.pub))
     assert r.returncode == 0, r.stderr
-    assert "3 of 3 attestation(s)" in r.stderr
+    n = len(json.loads((built.out_dir / "debian12-vm.qcow2.attestations.json").read_text()))
+    assert n >= 4  # provenance, test result, compliance, SBOM (and the VEX of fixed CVEs)
+    assert f"{n} of {n} attestation(s)" in r.stderr
 
     prod = built.ref.replace("/staging/", "/prod/")
     t0 = time.monotonic()
@@ -219,6 +258,8 @@ def test_template_is_an_oci_artifact_that_verifies_promotes_and_is_fresh(built: 
     images = {i["name"]: i for i in json.loads(r.stdout)["images"]}
     vm = images["debian12-vm"]
     assert vm["state"] == "fresh", vm
+    # the signed SBOM against the host's archive: the build left no security update pending
+    assert vm["pending_updates"] == [], vm
     assert vm["base"]["recorded"] == vm["base"]["current"]
 
 
@@ -271,4 +312,17 @@ def test_sealed_template_effective_settings_on_a_booted_clone(
             assert {"nodev", "nosuid", "noexec"} <= set(opts), line
         # faillock is in the stacks whose configuration harden checks
         assert "pam_faillock.so" in target.run("cat /etc/pam.d/common-auth").stdout.decode()
+
+        # the updates step's install on a VM (the build's base usually has nothing pending): a
+        # verified .deb uploaded over SFTP as the build account, installed by the guest's dpkg
+        # although /var (which holds dpkg's maintainer scripts) is mounted noexec, which it is
+        # again afterwards; the upload folder is gone
+        deb = build_deb(tmp_path, "1.0")
+        assert "noexec" in target.run("findmnt -no OPTIONS /var").stdout.decode()
+        plan = UpdatePlan((), (), {deb.name: deb.read_bytes()}, ())
+        install_updates(target, plan, lambda _: None)
+        assert target.run("dpkg-query -W -f '${Version}' zzhello").stdout == b"1.0"
+        assert "noexec" in target.run("findmnt -no OPTIONS /var").stdout.decode()
+        left = target.run("ls -A ~harden-build").stdout.decode()
+        assert ".harden-updates" not in left, left
         vm.shutdown()
