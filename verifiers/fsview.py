@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import stat as st
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from harden.errors import InputError
+from harden.verifiers import tarscan
 
 MAX_ENTRIES = 2_000_000  # entries in the merged index (a large distro image has ~100k)
 MAX_NAME_BYTES = 4096
@@ -161,73 +161,50 @@ class LayerEntry:
     offset: int
 
 
-def _tar_type(info: tarfile.TarInfo) -> str | None:
-    if info.isreg():
-        return FILE
-    if info.isdir():
-        return DIR
-    if info.issym():
-        return SYMLINK
-    if info.islnk():
-        return "hardlink"
-    if info.ischr():
-        return CHAR
-    if info.isblk():
-        return BLOCK
-    if info.isfifo():
-        return FIFO
-    return None  # sockets cannot be in a tar; GNU sparse etc. are refused by the caller
-
-
-def _name(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+_TAR_TYPES = {
+    tarscan.REG: FILE,
+    tarscan.DIR: DIR,
+    tarscan.SYM: SYMLINK,
+    tarscan.LINK: "hardlink",
+    tarscan.CHR: CHAR,
+    tarscan.BLK: BLOCK,
+    tarscan.FIFO: FIFO,
+}  # sockets cannot be in a tar; other member types are refused by tarscan
 
 
 def index_layer(fileobj: BinaryIO, *, max_entries: int = MAX_ENTRIES) -> list[LayerEntry]:
     """The members of one uncompressed layer tar (a seekable file: only the headers are read,
-    the data of every member is skipped with a seek)."""
+    the data of every member is skipped). The tar is read by :mod:`verifiers.tarscan`, which
+    refuses what Python's tarfile and the engine's reader could read differently."""
     entries: list[LayerEntry] = []
+    append = entries.append
     try:
-        with tarfile.open(
-            fileobj=fileobj, mode="r:", encoding="utf-8", errors="surrogateescape"
-        ) as tar:
-            while (info := tar.next()) is not None:
-                tar.members.clear()  # type: ignore[attr-defined]  # the index is all we keep
-                if len(entries) >= max_entries:
-                    raise LimitExceeded(f"a layer has more than {max_entries} entries")
-                raw = _name(info.name)
-                if len(raw) > MAX_NAME_BYTES:
-                    raise LimitExceeded(f"a layer entry name is longer than {MAX_NAME_BYTES} bytes")
-                path = norm(raw)
-                base = path.rsplit(b"/", 1)[-1]
-                link = _name(info.linkname) if info.linkname else None
-                if base == OPAQUE:
-                    kind = "opaque"
-                    path = parent(path)
-                elif base.startswith(WHITEOUT):
-                    kind = "whiteout"
-                    path = norm(parent(path) + b"/" + base[len(WHITEOUT) :])
-                else:
-                    found = _tar_type(info)
-                    if found is None:
-                        raise InputError(f"unsupported tar member type in a layer: {path!r}")
-                    kind = found
-                    if kind == "hardlink" and link is not None:
-                        link = norm(link)
-                entries.append(
-                    LayerEntry(
-                        path,
-                        kind,
-                        info.mode & 0o7777,
-                        info.uid,
-                        info.gid,
-                        info.size if kind == FILE else 0,
-                        link,
-                        info.offset_data,
-                    )
-                )
-    except tarfile.TarError as e:
-        raise InputError(f"a layer is not a readable tar archive: {e}") from e
+        for m in tarscan.scan(fileobj):
+            if len(entries) >= max_entries:
+                raise LimitExceeded(f"a layer has more than {max_entries} entries")
+            raw, link = m.name, m.linkname or None
+            if len(raw) > MAX_NAME_BYTES:
+                raise LimitExceeded(f"a layer entry name is longer than {MAX_NAME_BYTES} bytes")
+            if link is not None and len(link) > MAX_NAME_BYTES:
+                raise LimitExceeded(f"a layer link target is longer than {MAX_NAME_BYTES} bytes")
+            path = norm(raw)
+            base = path.rsplit(b"/", 1)[-1]
+            if base == OPAQUE:
+                kind = "opaque"
+                path = parent(path)
+            elif base.startswith(WHITEOUT):
+                kind = "whiteout"
+                path = norm(parent(path) + b"/" + base[len(WHITEOUT) :])
+            else:
+                kind = _TAR_TYPES[m.type]
+                if kind == "hardlink" and link is not None:
+                    link = norm(link)
+            size = m.size if kind == FILE else 0
+            append(LayerEntry(path, kind, m.mode & 0o7777, m.uid, m.gid, size, link, m.offset_data))
+    except tarscan.TarLimitError as e:
+        raise LimitExceeded(f"a layer is not a readable tar archive: {e.message}") from e
+    except tarscan.TarFormatError as e:
+        raise InputError(f"a layer is not a readable tar archive: {e.message}") from e
     return entries
 
 
