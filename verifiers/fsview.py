@@ -21,7 +21,7 @@ import stat as st
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from harden.errors import InputError
 from harden.verifiers import tarscan
@@ -93,6 +93,11 @@ class FsView(Protocol):
 
 def norm(path: bytes) -> bytes:
     """Absolute, no ``.``/empty components; ``..`` is resolved lexically and stops at the root."""
+    # the common case (a layer member "usr/bin/su" or "etc/"): without "//" and "/." there is
+    # no empty, "." or ".." component once the trailing slashes are gone
+    fast = (path if path[:1] == b"/" else b"/" + path).rstrip(b"/")
+    if b"//" not in fast and b"/." not in fast:
+        return fast or b"/"
     parts: list[bytes] = []
     for c in path.split(b"/"):
         if c in (b"", b"."):
@@ -147,9 +152,9 @@ def resolve(view: FsView, path: bytes, *, follow_last: bool = True) -> Node | No
 # ---------------------------------------------------------------- image layers
 
 
-@dataclass(frozen=True, slots=True)
-class LayerEntry:
-    """One member of a layer tar, as recorded in the layer index."""
+class LayerEntry(NamedTuple):
+    """One member of a layer tar, as recorded in the layer index (a named tuple: a large layer
+    has 100,000 of them, built on every cold read and every index load)."""
 
     path: bytes
     type: str  # a Node type, or "hardlink", "whiteout", "opaque"
@@ -258,33 +263,41 @@ class LayerFs:
                     self._remove(child)
             elif e.type == "whiteout":
                 self._remove(e.path)
+        nodes, children = self._nodes, self._children
         by_path: dict[bytes, Node] = {}
-        for e in entries:
-            if e.type in ("opaque", "whiteout") or e.path == b"/":
+        for path, kind, mode, uid, gid, size, link, offset in entries:
+            if kind == "opaque" or kind == "whiteout" or path == b"/":
                 continue
-            if e.type == "hardlink":
-                target = by_path.get(e.link or b"") or self._nodes.get(e.link or b"")
+            if kind == "hardlink":
+                target = by_path.get(link or b"") or nodes.get(link or b"")
                 if target is None or target.type != FILE:
                     continue  # a dangling hard link has no content to show
                 node = Node(
-                    e.path,
-                    FILE,
-                    e.mode,
-                    e.uid,
-                    e.gid,
-                    target.size,
-                    None,
-                    target.layer,
-                    target.offset,
+                    path, FILE, mode, uid, gid, target.size, None, target.layer, target.offset
                 )
             else:
-                node = Node(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.link, layer, e.offset)
-            self._ensure_dir(parent(e.path))
-            old = self._nodes.get(e.path)
+                node = Node(path, kind, mode, uid, gid, size, link, layer, offset)
+            # what _ensure_dir(parent) and _put do, with the parent computed once and the
+            # common case (the parent is a directory already, the path is new) inline
+            up = path.rpartition(b"/")[0] or b"/"
+            above = nodes.get(up)
+            if above is None or above.type != DIR:
+                self._ensure_dir(up)
+            old = nodes.get(path)
             if old is not None and not (old.type == DIR and node.type == DIR):
-                self._remove(e.path)
-            self._put(node)
-            by_path[e.path] = node
+                self._remove(path)
+                old = None
+            if old is None and len(nodes) >= self._max:
+                raise LimitExceeded(f"the image has more than {self._max} file system entries")
+            nodes[path] = node
+            siblings = children.get(up)
+            if siblings is None:
+                children[up] = {path}
+            else:
+                siblings.add(path)
+            if node.type == DIR and path not in children:
+                children[path] = set()
+            by_path[path] = node
 
     # ---- FsView
     def lstat(self, path: bytes) -> Node | None:
