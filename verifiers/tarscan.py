@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
 from harden.errors import InputError
@@ -96,24 +96,44 @@ class TarMember(NamedTuple):
     offset_data: int  # offset of its data
 
 
-ReadAt = Callable[[int, int], bytes]
+class Source:
+    """Where :func:`scan` reads: bytes at an offset, and whether the data reaches an offset.
+    A plain file is a :class:`FileSource`; a layer still streaming into its cache file is one
+    whose reads wait for (pull) the bytes they need."""
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; fewer only where the data ends."""
+        raise NotImplementedError
+
+    def holds(self, end: int) -> bool:
+        """Whether the data is at least ``end`` bytes long."""
+        raise NotImplementedError
 
 
-def _reader(fileobj: BinaryIO) -> tuple[ReadAt, int]:
-    """(read ``n`` bytes at ``offset``, the file's size); ``pread`` on a real file."""
-    try:
-        fd = fileobj.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = -1
-    if fd >= 0:
-        fileobj.flush()  # a file being written (a layer tar that was just streamed)
-        return (lambda off, n: os.pread(fd, n, off)), os.fstat(fd).st_size
+class FileSource(Source):
+    """A seekable binary file; a real one (with a descriptor) is read with ``pread``."""
 
-    def read_at(off: int, n: int) -> bytes:
-        fileobj.seek(off)
-        return fileobj.read(n)
+    def __init__(self, fileobj: BinaryIO) -> None:
+        try:
+            fd = fileobj.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        self._file = fileobj
+        self._fd = fd
+        if fd >= 0:
+            fileobj.flush()  # a file being written (a layer tar that was just streamed)
+            self.size = os.fstat(fd).st_size
+        else:
+            self.size = fileobj.seek(0, os.SEEK_END)
 
-    return read_at, fileobj.seek(0, os.SEEK_END)
+    def read_at(self, offset: int, size: int) -> bytes:
+        if self._fd >= 0:
+            return os.pread(self._fd, size, offset)
+        self._file.seek(offset)
+        return self._file.read(size)
+
+    def holds(self, end: int) -> bool:
+        return end <= self.size
 
 
 def _cut(field: bytes) -> bytes:
@@ -207,10 +227,11 @@ def _pax_number(records: dict[bytes, bytes], key: bytes, default: int, pos: int)
     return int(value)
 
 
-def scan(fileobj: BinaryIO) -> Iterator[TarMember]:
-    """The members of an uncompressed tar file, in order (see the module docstring for what is
-    refused). ``fileobj`` is a seekable binary file; a real file is read with ``pread``."""
-    read_at, file_size = _reader(fileobj)
+def scan(tar: BinaryIO | Source) -> Iterator[TarMember]:
+    """The members of an uncompressed tar, in order (see the module docstring for what is
+    refused). ``tar`` is a seekable binary file or a :class:`Source`."""
+    src = tar if isinstance(tar, Source) else FileSource(tar)
+    read_at, holds = src.read_at, src.holds
     pos = 0
     pax: dict[bytes, bytes] | None = None
     long_name: bytes | None = None
@@ -343,12 +364,12 @@ def scan(fileobj: BinaryIO) -> Iterator[TarMember]:
         if kind in _HEADER_ONLY:
             size = 0
         end = data + size
-        if end > file_size:
+        if not holds(end):
             raise TarFormatError(f"offset {pos}: member data ends beyond the end of the file")
         yield TarMember(name, kind, mode, uid, gid, size, linkname, pos, data)
         pax = long_name = long_link = None
         pos = data + _padded(size)
-        if pos > file_size:
+        if not holds(pos):
             raise TarFormatError(f"offset {pos}: the last member's padding is truncated")
 
 
