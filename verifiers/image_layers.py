@@ -166,6 +166,8 @@ class _Spool(tarscan.Source):
         self.hasher = hashlib.sha256()
         self.written = 0
         self.eof = False
+        self._last = b""  # the chunk written last, and where it starts in the tar
+        self._last_at = 0
 
     def _pull(self) -> None:
         data = next(self._chunks, b"")
@@ -180,10 +182,14 @@ class _Spool(tarscan.Source):
         view = memoryview(data)
         while view:  # a raw file may write less than it was given
             view = view[self._out.write(view) or 0 :]
+        self._last, self._last_at = data, self.written - len(data)
 
     def read_at(self, offset: int, size: int) -> bytes:
         while self.written < offset + size and not self.eof:
             self._pull()
+        start = offset - self._last_at
+        if start >= 0 and start + size <= len(self._last):
+            return self._last[start : start + size]  # most headers: still in memory
         return os.pread(self._fd, size, offset)
 
     def holds(self, end: int) -> bool:

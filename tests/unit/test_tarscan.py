@@ -7,6 +7,7 @@ clear message (never silently cut, never guessed at).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from harden.errors import InputError
 from harden.verifiers import tarscan
 from harden.verifiers.fsview import MAX_NAME_BYTES, LimitExceeded, index_layer
+from harden.verifiers.image_layers import LayerCache
 from harden.verifiers.tarscan import TarFormatError, TarLimitError, TarMember, scan
 
 # ---------------------------------------------------------------- helpers
@@ -422,3 +424,31 @@ def test_the_index_refuses_with_an_input_error_naming_the_offset(tmp_path: Path)
     assert e.value.message == (
         "a layer is not a readable tar archive: offset 512: bad header checksum"
     )
+
+
+# ---------------------------------------------------------------- streamed into the cache
+
+
+@pytest.mark.parametrize("size", [1, 7, 511, 512, 513, 4096, 1 << 20])
+def test_a_layer_streamed_in_any_chunking_is_indexed_as_the_file(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "a.tar"
+    _write_all_kinds(path, tarfile.PAX_FORMAT)
+    data = path.read_bytes() + b"trailing bytes after the end are kept"
+    with path.open("rb") as f:
+        expected = index_layer(f)
+    cache = LayerCache(tmp_path / "cache")
+    chunks = (data[i : i + size] for i in range(0, len(data), size))
+    key, tmp, entries = cache.put_chunks(chunks)
+    assert entries == expected
+    assert tmp.read_bytes() == data  # the whole stream is kept, as it came
+    assert key == "diff:sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_a_truncated_stream_is_refused_and_leaves_no_file(tmp_path: Path) -> None:
+    whole = member(b"a", b"x" * 5000) + member(b"b") + END
+    cache = LayerCache(tmp_path / "cache")
+    for cut in (300, 2000, 5632 + 100):
+        chunks = (whole[:cut][i : i + 1000] for i in range(0, cut, 1000))
+        with pytest.raises(InputError, match="not a readable tar archive"):
+            cache.put_chunks(chunks)
+    assert not list((tmp_path / "cache").iterdir())
