@@ -40,7 +40,7 @@ MAX_LAYER_BYTES = 8 << 30  # uncompressed, per layer
 MAX_BLOB_BYTES = 4 << 30  # compressed, per layer
 MAX_CONFIG_BYTES = 4 << 20
 CHUNK = 1 << 20  # bytes read from a layer stream at a time
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: written by the strict scanner (a tarfile-era index is rebuilt)
 _DIFF_ID = re.compile(r"^sha256:[a-f0-9]{64}$")
 _GZIP = (
     "application/vnd.oci.image.layer.v1.tar+gzip",

@@ -452,3 +452,16 @@ def test_a_truncated_stream_is_refused_and_leaves_no_file(tmp_path: Path) -> Non
         with pytest.raises(InputError, match="not a readable tar archive"):
             cache.put_chunks(chunks)
     assert not list((tmp_path / "cache").iterdir())
+
+
+def test_an_index_of_an_older_version_is_not_used(tmp_path: Path) -> None:
+    """An index written before the strict scanner (tarfile silently cut some hostile layers
+    short) is not trusted: the layer is read again."""
+    cache = LayerCache(tmp_path / "cache")
+    data = member(b"etc/x", b"x") + END
+    key, tmp, entries = cache.put_chunks(iter([data]))
+    tar, _ = cache.commit(key, tmp, entries)
+    assert cache.get(key) is not None
+    idx = tar.with_suffix(".idx")
+    idx.write_bytes(idx.read_bytes().replace(b'{"v":2,', b'{"v":1,'))
+    assert cache.get(key) is None
