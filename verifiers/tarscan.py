@@ -24,8 +24,8 @@ guessed at. :class:`TarFormatError` (an :class:`~harden.errors.InputError`) is r
 - a non-ustar header (GNU or V7) with bytes in the ustar prefix area (tarfile prepends them to
   the name, Go ignores them), the star format;
 - a pax extended header whose records do not fill it exactly (``"%d %s=%s\\n"``, length
-  checked), a NUL in a ``path``/``linkpath`` record, a ``size``/``uid``/``gid`` record that is not
-  decimal digits; two pax headers, two GNU long names or two long links before one member, a pax
+  checked), a NUL in a ``path``/``linkpath``/``uname``/``gname`` record, a ``size``/``uid``/
+  ``gid`` record that is not decimal digits; two pax headers, two GNU long names or two long links before one member, a pax
   ``path`` together with a GNU long name (tarfile and Go pick different ones); a global pax header
   that sets a field of the members (tarfile applies it to every later member, Go ignores it);
 - an extended header (pax or GNU) larger than :data:`MAX_EXTENDED_BYTES` (Go's own limit), one at
@@ -59,6 +59,7 @@ _MEMBER_TYPES = frozenset({REG, AREG}) | _HEADER_ONLY
 _EXTENDED = frozenset({PAX, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK})
 # pax records that change a member as harden reads it (mtime, uname, gname: not read)
 _PAX_FIELDS = (b"path", b"linkpath", b"size", b"uid", b"gid")
+_NO_NUL = (b"path", b"linkpath", b"uname", b"gname")
 _MAX_DIGITS = 20  # a decimal pax number (2**64 has 20 digits)
 
 # the numeric fields (mode, uid, gid, size, mtime, checksum) as Go and tarfile write them: zero
@@ -209,7 +210,7 @@ def _pax_records(data: bytes, pos: int) -> dict[bytes, bytes]:
         key, eq, value = data[sp + 1 : stop - 1].partition(b"=")
         if not eq or not key or b"\0" in key:
             raise TarFormatError(f"offset {pos}: a pax record is not KEY=VALUE")
-        if key in (b"path", b"linkpath") and b"\0" in value:
+        if key in _NO_NUL and b"\0" in value:  # Go refuses these; tarfile keeps the NUL
             raise TarFormatError(f"offset {pos}: a pax {key.decode()} record holds a NUL byte")
         if key.startswith(b"GNU.sparse."):
             raise TarFormatError(f"offset {pos}: sparse files are not supported in a layer")
