@@ -25,9 +25,10 @@ guessed at. :class:`TarFormatError` (an :class:`~harden.errors.InputError`) is r
   the name, Go ignores them), the star format;
 - a pax extended header whose records do not fill it exactly (``"%d %s=%s\\n"``, length
   checked), a NUL in a ``path``/``linkpath``/``uname``/``gname`` record, a ``size``/``uid``/
-  ``gid`` record that is not decimal digits; two pax headers, two GNU long names or two long links before one member, a pax
-  ``path`` together with a GNU long name (tarfile and Go pick different ones); a global pax header
-  that sets a field of the members (tarfile applies it to every later member, Go ignores it);
+  ``gid`` record that is not decimal digits; two pax headers, two GNU long names or two long
+  links before one member, a pax ``path`` together with a GNU long name (tarfile and Go pick
+  different ones); a global pax header that sets a field of the members (tarfile applies it to
+  every later member, Go ignores it);
 - an extended header (pax or GNU) larger than :data:`MAX_EXTENDED_BYTES` (Go's own limit), one at
   the end of the archive, an empty GNU long name.
 
