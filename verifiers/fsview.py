@@ -181,8 +181,9 @@ def index_layer(
     fileobj: BinaryIO | tarscan.Source, *, max_entries: int = MAX_ENTRIES
 ) -> list[LayerEntry]:
     """The members of one uncompressed layer tar (a seekable file, or a layer streaming into
-    its cache file: only the headers are read, the data of every member is skipped). The tar is read by :mod:`verifiers.tarscan`, which
-    refuses what Python's tarfile and the engine's reader could read differently."""
+    its cache file: only the headers are read, the data of every member is skipped). The tar is
+    read by :mod:`verifiers.tarscan`, which refuses what Python's tarfile and the engine's
+    reader could read differently."""
     entries: list[LayerEntry] = []
     append = entries.append
     try:

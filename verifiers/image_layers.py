@@ -388,7 +388,7 @@ def _fetch_layer(
         finally:
             close = getattr(blob, "close", None)
             if close is not None:
-                close()  # the response, in the thread that reads it
+                close()  # the response, also when the layer is refused half-way
 
     with contextlib.closing(decompressed()) as chunks:
         key, tmp, entries = cache.put_chunks(chunks, blob=digest)
