@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import stat as st
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from harden.errors import InputError
+from harden.verifiers import tarscan
 
 MAX_ENTRIES = 2_000_000  # entries in the merged index (a large distro image has ~100k)
 MAX_NAME_BYTES = 4096
@@ -93,6 +93,11 @@ class FsView(Protocol):
 
 def norm(path: bytes) -> bytes:
     """Absolute, no ``.``/empty components; ``..`` is resolved lexically and stops at the root."""
+    # the common case (a layer member "usr/bin/su" or "etc/"): without "//" and "/." there is
+    # no empty, "." or ".." component once the trailing slashes are gone
+    fast = (path if path[:1] == b"/" else b"/" + path).rstrip(b"/")
+    if b"//" not in fast and b"/." not in fast:
+        return fast or b"/"
     parts: list[bytes] = []
     for c in path.split(b"/"):
         if c in (b"", b"."):
@@ -147,9 +152,9 @@ def resolve(view: FsView, path: bytes, *, follow_last: bool = True) -> Node | No
 # ---------------------------------------------------------------- image layers
 
 
-@dataclass(frozen=True, slots=True)
-class LayerEntry:
-    """One member of a layer tar, as recorded in the layer index."""
+class LayerEntry(NamedTuple):
+    """One member of a layer tar, as recorded in the layer index (a named tuple: a large layer
+    has 100,000 of them, built on every cold read and every index load)."""
 
     path: bytes
     type: str  # a Node type, or "hardlink", "whiteout", "opaque"
@@ -161,7 +166,6 @@ class LayerEntry:
     offset: int
 
 
-
 def read_path(view: FsView, path: bytes, limit: int) -> bytes | None:
     """Content of the regular file at ``path`` (links resolved inside the root); None when it is
     not a regular file. More than ``limit`` bytes raises LimitExceeded."""
@@ -170,73 +174,54 @@ def read_path(view: FsView, path: bytes, limit: int) -> bytes | None:
         return None
     return view.read(node, limit)
 
-def _tar_type(info: tarfile.TarInfo) -> str | None:
-    if info.isreg():
-        return FILE
-    if info.isdir():
-        return DIR
-    if info.issym():
-        return SYMLINK
-    if info.islnk():
-        return "hardlink"
-    if info.ischr():
-        return CHAR
-    if info.isblk():
-        return BLOCK
-    if info.isfifo():
-        return FIFO
-    return None  # sockets cannot be in a tar; GNU sparse etc. are refused by the caller
+
+_TAR_TYPES = {
+    tarscan.REG: FILE,
+    tarscan.DIR: DIR,
+    tarscan.SYM: SYMLINK,
+    tarscan.LINK: "hardlink",
+    tarscan.CHR: CHAR,
+    tarscan.BLK: BLOCK,
+    tarscan.FIFO: FIFO,
+}  # sockets cannot be in a tar; other member types are refused by tarscan
 
 
-def _name(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def index_layer(fileobj: BinaryIO, *, max_entries: int = MAX_ENTRIES) -> list[LayerEntry]:
-    """The members of one uncompressed layer tar (a seekable file: only the headers are read,
-    the data of every member is skipped with a seek)."""
+def index_layer(
+    fileobj: BinaryIO | tarscan.Source, *, max_entries: int = MAX_ENTRIES
+) -> list[LayerEntry]:
+    """The members of one uncompressed layer tar (a seekable file, or a layer streaming into
+    its cache file: only the headers are read, the data of every member is skipped). The tar is
+    read by :mod:`verifiers.tarscan`, which refuses what Python's tarfile and the engine's
+    reader could read differently."""
     entries: list[LayerEntry] = []
+    append = entries.append
     try:
-        with tarfile.open(
-            fileobj=fileobj, mode="r:", encoding="utf-8", errors="surrogateescape"
-        ) as tar:
-            while (info := tar.next()) is not None:
-                tar.members.clear()  # type: ignore[attr-defined]  # the index is all we keep
-                if len(entries) >= max_entries:
-                    raise LimitExceeded(f"a layer has more than {max_entries} entries")
-                raw = _name(info.name)
-                if len(raw) > MAX_NAME_BYTES:
-                    raise LimitExceeded(f"a layer entry name is longer than {MAX_NAME_BYTES} bytes")
-                path = norm(raw)
-                base = path.rsplit(b"/", 1)[-1]
-                link = _name(info.linkname) if info.linkname else None
-                if base == OPAQUE:
-                    kind = "opaque"
-                    path = parent(path)
-                elif base.startswith(WHITEOUT):
-                    kind = "whiteout"
-                    path = norm(parent(path) + b"/" + base[len(WHITEOUT) :])
-                else:
-                    found = _tar_type(info)
-                    if found is None:
-                        raise InputError(f"unsupported tar member type in a layer: {path!r}")
-                    kind = found
-                    if kind == "hardlink" and link is not None:
-                        link = norm(link)
-                entries.append(
-                    LayerEntry(
-                        path,
-                        kind,
-                        info.mode & 0o7777,
-                        info.uid,
-                        info.gid,
-                        info.size if kind == FILE else 0,
-                        link,
-                        info.offset_data,
-                    )
-                )
-    except tarfile.TarError as e:
-        raise InputError(f"a layer is not a readable tar archive: {e}") from e
+        for m in tarscan.scan(fileobj):
+            if len(entries) >= max_entries:
+                raise LimitExceeded(f"a layer has more than {max_entries} entries")
+            raw, link = m.name, m.linkname or None
+            if len(raw) > MAX_NAME_BYTES:
+                raise LimitExceeded(f"a layer entry name is longer than {MAX_NAME_BYTES} bytes")
+            if link is not None and len(link) > MAX_NAME_BYTES:
+                raise LimitExceeded(f"a layer link target is longer than {MAX_NAME_BYTES} bytes")
+            path = norm(raw)
+            base = path.rsplit(b"/", 1)[-1]
+            if base == OPAQUE:
+                kind = "opaque"
+                path = parent(path)
+            elif base.startswith(WHITEOUT):
+                kind = "whiteout"
+                path = norm(parent(path) + b"/" + base[len(WHITEOUT) :])
+            else:
+                kind = _TAR_TYPES[m.type]
+                if kind == "hardlink" and link is not None:
+                    link = norm(link)
+            size = m.size if kind == FILE else 0
+            append(LayerEntry(path, kind, m.mode & 0o7777, m.uid, m.gid, size, link, m.offset_data))
+    except tarscan.TarLimitError as e:
+        raise LimitExceeded(f"a layer is not a readable tar archive: {e.message}") from e
+    except tarscan.TarFormatError as e:
+        raise InputError(f"a layer is not a readable tar archive: {e.message}") from e
     return entries
 
 
@@ -290,33 +275,41 @@ class LayerFs:
                     self._remove(child)
             elif e.type == "whiteout":
                 self._remove(e.path)
+        nodes, children = self._nodes, self._children
         by_path: dict[bytes, Node] = {}
-        for e in entries:
-            if e.type in ("opaque", "whiteout") or e.path == b"/":
+        for path, kind, mode, uid, gid, size, link, offset in entries:
+            if kind == "opaque" or kind == "whiteout" or path == b"/":
                 continue
-            if e.type == "hardlink":
-                target = by_path.get(e.link or b"") or self._nodes.get(e.link or b"")
+            if kind == "hardlink":
+                target = by_path.get(link or b"") or nodes.get(link or b"")
                 if target is None or target.type != FILE:
                     continue  # a dangling hard link has no content to show
                 node = Node(
-                    e.path,
-                    FILE,
-                    e.mode,
-                    e.uid,
-                    e.gid,
-                    target.size,
-                    None,
-                    target.layer,
-                    target.offset,
+                    path, FILE, mode, uid, gid, target.size, None, target.layer, target.offset
                 )
             else:
-                node = Node(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.link, layer, e.offset)
-            self._ensure_dir(parent(e.path))
-            old = self._nodes.get(e.path)
+                node = Node(path, kind, mode, uid, gid, size, link, layer, offset)
+            # what _ensure_dir(parent) and _put do, with the parent computed once and the
+            # common case (the parent is a directory already, the path is new) inline
+            up = path.rpartition(b"/")[0] or b"/"
+            above = nodes.get(up)
+            if above is None or above.type != DIR:
+                self._ensure_dir(up)
+            old = nodes.get(path)
             if old is not None and not (old.type == DIR and node.type == DIR):
-                self._remove(e.path)
-            self._put(node)
-            by_path[e.path] = node
+                self._remove(path)
+                old = None
+            if old is None and len(nodes) >= self._max:
+                raise LimitExceeded(f"the image has more than {self._max} file system entries")
+            nodes[path] = node
+            siblings = children.get(up)
+            if siblings is None:
+                children[up] = {path}
+            else:
+                siblings.add(path)
+            if node.type == DIR and path not in children:
+                children[path] = set()
+            by_path[path] = node
 
     # ---- FsView
     def lstat(self, path: bytes) -> Node | None:

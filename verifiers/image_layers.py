@@ -17,6 +17,7 @@ Nothing from the image runs. Sizes are bounded (layer count, compressed and unco
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -24,20 +25,22 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from harden.errors import InputError, RegistryError
 from harden.paths import harden_home
+from harden.verifiers import tarscan
 from harden.verifiers.fsview import LayerEntry, LayerFs, LimitExceeded, index_layer
 
 MAX_LAYERS = 256
 MAX_LAYER_BYTES = 8 << 30  # uncompressed, per layer
 MAX_BLOB_BYTES = 4 << 30  # compressed, per layer
 MAX_CONFIG_BYTES = 4 << 20
-INDEX_VERSION = 1
+CHUNK = 1 << 20  # bytes read from a layer stream at a time
+INDEX_VERSION = 2  # 2: written by the strict scanner (a tarfile-era index is rebuilt)
 _DIFF_ID = re.compile(r"^sha256:[a-f0-9]{64}$")
 _GZIP = (
     "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -111,16 +114,22 @@ class LayerCache:
         """Write an uncompressed layer tar read from ``chunks`` to a temporary file and index
         it; the key is ``blob:<blob>`` (a registry blob whose digest the caller checks before
         :meth:`commit`) or, without ``blob``, ``diff:<sha256 of the tar>``."""
+        return self.put_chunks(iter(functools.partial(chunks.read, CHUNK), b""), blob)
+
+    def put_chunks(
+        self, chunks: Iterator[bytes], blob: str | None = None
+    ) -> tuple[str, Path, list[LayerEntry]]:
+        """:meth:`put_stream` from an iterator of chunks. The index is built while the tar
+        streams in (a header is read from the file right after its chunk was written), and
+        the chunks go straight to the file, never copied into another buffer."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".layer-", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w+b") as out:
-                tee = _Tee(chunks, out, MAX_LAYER_BYTES, hashing=blob is None)
-                tee.drain()
-                out.flush()
-                out.seek(0)
-                entries = index_layer(out)
-            key = f"blob:{blob}" if blob else f"diff:sha256:{tee.hasher.hexdigest()}"
+            with os.fdopen(fd, "w+b", buffering=0) as out:
+                spool = _Spool(chunks, out, MAX_LAYER_BYTES, hashing=blob is None)
+                entries = index_layer(spool)
+                spool.drain()  # whatever follows the end of the archive is kept as it came
+            key = f"blob:{blob}" if blob else f"diff:sha256:{spool.hasher.hexdigest()}"
             self._paths(key)  # a valid key
             return key, Path(tmp), entries
         except BaseException:
@@ -143,33 +152,54 @@ class LayerCache:
             raise
 
 
-class _Tee(io.RawIOBase):
-    """Read from ``src``; hash and copy every byte read to ``out``; at most ``limit`` bytes."""
+class _Spool(tarscan.Source):
+    """A layer tar streaming into its cache file, read by the tar scanner as it arrives: a read
+    past what was written pulls (writes, counts and hashes) more chunks first. At most
+    ``limit`` bytes."""
 
-    def __init__(self, src: IO[bytes], out: BinaryIO, limit: int, *, hashing: bool) -> None:
-        self.src, self.out, self.limit = src, out, limit
+    def __init__(self, chunks: Iterator[bytes], out: BinaryIO, limit: int, *, hashing: bool):
+        self._chunks = chunks
+        self._out = out
+        self._fd = out.fileno()
+        self._limit = limit
+        self._hashing = hashing
         self.hasher = hashlib.sha256()
-        self.hashing = hashing
-        self.count = 0
+        self.written = 0
+        self.eof = False
+        self._last = b""  # the chunk written last, and where it starts in the tar
+        self._last_at = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.src.read(len(b))
-        n = len(data)
-        self.count += n
-        if self.count > self.limit:
-            raise LimitExceeded(f"a layer is larger than {self.limit} bytes uncompressed")
-        if self.hashing:
+    def _pull(self) -> None:
+        data = next(self._chunks, b"")
+        if not data:
+            self.eof = True
+            return
+        self.written += len(data)
+        if self.written > self._limit:
+            raise LimitExceeded(f"a layer is larger than {self._limit} bytes uncompressed")
+        if self._hashing:
             self.hasher.update(data)
-        self.out.write(data)
-        b[:n] = data
-        return n
+        view = memoryview(data)
+        while view:  # a raw file may write less than it was given
+            view = view[self._out.write(view) or 0 :]
+        self._last, self._last_at = data, self.written - len(data)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        while self.written < offset + size and not self.eof:
+            self._pull()
+        start = offset - self._last_at
+        if start >= 0 and start + size <= len(self._last):
+            return self._last[start : start + size]  # most headers: still in memory
+        return os.pread(self._fd, size, offset)
+
+    def holds(self, end: int) -> bool:
+        while self.written < end and not self.eof:
+            self._pull()
+        return self.written >= end
 
     def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
+        while not self.eof:
+            self._pull()
 
 
 def _dump_index(entries: list[LayerEntry]) -> bytes:
@@ -333,7 +363,8 @@ def _fetch_layer(
         raise LimitExceeded(
             f"layer {digest} declares size {size!r}, over the limit of {MAX_BLOB_BYTES}"
         )
-    reader = _ChunkReader(client.open_blob(repo, digest), size)
+    blob = client.open_blob(repo, digest)
+    reader = _ChunkReader(blob, size)
     buffered = io.BufferedReader(reader, 1 << 20)
     if media in _GZIP:
         stream: IO[bytes] = _gunzip(buffered)
@@ -341,13 +372,45 @@ def _fetch_layer(
         stream = buffered
     else:
         raise InputError(f"layer {digest} has media type {media!r}, which harden cannot read")
-    key, tmp, entries = cache.put_stream(stream, blob=digest)
-    try:
-        reader.finish()  # raises DigestMismatch if the blob was not what its digest says
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def decompressed() -> Generator[bytes, None, None]:
+        try:
+            try:
+                while data := stream.read(CHUNK):
+                    yield data
+            except _GZIP_ERRORS as e:
+                reader.finish()  # a blob that is not what its digest says is reported as such
+                raise InputError(
+                    f"layer {digest} is not a valid gzip stream ({type(e).__name__}: {e})",
+                    hint="the registry holds a damaged or hostile layer; harden cannot read it",
+                ) from e
+            reader.finish()  # raises DigestMismatch if the blob was not what its digest says
+        finally:
+            close = getattr(blob, "close", None)
+            if close is not None:
+                close()  # the response, also when the layer is refused half-way
+
+    with contextlib.closing(decompressed()) as chunks:
+        key, tmp, entries = cache.put_chunks(chunks, blob=digest)
     return cache.commit(key, tmp, entries)
+
+
+def _gzip_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged gzip stream raises: a bad header, a short stream (EOFError), a bad deflate
+    block or checksum (zlib's or ISA-L's error)."""
+    import gzip
+    import zlib
+
+    errors: tuple[type[BaseException], ...] = (gzip.BadGzipFile, EOFError, zlib.error)
+    try:
+        from isal import igzip_lib
+    except ImportError:  # pragma: no cover - isal is a dependency
+        return errors
+    # the stub declares IsalError as an instance; it is the exception class
+    return (*errors, cast(type[BaseException], igzip_lib.IsalError))
+
+
+_GZIP_ERRORS = _gzip_errors()
 
 
 def _gunzip(raw: IO[bytes]) -> IO[bytes]:
