@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,19 @@ from harden.gate import (
     gather_evidence,
 )
 from harden.oci.client import RegistryClient
-from harden.oci.model import Reference, check_not_reserved, copy_image, resolve
+from harden.oci.model import (
+    Descriptor,
+    PreparedCopy,
+    Reference,
+    check_not_reserved,
+    copy_image,
+    list_referrers,
+    prepare_copy,
+    prepare_referrers,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "PromoteResult", "promote"]
 
@@ -93,6 +106,43 @@ def _check_refs(src: Reference, dst: Reference) -> None:
     check_not_reserved(dst.tag)
 
 
+def _prepare_referrers(
+    src_client: RegistryClient,
+    src_repo: str,
+    dst_client: RegistryClient,
+    dst_repo: str,
+    preparing: Future[PreparedCopy],
+    listed: Sequence[Descriptor],
+) -> None:
+    prepare_referrers(src_client, src_repo, dst_client, dst_repo, preparing.result(), listed)
+
+
+def _prepared(
+    preparing: Future[PreparedCopy] | None, preparing_referrers: Future[None] | None
+) -> PreparedCopy | None:
+    """The copy prepared while the gate decided, or None (a dry run, or the preparation failed:
+    the copy then does everything itself, and reports a registry problem if it persists).
+
+    Why preparing before the decision is safe: it reads the source, asks the destination, and
+    writes nothing but blobs (mounted within one registry, never streamed to another); no
+    manifest and no tag (the referrers tag-schema index is a tag) is written before the gate
+    allowed and the decision is in the audit log, so a denied image cannot be pulled from the
+    destination by tag or by digest. A preparation that fails never turns into a decision."""
+    if preparing is None:
+        return None
+    try:
+        plan = preparing.result()
+    except HardenError as e:
+        log.debug("preparing the copy failed (the copy does it all): %s", e.message)
+        return None
+    if preparing_referrers is not None:
+        try:
+            preparing_referrers.result()
+        except HardenError as e:  # the plan keeps what was confirmed before the failure
+            log.debug("preparing the referrers' copy failed: %s", e.message)
+    return plan
+
+
 def promote(
     src_client: RegistryClient,
     src: Reference,
@@ -125,12 +175,35 @@ def promote(
     if dst.digest is not None and dst.digest != digest:
         raise UsageError(f"DST pins {dst.digest} but {src} is {digest}")
     progress(f"{src} is {digest}")
-    # the signed revocation list does not depend on the attestations: read it meanwhile
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="revocation-list") as pool:
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="promote") as pool:
+        # the signed revocation list does not depend on the attestations: read it meanwhile
         pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
-        fetched = fetch_envelopes(src_client, src.repository, digest)
+        # and prepare the copy meanwhile: see _prepare for why this is safe before the decision
+        preparing = (
+            None
+            if dry_run
+            else pool.submit(
+                prepare_copy, src_client, src.repository, manifest, dst_client, dst.repository
+            )
+        )
+        listed = list_referrers(src_client, src.repository, digest)
+        preparing_referrers = (
+            None
+            if preparing is None
+            else pool.submit(
+                _prepare_referrers,
+                src_client,
+                src.repository,
+                dst_client,
+                dst.repository,
+                preparing,
+                listed,
+            )
+        )
+        fetched = fetch_envelopes(src_client, src.repository, digest, listed=listed)
         progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
         revocation_list = pending_list.result()
+        plan = _prepared(preparing, preparing_referrers)
     gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
     evidence = Evidence(
         subject_digest=gathered.subject_digest,
@@ -176,6 +249,7 @@ def promote(
             dst.repository,
             tag=dst.tag,
             progress=progress,
+            prepared=plan,
         )
     except HardenError as e:
         audit.append(
