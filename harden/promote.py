@@ -113,12 +113,12 @@ def _prepare_referrers(
     dst_repo: str,
     preparing: Future[PreparedCopy],
     listed: Sequence[Descriptor],
-) -> None:
-    prepare_referrers(src_client, src_repo, dst_client, dst_repo, preparing.result(), listed)
+) -> PreparedCopy:
+    return prepare_referrers(src_client, src_repo, dst_client, dst_repo, preparing.result, listed)
 
 
 def _prepared(
-    preparing: Future[PreparedCopy] | None, preparing_referrers: Future[None] | None
+    preparing: Future[PreparedCopy] | None, preparing_referrers: Future[PreparedCopy] | None
 ) -> PreparedCopy | None:
     """The copy prepared while the gate decided, or None (a dry run, or the preparation failed:
     the copy then does everything itself, and reports a registry problem if it persists).
@@ -178,7 +178,7 @@ def promote(
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="promote") as pool:
         # the signed revocation list does not depend on the attestations: read it meanwhile
         pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
-        # and prepare the copy meanwhile: see _prepare for why this is safe before the decision
+        # and prepare the copy meanwhile: see _prepared for why this is safe before the decision
         preparing = (
             None
             if dry_run

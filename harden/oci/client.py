@@ -567,7 +567,8 @@ class RegistryClient:
         self._verify: bool | str = ca_bundle or os.environ.get("HARDEN_REGISTRY_CA") or True
         if session is None:
             session = _Session()
-            adapter = _WatchedAdapter(pool_maxsize=2 * FETCH_WORKERS)
+            # connections kept per host: the fetch pool, a promotion's preparation and callers
+            adapter = _WatchedAdapter(pool_maxsize=4 * FETCH_WORKERS)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         session.max_redirects = MAX_REDIRECTS
@@ -1192,6 +1193,17 @@ class RegistryClient:
     @_operation
     def list_tags(self, repo: str) -> list[str]:
         """All tags of a repository (follows pagination); empty when the repository is unknown."""
+        tags = self._list_tags(repo, MAX_TAG_PAGES)
+        assert tags is not None
+        return tags
+
+    @_operation
+    def list_few_tags(self, repo: str) -> list[str] | None:
+        """The tags of a repository when one page holds them all (up to 1000); None when they
+        do not fit, or the registry does not list them."""
+        return self._list_tags(repo, 1)
+
+    def _list_tags(self, repo: str, max_pages: int) -> list[str] | None:
         tags: list[str] = []
         url: str | None = f"/v2/{repo}/tags/list?n=1000"
         seen: set[str] = set()
@@ -1207,10 +1219,13 @@ class RegistryClient:
             )
             if response.status_code == 404:
                 response.close()
-                return tags
+                # list_few_tags answers for a repository that exists: a 404 tells nothing
+                return tags if max_pages > 1 else None
             body = json.loads(_read_bounded(response, MAX_MANIFEST_BYTES, f"tag list of {repo}"))
             tags += [t for t in body.get("tags") or [] if isinstance(t, str)]
             url = _next_link(response)
+            if url and max_pages == 1:
+                return None
         return tags
 
     @property

@@ -17,6 +17,7 @@ import concurrent.futures
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,7 @@ __all__ = [
     "is_digest",
     "is_reserved_tag",
     "list_referrers",
+    "list_referrers_of_each",
     "new_hasher",
     "parse_reference",
     "prepare_copy",
@@ -90,6 +92,7 @@ __all__ = [
 ]
 
 TAG_INDEX_ATTEMPTS = 8
+_PREPARE_WORKERS = 4  # mounts at once while a gate decides
 _MAX_REFERRER_DEPTH = 3
 
 
@@ -266,6 +269,26 @@ def list_referrers(
     return found
 
 
+def list_referrers_of_each(
+    client: RegistryClient, repository: str, descriptors: Sequence[Descriptor]
+) -> list[list[Descriptor]]:
+    """``[list_referrers(...) for each descriptor]``, in order. On a registry without the
+    referrers API, one read of the repository's tags (when one page holds them) tells which
+    ``sha256-<hex>`` indexes exist, so a descriptor without one costs no request."""
+    todo = list(descriptors)
+    have: set[str] | None = None
+    if client.has_referrers_api is False and len(todo) > 1:
+        tags = client.list_few_tags(repository)
+        if tags is not None:
+            have = set(tags)
+            todo = [d for d in todo if referrers_tag(d.digest) in have]
+    listed = client.map_concurrently(lambda d: list_referrers(client, repository, d.digest), todo)
+    if have is None:
+        return listed
+    found = {d.digest: more for d, more in zip(todo, listed, strict=True)}
+    return [found.get(d.digest, []) for d in descriptors]
+
+
 def resolve(client: RegistryClient, ref: Reference) -> Manifest:
     """The manifest a reference names; by digest when it has one (verified), else by tag."""
     target = ref.digest or ref.tag
@@ -307,17 +330,25 @@ def _mount_all(
     blobs: Sequence[Descriptor],
     plan: PreparedCopy,
 ) -> None:
-    """Mount blobs (never a stream) into ``dst_repo``: the first alone (it may create the
-    repository, see :func:`_parallel`), the others together; only confirmed mounts count."""
+    """Mount blobs (never a stream) into ``dst_repo`` together; the first alone while no
+    mount was confirmed (it may create the repository, see :func:`_parallel`). Only confirmed
+    mounts count."""
 
     def mount(blob: Descriptor) -> None:
         if blob.digest not in plan.blobs and dst.mount_blob(dst_repo, blob.digest, src_repo):
             plan.mounted(blob.digest)
 
-    unique = list({b.digest: b for b in blobs}.values())
-    if unique:
-        mount(unique[0])
-        dst.map_concurrently(mount, unique[1:])
+    unique = [b for b in {b.digest: b for b in blobs}.values() if b.digest not in plan.blobs]
+    if unique and not plan.blobs:
+        mount(unique.pop(0))
+    if len(unique) <= 1:
+        for blob in unique:
+            mount(blob)
+        return
+    # threads of their own: the client's pool is busy with the gate's reads meanwhile
+    with ThreadPoolExecutor(min(_PREPARE_WORKERS, len(unique)), "prepare-copy") as pool:
+        for done in [pool.submit(mount, b) for b in unique]:
+            done.result()
 
 
 def prepare_copy(
@@ -346,22 +377,27 @@ def prepare_referrers(
     src_repo: str,
     dst: RegistryClient,
     dst_repo: str,
-    plan: PreparedCopy,
+    image: Callable[[], PreparedCopy],
     found: Sequence[Descriptor],
-) -> None:
-    """Read the referrer manifests ``found`` of the plan's manifest and list their own
-    referrers; within one registry mount their blobs (after :func:`prepare_copy`, which created
-    the repository). Writes no manifest and no tag."""
-    plan.referrers = list(found)
-
-    def read(r: Descriptor) -> tuple[Manifest, list[Descriptor]]:
-        return src.get_manifest(src_repo, r.digest), list_referrers(src, src_repo, r.digest)
-
-    read_all = src.map_concurrently(read, found)
-    plan.nested = {r.digest: more for r, (_, more) in zip(found, read_all, strict=True)}
-    if src.base_url == dst.base_url and not plan.present:
-        blobs = [b for m, _ in read_all if not m.is_index for b in _own_blobs(m)]
-        _mount_all(src, src_repo, dst, dst_repo, blobs, plan)
+) -> PreparedCopy:
+    """Read the referrer manifests ``found`` and list their own referrers; within one registry
+    mount their blobs once ``image()`` (the plan of :func:`prepare_copy`, which created the
+    repository) is ready. Writes no manifest and no tag; returns that plan, completed."""
+    # threads of their own: the client's pool is busy with the gate's reads meanwhile (which
+    # read the same manifests: a read under way is waited for, not repeated)
+    with ThreadPoolExecutor(_PREPARE_WORKERS, "prepare-copy") as pool:
+        # their own referrers are listed meanwhile (on a registry without the referrers API:
+        # one read of the tag list, see list_referrers_of_each)
+        nested = pool.submit(list_referrers_of_each, src, src_repo, found) if found else None
+        manifests = list(pool.map(lambda r: src.get_manifest(src_repo, r.digest), found))
+        plan = image()
+        plan.referrers = list(found)
+        if src.base_url == dst.base_url and not plan.present:
+            blobs = [b for m in manifests if not m.is_index for b in _own_blobs(m)]
+            _mount_all(src, src_repo, dst, dst_repo, blobs, plan)
+        if nested is not None:
+            plan.nested = dict(zip([r.digest for r in found], nested.result(), strict=True))
+    return plan
 
 
 def _own_blobs(manifest: Manifest) -> list[Descriptor]:
@@ -548,9 +584,7 @@ class _Copier:
         elif all(r.digest in self._nested for r in found):
             nested = [self._nested[r.digest] for r in found]
         else:
-            nested = self.src.map_concurrently(
-                lambda r: list_referrers(self.src, self.src_repo, r.digest), found
-            )
+            nested = list_referrers_of_each(self.src, self.src_repo, found)
         self._copy_all(manifests, subject)
         if not self.dst_has_referrers_api(subject_digest):
             add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
@@ -583,12 +617,19 @@ class _Copier:
         _parallel(self.blob, shared)
 
         def copy(m: Manifest) -> None:
-            if m is subject:
-                self.put(m)
-            else:
-                self.manifest(m, ask_first=ask_first)
+            self.manifest(m, ask_first=ask_first)
 
-        self.dst.map_concurrently(copy, [*([subject] if subject else []), *manifests])
+        if subject is None:
+            self.dst.map_concurrently(copy, manifests)
+            return
+        # the subject is written by this thread while the pool copies the referrers
+        pending = [self.dst.submit(copy, m) for m in manifests]
+        try:
+            self.put(subject)
+        finally:
+            concurrent.futures.wait(pending)
+        for f in pending:  # the first error in order, once every copy has finished
+            f.result()
 
     def dst_has_referrers_api(self, subject_digest: str) -> bool:
         if self._dst_has_referrers_api is None:
