@@ -44,7 +44,6 @@ from harden.oci.model import (
     copy_image,
     list_referrers,
     prepare_copy,
-    prepare_referrers,
     resolve,
 )
 
@@ -106,20 +105,7 @@ def _check_refs(src: Reference, dst: Reference) -> None:
     check_not_reserved(dst.tag)
 
 
-def _prepare_referrers(
-    src_client: RegistryClient,
-    src_repo: str,
-    dst_client: RegistryClient,
-    dst_repo: str,
-    preparing: Future[PreparedCopy],
-    listed: Sequence[Descriptor],
-) -> PreparedCopy:
-    return prepare_referrers(src_client, src_repo, dst_client, dst_repo, preparing.result, listed)
-
-
-def _prepared(
-    preparing: Future[PreparedCopy] | None, preparing_referrers: Future[PreparedCopy] | None
-) -> PreparedCopy | None:
+def _prepared(preparing: Future[PreparedCopy] | None) -> PreparedCopy | None:
     """The copy prepared while the gate decided, or None (a dry run, or the preparation failed:
     the copy then does everything itself, and reports a registry problem if it persists).
 
@@ -131,16 +117,10 @@ def _prepared(
     if preparing is None:
         return None
     try:
-        plan = preparing.result()
+        return preparing.result()
     except HardenError as e:
         log.debug("preparing the copy failed (the copy does it all): %s", e.message)
         return None
-    if preparing_referrers is not None:
-        try:
-            preparing_referrers.result()
-        except HardenError as e:  # the plan keeps what was confirmed before the failure
-            log.debug("preparing the referrers' copy failed: %s", e.message)
-    return plan
 
 
 def promote(
@@ -175,35 +155,34 @@ def promote(
     if dst.digest is not None and dst.digest != digest:
         raise UsageError(f"DST pins {dst.digest} but {src} is {digest}")
     progress(f"{src} is {digest}")
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="promote") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="promote") as pool:
         # the signed revocation list does not depend on the attestations: read it meanwhile
         pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
         # and prepare the copy meanwhile: see _prepared for why this is safe before the decision
+        listing: Future[list[Descriptor]] = Future()
         preparing = (
             None
             if dry_run
             else pool.submit(
-                prepare_copy, src_client, src.repository, manifest, dst_client, dst.repository
-            )
-        )
-        listed = list_referrers(src_client, src.repository, digest)
-        preparing_referrers = (
-            None
-            if preparing is None
-            else pool.submit(
-                _prepare_referrers,
+                prepare_copy,
                 src_client,
                 src.repository,
+                manifest,
                 dst_client,
                 dst.repository,
-                preparing,
-                listed,
+                listing.result,
             )
         )
+        try:
+            listed = list_referrers(src_client, src.repository, digest)
+        except BaseException as e:  # the preparation waits for the listing: never forever
+            listing.set_exception(e)
+            raise
+        listing.set_result(listed)
         fetched = fetch_envelopes(src_client, src.repository, digest, listed=listed)
         progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
         revocation_list = pending_list.result()
-        plan = _prepared(preparing, preparing_referrers)
+        plan = _prepared(preparing)
     gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
     evidence = Evidence(
         subject_digest=gathered.subject_digest,

@@ -83,7 +83,6 @@ __all__ = [
     "new_hasher",
     "parse_reference",
     "prepare_copy",
-    "prepare_referrers",
     "push_referrer",
     "referrer_manifest",
     "referrers_tag",
@@ -92,7 +91,7 @@ __all__ = [
 ]
 
 TAG_INDEX_ATTEMPTS = 8
-_PREPARE_WORKERS = 4  # mounts at once while a gate decides
+_PREPARE_WORKERS = 6  # reads and mounts at once while a gate decides
 _MAX_REFERRER_DEPTH = 3
 
 
@@ -302,7 +301,7 @@ def resolve(client: RegistryClient, ref: Reference) -> Manifest:
 class PreparedCopy:
     """What a copy learned and did before it may write anything that names an image.
 
-    Filled by :func:`prepare_copy` and :func:`prepare_referrers` while a gate decides: the
+    Filled by :func:`prepare_copy` while a gate decides: the
     source's manifest, its referrers (and theirs), whether the destination has the manifest
     already, and the blobs confirmed there (mounted within one registry). Nothing else is
     written: a blob is content reachable only by its digest, named by no manifest and no tag,
@@ -322,81 +321,56 @@ class PreparedCopy:
             self.blobs.add(digest)
 
 
-def _mount_all(
-    src: RegistryClient,
-    src_repo: str,
-    dst: RegistryClient,
-    dst_repo: str,
-    blobs: Sequence[Descriptor],
-    plan: PreparedCopy,
-) -> None:
-    """Mount blobs (never a stream) into ``dst_repo`` together; the first alone while no
-    mount was confirmed (it may create the repository, see :func:`_parallel`). Only confirmed
-    mounts count."""
-
-    def mount(blob: Descriptor) -> None:
-        if blob.digest not in plan.blobs and dst.mount_blob(dst_repo, blob.digest, src_repo):
-            plan.mounted(blob.digest)
-
-    unique = [b for b in {b.digest: b for b in blobs}.values() if b.digest not in plan.blobs]
-    if unique and not plan.blobs:
-        mount(unique.pop(0))
-    if len(unique) <= 1:
-        for blob in unique:
-            mount(blob)
-        return
-    # threads of their own: the client's pool is busy with the gate's reads meanwhile
-    with ThreadPoolExecutor(min(_PREPARE_WORKERS, len(unique)), "prepare-copy") as pool:
-        for done in [pool.submit(mount, b) for b in unique]:
-            done.result()
-
-
 def prepare_copy(
     src: RegistryClient,
     src_repo: str,
     manifest: Manifest,
     dst: RegistryClient,
     dst_repo: str,
+    referrers: Callable[[], Sequence[Descriptor]] | None = None,
 ) -> PreparedCopy:
-    """Ask whether the destination has ``manifest`` and, within one registry, mount its blobs
-    there (see :class:`PreparedCopy` for why this is safe before a decision). Writes no manifest
-    and no tag. Registry errors raise; the plan keeps what was done before them."""
+    """Prepare copying ``manifest`` (see :class:`PreparedCopy` for why this is safe before a
+    decision): ask whether the destination has it; within one registry mount its blobs there
+    (the first alone: it may create the repository, see :func:`_parallel`; the others
+    together); once ``referrers()`` (blocking) gives its referrers, read their manifests, list
+    their own referrers and mount their blobs too. Writes no manifest and no tag. Registry
+    errors raise; only confirmed mounts count."""
     plan = PreparedCopy(manifest)
-    head = dst.submit(lambda _: dst.head_manifest(dst_repo, manifest.digest), None)
-    if src.base_url == dst.base_url and not manifest.is_index:
-        config = manifest.config
-        _mount_all(
-            src, src_repo, dst, dst_repo, [*([config] if config else []), *manifest.layers], plan
-        )
-    plan.present = head.result() is not None
-    return plan
+    same = src.base_url == dst.base_url
 
+    def mount(blob: Descriptor) -> None:
+        if blob.digest not in plan.blobs and dst.mount_blob(dst_repo, blob.digest, src_repo):
+            plan.mounted(blob.digest)
 
-def prepare_referrers(
-    src: RegistryClient,
-    src_repo: str,
-    dst: RegistryClient,
-    dst_repo: str,
-    image: Callable[[], PreparedCopy],
-    found: Sequence[Descriptor],
-) -> PreparedCopy:
-    """Read the referrer manifests ``found`` and list their own referrers; within one registry
-    mount their blobs once ``image()`` (the plan of :func:`prepare_copy`, which created the
-    repository) is ready. Writes no manifest and no tag; returns that plan, completed."""
     # threads of their own: the client's pool is busy with the gate's reads meanwhile (which
-    # read the same manifests: a read under way is waited for, not repeated)
+    # read the same referrer manifests: a read under way is waited for, not repeated)
     with ThreadPoolExecutor(_PREPARE_WORKERS, "prepare-copy") as pool:
-        # their own referrers are listed meanwhile (on a registry without the referrers API:
-        # one read of the tag list, see list_referrers_of_each)
-        nested = pool.submit(list_referrers_of_each, src, src_repo, found) if found else None
-        manifests = list(pool.map(lambda r: src.get_manifest(src_repo, r.digest), found))
-        plan = image()
-        plan.referrers = list(found)
-        if src.base_url == dst.base_url and not plan.present:
-            blobs = [b for m in manifests if not m.is_index for b in _own_blobs(m)]
-            _mount_all(src, src_repo, dst, dst_repo, blobs, plan)
-        if nested is not None:
-            plan.nested = dict(zip([r.digest for r in found], nested.result(), strict=True))
+        head = pool.submit(dst.head_manifest, dst_repo, manifest.digest)
+        blobs = _own_blobs(manifest) if same and not manifest.is_index else []
+        if blobs:
+            mount(blobs[0])
+        mounts = [pool.submit(mount, b) for b in blobs[1:]]
+        try:
+            if referrers is not None:
+                found = list(referrers())
+                # their own referrers are listed meanwhile (on a registry without the
+                # referrers API: one read of the tag list, see list_referrers_of_each)
+                nested = pool.submit(list_referrers_of_each, src, src_repo, found)
+                manifests = list(pool.map(lambda r: src.get_manifest(src_repo, r.digest), found))
+                plan.referrers = found
+                if same and head.result() is None:
+                    known = {b.digest for b in blobs}
+                    for m in manifests:
+                        for b in [] if m.is_index else _own_blobs(m):
+                            if b.digest not in known:
+                                known.add(b.digest)
+                                mounts.append(pool.submit(mount, b))
+                plan.nested = dict(zip([r.digest for r in found], nested.result(), strict=True))
+        finally:
+            concurrent.futures.wait(mounts)
+        for done in mounts:
+            done.result()
+        plan.present = head.result() is not None
     return plan
 
 
