@@ -4,7 +4,10 @@
 and digest-checked, :mod:`harden.attest.store`), verifies them against the trusted keys, lets the
 gate (:mod:`harden.gate`) decide, records the decision in the audit log, and only when allowed
 (and not a dry run) copies the image by digest to DST: blobs mounted or streamed, the identical
-manifest bytes, the referrers, the tag last (:func:`harden.oci.model.copy_image`).
+manifest bytes with the referrers', the referrers index, the tag last
+(:func:`harden.oci.model.copy_image`). While the gate reads and decides, the copy is prepared
+(:func:`harden.oci.model.prepare_copy`): the destination asked, blobs mounted within one
+registry, never a manifest or a tag (see :func:`_prepared`).
 
 No printing and no clock of its own: progress goes through a callback, time comes from the
 injected clock.
