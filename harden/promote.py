@@ -158,15 +158,15 @@ def promote(
     if dst.digest is not None and dst.digest != digest:
         raise UsageError(f"DST pins {dst.digest} but {src} is {digest}")
     progress(f"{src} is {digest}")
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="promote") as pool:
-        # the signed revocation list does not depend on the attestations: read it meanwhile
-        pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
-        # and prepare the copy meanwhile: see _prepared for why this is safe before the decision
+    # the copy is prepared meanwhile (see _prepared for why this is safe before the decision);
+    # it is waited for only after the decision and its audit entry, never past this function
+    preparer = None if dry_run else ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+    try:
         listing: Future[list[Descriptor]] = Future()
         preparing = (
             None
-            if dry_run
-            else pool.submit(
+            if preparer is None
+            else preparer.submit(
                 prepare_copy,
                 src_client,
                 src.repository,
@@ -176,52 +176,58 @@ def promote(
                 listing.result,
             )
         )
-        try:
-            listed = list_referrers(src_client, src.repository, digest)
-        except BaseException as e:  # the preparation waits for the listing: never forever
-            listing.set_exception(e)
-            raise
-        listing.set_result(listed)
-        fetched = fetch_envelopes(src_client, src.repository, digest, listed=listed)
-        progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
-        revocation_list = pending_list.result()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="revocation-list") as pool:
+            # the signed revocation list does not depend on the attestations: read it meanwhile
+            pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
+            try:
+                listed = list_referrers(src_client, src.repository, digest)
+            except BaseException as e:  # the preparation waits for the listing: never forever
+                listing.set_exception(e)
+                raise
+            listing.set_result(listed)
+            fetched = fetch_envelopes(src_client, src.repository, digest, listed=listed)
+            progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
+            revocation_list = pending_list.result()
+        gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
+        evidence = Evidence(
+            subject_digest=gathered.subject_digest,
+            statements=gathered.statements,
+            rejected=[*fetched.problems, *gathered.rejected],
+            revocations=gathered.revocations,
+            now=gathered.now,
+            revocation_list=revocation_list,
+        )
+        decision = decide(gate, evidence)
+        result = PromoteResult(
+            src=str(src),
+            dst=str(dst),
+            digest=digest,
+            decision=decision,
+            attestations=len(fetched.referrers),
+            verified=len(gathered.statements) + len(gathered.revocations),
+            rejected=list(evidence.rejected),
+            dry_run=dry_run,
+        )
+        details = {
+            "src": str(src),
+            "dst": str(dst),
+            "dry_run": dry_run,
+            "policies": decision.policies,
+            "reasons": decision.reasons,
+            "rejected": result.rejected,
+            "trusted_keys": sorted(k.keyid for k in trusted),
+        }
+        if not decision.allowed:
+            audit.append(AuditAction.DENY, str(src), digest, "denied", details)
+            return result
+        outcome = "allowed (dry run)" if dry_run else "allowed"
+        audit.append(AuditAction.PROMOTE, str(src), digest, outcome, details)
+        if dry_run:
+            return result
         plan = _prepared(preparing)
-    gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
-    evidence = Evidence(
-        subject_digest=gathered.subject_digest,
-        statements=gathered.statements,
-        rejected=[*fetched.problems, *gathered.rejected],
-        revocations=gathered.revocations,
-        now=gathered.now,
-        revocation_list=revocation_list,
-    )
-    decision = decide(gate, evidence)
-    result = PromoteResult(
-        src=str(src),
-        dst=str(dst),
-        digest=digest,
-        decision=decision,
-        attestations=len(fetched.referrers),
-        verified=len(gathered.statements) + len(gathered.revocations),
-        rejected=list(evidence.rejected),
-        dry_run=dry_run,
-    )
-    details = {
-        "src": str(src),
-        "dst": str(dst),
-        "dry_run": dry_run,
-        "policies": decision.policies,
-        "reasons": decision.reasons,
-        "rejected": result.rejected,
-        "trusted_keys": sorted(k.keyid for k in trusted),
-    }
-    if not decision.allowed:
-        audit.append(AuditAction.DENY, str(src), digest, "denied", details)
-        return result
-    outcome = "allowed (dry run)" if dry_run else "allowed"
-    audit.append(AuditAction.PROMOTE, str(src), digest, outcome, details)
-    if dry_run:
-        return result
+    finally:
+        if preparer is not None:
+            preparer.shutdown(wait=True)
     try:
         copy_image(
             src_client,
