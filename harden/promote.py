@@ -4,7 +4,10 @@
 and digest-checked, :mod:`harden.attest.store`), verifies them against the trusted keys, lets the
 gate (:mod:`harden.gate`) decide, records the decision in the audit log, and only when allowed
 (and not a dry run) copies the image by digest to DST: blobs mounted or streamed, the identical
-manifest bytes, the referrers, the tag last (:func:`harden.oci.model.copy_image`).
+manifest bytes with the referrers', the referrers index, the tag last
+(:func:`harden.oci.model.copy_image`). While the gate reads and decides, the copy is prepared
+(:func:`harden.oci.model.prepare_copy`): the destination asked, blobs mounted within one
+registry, never a manifest or a tag (see :func:`_prepared`).
 
 No printing and no clock of its own: progress goes through a callback, time comes from the
 injected clock.
@@ -14,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +39,18 @@ from harden.gate import (
     gather_evidence,
 )
 from harden.oci.client import RegistryClient
-from harden.oci.model import Reference, check_not_reserved, copy_image, resolve
+from harden.oci.model import (
+    Descriptor,
+    PreparedCopy,
+    Reference,
+    check_not_reserved,
+    copy_image,
+    list_referrers,
+    prepare_copy,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "PromoteResult", "promote"]
 
@@ -93,6 +108,24 @@ def _check_refs(src: Reference, dst: Reference) -> None:
     check_not_reserved(dst.tag)
 
 
+def _prepared(preparing: Future[PreparedCopy] | None) -> PreparedCopy | None:
+    """The copy prepared while the gate decided, or None (a dry run, or the preparation failed:
+    the copy then does everything itself, and reports a registry problem if it persists).
+
+    Why preparing before the decision is safe: it reads the source, asks the destination, and
+    writes nothing but blobs (mounted within one registry, never streamed to another); no
+    manifest and no tag (the referrers tag-schema index is a tag) is written before the gate
+    allowed and the decision is in the audit log, so a denied image cannot be pulled from the
+    destination by tag or by digest. A preparation that fails never turns into a decision."""
+    if preparing is None:
+        return None
+    try:
+        return preparing.result()
+    except HardenError as e:
+        log.debug("preparing the copy failed (the copy does it all): %s", e.message)
+        return None
+
+
 def promote(
     src_client: RegistryClient,
     src: Reference,
@@ -125,48 +158,76 @@ def promote(
     if dst.digest is not None and dst.digest != digest:
         raise UsageError(f"DST pins {dst.digest} but {src} is {digest}")
     progress(f"{src} is {digest}")
-    # the signed revocation list does not depend on the attestations: read it meanwhile
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="revocation-list") as pool:
-        pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
-        fetched = fetch_envelopes(src_client, src.repository, digest)
-        progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
-        revocation_list = pending_list.result()
-    gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
-    evidence = Evidence(
-        subject_digest=gathered.subject_digest,
-        statements=gathered.statements,
-        rejected=[*fetched.problems, *gathered.rejected],
-        revocations=gathered.revocations,
-        now=gathered.now,
-        revocation_list=revocation_list,
-    )
-    decision = decide(gate, evidence)
-    result = PromoteResult(
-        src=str(src),
-        dst=str(dst),
-        digest=digest,
-        decision=decision,
-        attestations=len(fetched.referrers),
-        verified=len(gathered.statements) + len(gathered.revocations),
-        rejected=list(evidence.rejected),
-        dry_run=dry_run,
-    )
-    details = {
-        "src": str(src),
-        "dst": str(dst),
-        "dry_run": dry_run,
-        "policies": decision.policies,
-        "reasons": decision.reasons,
-        "rejected": result.rejected,
-        "trusted_keys": sorted(k.keyid for k in trusted),
-    }
-    if not decision.allowed:
-        audit.append(AuditAction.DENY, str(src), digest, "denied", details)
-        return result
-    outcome = "allowed (dry run)" if dry_run else "allowed"
-    audit.append(AuditAction.PROMOTE, str(src), digest, outcome, details)
-    if dry_run:
-        return result
+    # the copy is prepared meanwhile (see _prepared for why this is safe before the decision);
+    # it is waited for only after the decision and its audit entry, never past this function
+    preparer = None if dry_run else ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+    try:
+        listing: Future[list[Descriptor]] = Future()
+        preparing = (
+            None
+            if preparer is None
+            else preparer.submit(
+                prepare_copy,
+                src_client,
+                src.repository,
+                manifest,
+                dst_client,
+                dst.repository,
+                listing.result,
+            )
+        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="revocation-list") as pool:
+            # the signed revocation list does not depend on the attestations: read it meanwhile
+            pending_list = pool.submit(revlist.fetch_for, src_client, trusted)
+            try:
+                listed = list_referrers(src_client, src.repository, digest)
+            except BaseException as e:  # the preparation waits for the listing: never forever
+                listing.set_exception(e)
+                raise
+            listing.set_result(listed)
+            fetched = fetch_envelopes(src_client, src.repository, digest, listed=listed)
+            progress(f"{len(fetched.referrers)} attestation(s) refer to {digest[:19]}")
+            revocation_list = pending_list.result()
+        gathered = gather_evidence(fetched.envelopes, trusted, digest, clock.now())
+        evidence = Evidence(
+            subject_digest=gathered.subject_digest,
+            statements=gathered.statements,
+            rejected=[*fetched.problems, *gathered.rejected],
+            revocations=gathered.revocations,
+            now=gathered.now,
+            revocation_list=revocation_list,
+        )
+        decision = decide(gate, evidence)
+        result = PromoteResult(
+            src=str(src),
+            dst=str(dst),
+            digest=digest,
+            decision=decision,
+            attestations=len(fetched.referrers),
+            verified=len(gathered.statements) + len(gathered.revocations),
+            rejected=list(evidence.rejected),
+            dry_run=dry_run,
+        )
+        details = {
+            "src": str(src),
+            "dst": str(dst),
+            "dry_run": dry_run,
+            "policies": decision.policies,
+            "reasons": decision.reasons,
+            "rejected": result.rejected,
+            "trusted_keys": sorted(k.keyid for k in trusted),
+        }
+        if not decision.allowed:
+            audit.append(AuditAction.DENY, str(src), digest, "denied", details)
+            return result
+        outcome = "allowed (dry run)" if dry_run else "allowed"
+        audit.append(AuditAction.PROMOTE, str(src), digest, outcome, details)
+        if dry_run:
+            return result
+        plan = _prepared(preparing)
+    finally:
+        if preparer is not None:
+            preparer.shutdown(wait=True)
     try:
         copy_image(
             src_client,
@@ -176,6 +237,7 @@ def promote(
             dst.repository,
             tag=dst.tag,
             progress=progress,
+            prepared=plan,
         )
     except HardenError as e:
         audit.append(

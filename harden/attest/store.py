@@ -185,13 +185,19 @@ def fetch_envelopes(
     digest: str,
     *,
     max_bytes: int = dsse.MAX_ENVELOPE_BYTES,
+    listed: Sequence[Descriptor] | None = None,
 ) -> FetchedEnvelopes:
     """Every attestation envelope referring to ``digest``, read bounded and digest-checked.
 
+    ``listed``: the referrers of ``digest`` as the caller listed them already (a promotion
+    copies the same listing it decided on); else they are listed here.
     Bad content (a digest mismatch, an oversized or malformed referrer) becomes a problem
     labelled with the referrer's digest; an unreachable registry raises RegistryError.
     """
-    referrers = list_attestations(client, repository, digest)
+    if listed is None:
+        referrers = list_attestations(client, repository, digest)
+    else:
+        referrers = [d for d in listed if is_attestation(d)]
 
     def read(referrer: Descriptor) -> FetchedEnvelope | AttestationProblem:
         try:

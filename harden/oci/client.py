@@ -490,6 +490,19 @@ def _next_link(response: requests.Response) -> str | None:
     return m.group(1) if m else None
 
 
+class _NoNetrc(requests.auth.AuthBase):
+    """An explicit "no auth" for requests, so that it does not look in ~/.netrc on every
+    request: credentials come from harden (the docker config) only, and a netrc entry for the
+    registry would replace harden's Authorization header. The lookup also cost a quarter of the
+    CPU time of a request (several file system calls each time)."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
+_NO_NETRC = _NoNetrc()
+
+
 class _Session(requests.Session):
     """A session that reads the proxy and CA-bundle variables once per scheme and host, not on
     every request (requests scans the whole environment each time: a tenth of the CPU of a
@@ -554,14 +567,18 @@ class RegistryClient:
         self._verify: bool | str = ca_bundle or os.environ.get("HARDEN_REGISTRY_CA") or True
         if session is None:
             session = _Session()
-            adapter = _WatchedAdapter(pool_maxsize=2 * FETCH_WORKERS)
+            # connections kept per host: the fetch pool, a promotion's preparation and callers
+            adapter = _WatchedAdapter(pool_maxsize=4 * FETCH_WORKERS)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         session.max_redirects = MAX_REDIRECTS
         self._session = session
         self._lock = threading.Lock()
         self._no_referrers_api = False  # learned from a 404 without an error body
+        self._has_referrers_api = False  # learned from an answer that was an image index
         self._manifests: dict[tuple[str, str], Manifest] = {}  # (repo, digest): immutable
+        # reads by digest under way: a second reader of the same digest waits for the first
+        self._reading: dict[tuple[str, str], threading.Event] = {}
         self._auth_kind: str | None = None  # "basic" or "bearer" once a challenge was seen
         self._tokens: dict[str, str] = {}
         self._pool: ThreadPoolExecutor | None = None  # map_concurrently's, started on first use
@@ -667,6 +684,7 @@ class RegistryClient:
                     timeout=(min(_CONNECT_TIMEOUT, read_timeout), read_timeout),
                     verify=self._verify,
                     allow_redirects=follow,
+                    auth=_NO_NETRC,
                 )
             except requests.exceptions.SSLError as e:
                 _raise_for(what, self.registry, exc=e)
@@ -842,10 +860,35 @@ class RegistryClient:
         the life of this client, so a promotion that read the attestations to decide does not
         fetch them again to copy them.
         """
-        if is_digest(ref):
-            cached = self._manifests.get((repo, ref))
-            if cached is not None and cached.media_type in accept:
-                return cached
+        if not is_digest(ref):
+            return self._fetch_manifest(repo, ref, accept, max_bytes)
+        key = (repo, ref)
+        while True:
+            with self._lock:
+                cached = self._manifests.get(key)
+                if cached is not None and cached.media_type in accept:
+                    return cached
+                reading = self._reading.get(key)
+                if reading is None:
+                    self._reading[key] = reading = threading.Event()
+                    break
+            # another thread is reading these bytes now (the gate and the copy's preparation
+            # ask for the same referrer manifests): wait for it, within this operation's time
+            op = _current_op()
+            reading.wait(max(0.0, op.remaining()) if op is not None else None)
+            if op is not None and op.remaining() <= 0:
+                raise _timeout_error(f"get manifest {repo}@{ref}", self.registry, self.deadline)
+            # then from the cache, or (the other read failed) read it ourselves
+        try:
+            return self._fetch_manifest(repo, ref, accept, max_bytes)
+        finally:
+            with self._lock:
+                self._reading.pop(key, None)
+            reading.set()
+
+    def _fetch_manifest(
+        self, repo: str, ref: str, accept: Sequence[str], max_bytes: int
+    ) -> Manifest:
         what = f"get manifest {repo}:{ref}" if not is_digest(ref) else f"get manifest {repo}@{ref}"
         response = self._request(
             "GET",
@@ -1150,6 +1193,17 @@ class RegistryClient:
     @_operation
     def list_tags(self, repo: str) -> list[str]:
         """All tags of a repository (follows pagination); empty when the repository is unknown."""
+        tags = self._list_tags(repo, MAX_TAG_PAGES)
+        assert tags is not None
+        return tags
+
+    @_operation
+    def list_few_tags(self, repo: str) -> list[str] | None:
+        """The tags of a repository when one page holds them all (up to 1000); None when they
+        do not fit, or the registry does not list them."""
+        return self._list_tags(repo, 1)
+
+    def _list_tags(self, repo: str, max_pages: int) -> list[str] | None:
         tags: list[str] = []
         url: str | None = f"/v2/{repo}/tags/list?n=1000"
         seen: set[str] = set()
@@ -1165,11 +1219,22 @@ class RegistryClient:
             )
             if response.status_code == 404:
                 response.close()
-                return tags
+                # list_few_tags answers for a repository that exists: a 404 tells nothing
+                return tags if max_pages > 1 else None
             body = json.loads(_read_bounded(response, MAX_MANIFEST_BYTES, f"tag list of {repo}"))
             tags += [t for t in body.get("tags") or [] if isinstance(t, str)]
             url = _next_link(response)
+            if url and max_pages == 1:
+                return None
         return tags
+
+    @property
+    def has_referrers_api(self) -> bool | None:
+        """Whether this registry answers the referrers API, as learned by earlier calls of
+        :meth:`referrers_api`; None until one of them told."""
+        if self._no_referrers_api:
+            return False
+        return True if self._has_referrers_api else None
 
     @_operation
     def referrers_api(
@@ -1216,6 +1281,7 @@ class RegistryClient:
             check_referrer_count(len(entries), f"{repo}@{digest}")
             pages.append(data)
             url = _next_link(response)
+        self._has_referrers_api = True
         if len(pages) == 1:
             data = pages[0]
         else:

@@ -13,9 +13,12 @@ bytes the registry served and checked against their digest.
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harden.errors import InputError, RegistryError
@@ -65,6 +68,7 @@ __all__ = [
     "Descriptor",
     "DigestMismatch",
     "Manifest",
+    "PreparedCopy",
     "Reference",
     "add_to_referrers_index",
     "canonical_json",
@@ -75,8 +79,10 @@ __all__ = [
     "is_digest",
     "is_reserved_tag",
     "list_referrers",
+    "list_referrers_of_each",
     "new_hasher",
     "parse_reference",
+    "prepare_copy",
     "push_referrer",
     "referrer_manifest",
     "referrers_tag",
@@ -85,6 +91,7 @@ __all__ = [
 ]
 
 TAG_INDEX_ATTEMPTS = 8
+_PREPARE_WORKERS = 6  # reads and mounts at once while a gate decides
 _MAX_REFERRER_DEPTH = 3
 
 
@@ -223,20 +230,33 @@ def list_referrers(
 ) -> list[Descriptor]:
     """Referrers of a manifest: the referrers API when the registry has it, else the tag
     schema index; empty when neither exists."""
-    from harden.oci.client import RegistryNotFound
+    from harden.oci.client import RegistryNotFound, check_referrer_count
 
-    index = client.referrers_api(repository, subject_digest, artifact_type)
-    if index is None:
+    def by_tag(_: object) -> Manifest | None:
         try:
             index = client.get_manifest(repository, referrers_tag(subject_digest))
         except RegistryNotFound:
-            return []
+            return None
         if not index.is_index:
             raise RegistryError(
                 f"{repository}:{referrers_tag(subject_digest)} is not an image index",
                 hint="that tag is reserved for the OCI referrers tag schema",
             )
-    from harden.oci.client import check_referrer_count
+        return index
+
+    # until the client knows whether the registry has the referrers API, the tag schema's
+    # index is read at the same time (one round trip, not two, where it has not); that read
+    # counts only when the API gives no answer, exactly as if it had been made afterwards
+    fallback = client.submit(by_tag, None) if client.has_referrers_api is None else None
+    try:
+        index = client.referrers_api(repository, subject_digest, artifact_type)
+    finally:
+        if fallback is not None:  # never left running: its answer or error is used or dropped
+            concurrent.futures.wait([fallback])
+    if index is None:
+        index = fallback.result() if fallback is not None else by_tag(None)
+        if index is None:
+            return []
 
     entries = index.json().get("manifests")
     check_referrer_count(
@@ -248,6 +268,26 @@ def list_referrers(
     return found
 
 
+def list_referrers_of_each(
+    client: RegistryClient, repository: str, descriptors: Sequence[Descriptor]
+) -> list[list[Descriptor]]:
+    """``[list_referrers(...) for each descriptor]``, in order. On a registry without the
+    referrers API, one read of the repository's tags (when one page holds them) tells which
+    ``sha256-<hex>`` indexes exist, so a descriptor without one costs no request."""
+    todo = list(descriptors)
+    have: set[str] | None = None
+    if client.has_referrers_api is False and len(todo) > 1:
+        tags = client.list_few_tags(repository)
+        if tags is not None:
+            have = set(tags)
+            todo = [d for d in todo if referrers_tag(d.digest) in have]
+    listed = client.map_concurrently(lambda d: list_referrers(client, repository, d.digest), todo)
+    if have is None:
+        return listed
+    found = {d.digest: more for d, more in zip(todo, listed, strict=True)}
+    return [found.get(d.digest, []) for d in descriptors]
+
+
 def resolve(client: RegistryClient, ref: Reference) -> Manifest:
     """The manifest a reference names; by digest when it has one (verified), else by tag."""
     target = ref.digest or ref.tag
@@ -257,6 +297,88 @@ def resolve(client: RegistryClient, ref: Reference) -> Manifest:
 
 
 # ---- copy --------------------------------------------------------------------------------------
+@dataclass
+class PreparedCopy:
+    """What a copy learned and did before it may write anything that names an image.
+
+    Filled by :func:`prepare_copy` while a gate decides: the
+    source's manifest, its referrers (and theirs), whether the destination has the manifest
+    already, and the blobs confirmed there (mounted within one registry). Nothing else is
+    written: a blob is content reachable only by its digest, named by no manifest and no tag,
+    so a pull by tag or digest sees nothing of a denied image; and within one registry a mount
+    transfers no data (whoever can read the blob can read it in the source already).
+    :func:`copy_image` with ``prepared=`` then writes only what is still missing."""
+
+    manifest: Manifest
+    present: bool | None = None  # the manifest is at the destination (None: not asked)
+    referrers: list[Descriptor] | None = None  # the manifest's referrers (None: not listed)
+    nested: dict[str, list[Descriptor]] = field(default_factory=dict)  # referrer -> its own
+    blobs: set[str] = field(default_factory=set)  # blob digests confirmed at the destination
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def mounted(self, digest: str) -> None:
+        with self._lock:
+            self.blobs.add(digest)
+
+
+def prepare_copy(
+    src: RegistryClient,
+    src_repo: str,
+    manifest: Manifest,
+    dst: RegistryClient,
+    dst_repo: str,
+    referrers: Callable[[], Sequence[Descriptor]] | None = None,
+) -> PreparedCopy:
+    """Prepare copying ``manifest`` (see :class:`PreparedCopy` for why this is safe before a
+    decision): ask whether the destination has it; within one registry mount its blobs there
+    (the first alone: it may create the repository, see :func:`_parallel`; the others
+    together); once ``referrers()`` (blocking) gives its referrers, read their manifests, list
+    their own referrers and mount their blobs too. Writes no manifest and no tag. Registry
+    errors raise; only confirmed mounts count."""
+    plan = PreparedCopy(manifest)
+    same = src.base_url == dst.base_url
+
+    def mount(blob: Descriptor) -> None:
+        if blob.digest not in plan.blobs and dst.mount_blob(dst_repo, blob.digest, src_repo):
+            plan.mounted(blob.digest)
+
+    # threads of their own: the client's pool is busy with the gate's reads meanwhile (which
+    # read the same referrer manifests: a read under way is waited for, not repeated)
+    with ThreadPoolExecutor(_PREPARE_WORKERS, "prepare-copy") as pool:
+        head = pool.submit(dst.head_manifest, dst_repo, manifest.digest)
+        blobs = _own_blobs(manifest) if same and not manifest.is_index else []
+        if blobs:
+            mount(blobs[0])
+        mounts = [pool.submit(mount, b) for b in blobs[1:]]
+        try:
+            if referrers is not None:
+                found = list(referrers())
+                # their own referrers are listed meanwhile (on a registry without the
+                # referrers API: one read of the tag list, see list_referrers_of_each)
+                nested = pool.submit(list_referrers_of_each, src, src_repo, found)
+                manifests = list(pool.map(lambda r: src.get_manifest(src_repo, r.digest), found))
+                plan.referrers = found
+                if same and head.result() is None:
+                    known = {b.digest for b in blobs}
+                    for m in manifests:
+                        for b in [] if m.is_index else _own_blobs(m):
+                            if b.digest not in known:
+                                known.add(b.digest)
+                                mounts.append(pool.submit(mount, b))
+                plan.nested = dict(zip([r.digest for r in found], nested.result(), strict=True))
+        finally:
+            concurrent.futures.wait(mounts)
+        for done in mounts:
+            done.result()
+        plan.present = head.result() is not None
+    return plan
+
+
+def _own_blobs(manifest: Manifest) -> list[Descriptor]:
+    config = manifest.config
+    return [*([config] if config else []), *manifest.layers]
+
+
 def copy_image(
     src: RegistryClient,
     src_repo: str,
@@ -267,31 +389,56 @@ def copy_image(
     tag: str | None,
     with_referrers: bool = True,
     progress: Callable[[str], None] | None = None,
+    prepared: PreparedCopy | None = None,
 ) -> Descriptor:
     """Copy a manifest (and its tree, and its referrers) by digest; tag it last.
 
     Blobs already at the destination are skipped, mounted from ``src_repo`` on the same
     registry, else streamed GET -> PUT in bounded chunks. Manifests are PUT as the identical
-    bytes, so the digest never changes. The tag is written last: an interrupted copy never
-    leaves it pointing at something incomplete, and running the copy again completes it.
+    bytes, so the digest never changes. A manifest that was not at the destination is written
+    together with its referrers' manifests (a referrer may name a subject not yet there: the
+    OCI distribution spec asks registries to accept it); the referrers tag-schema index after
+    them, the tag last: an interrupted copy never leaves the tag pointing at something
+    incomplete, and running the copy again completes it. ``prepared`` (from
+    :func:`prepare_copy`) saves the reads and mounts done already.
     """
     if tag is not None and not _TAG_RE.match(tag):
         raise InputError(f"not a valid tag: {tag!r}")
     if tag is not None:
         check_not_reserved(tag)
     copier = _Copier(src, src_repo, dst, dst_repo, progress or (lambda _message: None))
-    manifest = src.get_manifest(src_repo, digest)
+    if prepared is not None and prepared.manifest.digest != digest:
+        prepared = None
+    if prepared is not None:
+        manifest = prepared.manifest
+        copier.prepared(prepared)
+    else:
+        manifest = src.get_manifest(src_repo, digest)
+    found = prepared.referrers if prepared is not None else None
     # listing the referrers is a read of the source: it runs while the image is copied
     listing = (
         src.submit(lambda d: list_referrers(src, src_repo, d), manifest.digest)
-        if with_referrers
+        if with_referrers and found is None
         else None
     )
-    # a subject that was not at the destination has no referrers there either (they are copied
-    # after it): write them without asking first (a PUT of the same bytes is harmless anyway)
-    copier.ask_first = copier.manifest(manifest)
+    present = prepared.present if prepared is not None else None
+    if present is None:
+        present = dst.head_manifest(dst_repo, manifest.digest) is not None
+    if present:
+        copier.note(f"manifest {manifest.digest} already present")
+    else:
+        copier.tree(manifest)
+    # a subject that was not at the destination has no referrers there either: write them
+    # without asking first (a PUT of the same bytes is harmless anyway)
+    copier.ask_first = present
     if listing is not None:
-        copier.referrers(manifest.digest, depth=1, found=listing.result())
+        found = listing.result()
+    if with_referrers and found:
+        copier.referrers(
+            manifest.digest, depth=1, found=found, subject=None if present else manifest
+        )
+    elif not present:
+        copier.put(manifest)
     if tag is not None:
         dst.put_manifest(dst_repo, tag, manifest.data, manifest.media_type)
         copier.note(f"tagged {dst_repo}:{tag} -> {manifest.digest}")
@@ -330,28 +477,41 @@ class _Copier:
         self.ask_first = True  # HEAD a referrer's manifest at the destination before copying it
         self._dst_has_referrers_api: bool | None = None
         self._blobs_done: set[str] = set()  # attestations share blobs (the empty config)
+        self._nested: dict[str, list[Descriptor]] = {}  # listed already (prepared)
         self._lock = threading.Lock()
+
+    def prepared(self, plan: PreparedCopy) -> None:
+        self._blobs_done |= plan.blobs
+        self._nested = dict(plan.nested)
+        for digest in plan.blobs:
+            self.note(f"blob {digest[:19]} mounted from {self.src_repo}")
 
     def manifest(self, manifest: Manifest, *, ask_first: bool = True) -> bool:
         """Copy one manifest and its tree; True when it was at the destination already."""
         if ask_first and self.dst.head_manifest(self.dst_repo, manifest.digest) is not None:
             self.note(f"manifest {manifest.digest} already present")
             return True
+        self.tree(manifest)
+        self.put(manifest)
+        return False
+
+    def tree(self, manifest: Manifest) -> None:
+        """Everything ``manifest`` names (child manifests, blobs), not the manifest itself."""
         if manifest.is_index:
             for child in manifest.manifests:
                 self.manifest(self.src.get_manifest(self.src_repo, child.digest))
+            return
+        blobs = _own_blobs(manifest)
+        if self.same_registry and blobs:
+            # mounts: the first alone (it creates the repository), the rest together
+            self.blob(blobs[0])
+            self.dst.map_concurrently(self.blob, blobs[1:])
         else:
-            config = manifest.config
-            blobs = [*([config] if config else []), *manifest.layers]
-            if self.same_registry and blobs:
-                # mounts: the first alone (it creates the repository), the rest together
-                self.blob(blobs[0])
-                self.dst.map_concurrently(self.blob, blobs[1:])
-            else:
-                _parallel(self.blob, blobs)
+            _parallel(self.blob, blobs)
+
+    def put(self, manifest: Manifest) -> None:
         self.dst.put_manifest(self.dst_repo, manifest.digest, manifest.data, manifest.media_type)
         self.note(f"manifest {manifest.digest} copied")
-        return False
 
     def blob(self, blob: Descriptor) -> None:
         with self._lock:
@@ -372,11 +532,19 @@ class _Copier:
         self.note(f"blob {short} copied ({blob.size} bytes)")
 
     def referrers(
-        self, subject_digest: str, depth: int, found: Sequence[Descriptor] | None = None
+        self,
+        subject_digest: str,
+        depth: int,
+        found: Sequence[Descriptor] | None = None,
+        subject: Manifest | None = None,
     ) -> None:
+        """Copy the referrers of ``subject_digest`` (and theirs); ``subject``, when given, is
+        written together with them (its tree is at the destination already)."""
         if found is None:
             found = list_referrers(self.src, self.src_repo, subject_digest)
         if not found:
+            if subject is not None:
+                self.put(subject)
             return
         # read (and verify) the referrer manifests on a small pool; they are cached by digest,
         # so the writes below do not read them again. The next level's listings are reads of
@@ -384,14 +552,14 @@ class _Copier:
         manifests = self.src.map_concurrently(
             lambda r: self.src.get_manifest(self.src_repo, r.digest), found
         )
-        nested: list[list[Descriptor]] = (
-            self.src.map_concurrently(
-                lambda r: list_referrers(self.src, self.src_repo, r.digest), found
-            )
-            if depth < _MAX_REFERRER_DEPTH
-            else [[] for _ in found]
-        )
-        self._copy_all(manifests)
+        nested: list[list[Descriptor]]
+        if depth >= _MAX_REFERRER_DEPTH:
+            nested = [[] for _ in found]
+        elif all(r.digest in self._nested for r in found):
+            nested = [self._nested[r.digest] for r in found]
+        else:
+            nested = list_referrers_of_each(self.src, self.src_repo, found)
+        self._copy_all(manifests, subject)
         if not self.dst_has_referrers_api(subject_digest):
             add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
         self.note(f"{len(found)} referrer(s) of {subject_digest[:19]} copied")
@@ -399,27 +567,43 @@ class _Copier:
             if more:
                 self.referrers(r.digest, depth + 1, more)
 
-    def _copy_all(self, manifests: Sequence[Manifest]) -> None:
-        """Copy referrer manifests (their subject is at the destination already, so the
-        repository exists). Blobs two of them share (the empty config) are copied first, one
-        at a time; then each manifest with its own blobs on the client's bounded pool:
-        distribution 2.8 mishandles concurrent mounts only into a repository that does not
-        exist yet (see :func:`_parallel`)."""
+    def _copy_all(self, manifests: Sequence[Manifest], subject: Manifest | None = None) -> None:
+        """Copy referrer manifests (and write ``subject``, whose tree is there already, with
+        them). Blobs two of them share (the empty config) are copied first, one at a time (the
+        subject's tree created the repository); then each manifest with its own blobs on the
+        client's bounded pool: distribution 2.8 mishandles concurrent mounts only into a
+        repository that does not exist yet (see :func:`_parallel`)."""
         ask_first = self.ask_first
         if any(m.is_index for m in manifests) or len(manifests) <= 1:
+            if subject is not None:
+                self.put(subject)
             for m in manifests:
                 self.manifest(m, ask_first=ask_first)
             return
         seen: set[str] = set()
         shared: list[Descriptor] = []
         for m in manifests:
-            blobs = {b.digest: b for b in [*([m.config] if m.config else []), *m.layers]}
+            blobs = {b.digest: b for b in _own_blobs(m)}
             for digest, b in blobs.items():
                 if digest in seen and all(s.digest != digest for s in shared):
                     shared.append(b)
                 seen.add(digest)
         _parallel(self.blob, shared)
-        self.dst.map_concurrently(lambda m: self.manifest(m, ask_first=ask_first), manifests)
+
+        def copy(m: Manifest) -> None:
+            self.manifest(m, ask_first=ask_first)
+
+        if subject is None:
+            self.dst.map_concurrently(copy, manifests)
+            return
+        # the subject is written by this thread while the pool copies the referrers
+        pending = [self.dst.submit(copy, m) for m in manifests]
+        try:
+            self.put(subject)
+        finally:
+            concurrent.futures.wait(pending)
+        for f in pending:  # the first error in order, once every copy has finished
+            f.result()
 
     def dst_has_referrers_api(self, subject_digest: str) -> bool:
         if self._dst_has_referrers_api is None:

@@ -192,9 +192,20 @@ def denied(sess: Session, ref: str, *expected: str, key: Path | None = None) -> 
     assert "DENIED" in r.stdout
     for text in expected:
         assert text in r.stdout, r.stdout
-    with pytest.raises(RegistryNotFound):
-        RegistryClient(REGISTRY).get_manifest(sess.repo("prod/denied"), "latest")
+    assert_nothing_named(sess.repo("prod/denied"), ref)
     return r.stdout
+
+
+def assert_nothing_named(dst_repo: str, src_ref: str) -> None:
+    """No tag (not the target's, not a referrers index) and not the image's manifest at the
+    destination: nothing a pull by tag or by digest could get."""
+    client = RegistryClient(REGISTRY)
+    with pytest.raises(RegistryNotFound):
+        client.get_manifest(dst_repo, "latest")
+    src = parse_reference(src_ref)
+    digest = client.get_manifest(src.repository, src.digest or src.tag or "").digest
+    assert client.head_manifest(dst_repo, digest) is None
+    assert client.list_tags(dst_repo) == []
 
 
 # ---- the good path --------------------------------------------------------------------------
@@ -253,11 +264,41 @@ def test_dry_run_decides_and_copies_nothing(sess: Session, golden: Golden) -> No
     )
     assert r.returncode == 0, r.stderr
     assert "ALLOWED" in r.stdout and "dry run" in r.stderr
-    with pytest.raises(RegistryNotFound):
-        RegistryClient(REGISTRY).get_manifest(dst_repo, "latest")
+    assert_nothing_named(dst_repo, golden.ref)
+    # a dry run writes nothing at all, not even the blobs a promotion mounts while it decides
+    client = RegistryClient(REGISTRY)
+    config = client.get_manifest(golden.repo, golden.digest).config
+    assert config is not None and not client.blob_exists(dst_repo, config.digest)
 
 
 # ---- security: each must be denied, with the reason named ------------------------------------
+def test_denied_promotion_names_nothing_at_the_destination(
+    sess: Session, golden: Golden, fresh: Any
+) -> None:
+    """The copy is prepared while the gate decides (blobs mounted into the destination): a
+    denial must still leave no manifest, no tag and no referrers index there."""
+    ref, repo, subject = fresh("revoked-prepared")
+    for kind, env in golden.envelopes.items():  # every good attestation, as for a promotion
+        push(repo, subject, env, kind)
+    stmt = revocation(
+        Subject(ref, golden.digest),
+        reason="denied after the blobs were mounted",
+        revoked_at=dt.datetime.now(dt.UTC),
+        revoked_by="secops@example.com",
+    )
+    push(repo, subject, sign(sess, stmt), HARDEN_REVOCATION)
+    dst_repo = sess.repo(f"prod/prepared-{uuid.uuid4().hex[:6]}")
+    r = sess.harden("promote", ref, f"{REGISTRY}/{dst_repo}:latest", "--key", str(sess.pub))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "NotRevoked" in r.stdout
+    assert_nothing_named(dst_repo, ref)
+    client = RegistryClient(REGISTRY)
+    assert list_referrers(client, dst_repo, golden.digest) == []
+    # the preparation did run (so the assertions above are about a destination it wrote to)
+    config = client.get_manifest(repo, golden.digest).config
+    assert config is not None and client.blob_exists(dst_repo, config.digest)
+
+
 def test_untrusted_key_is_denied(sess: Session, golden: Golden) -> None:
     denied(sess, golden.ref, "no signature by a trusted key", key=sess.other_pub)
     r = sess.harden("attestation", "verify", golden.ref, "--key", str(sess.other_pub))

@@ -29,6 +29,7 @@ from harden.oci import (
     RegistryNotFound,
     copy_image,
     list_referrers,
+    list_referrers_of_each,
     push_referrer,
     referrers_tag,
 )
@@ -142,6 +143,12 @@ class FakeRegistry(BaseAdapter):
         self.log.append(f"{method} {url.path}{'?' + url.query if url.query else ''}")
         if url.path == "/v2/":
             return 200, {}, b"{}"
+        listing = re.match(r"^/v2/(.+)/tags/list$", url.path)
+        if listing:
+            repo = listing.group(1)
+            if repo not in self.tags:
+                return 404, {}, b'{"errors":[{"code":"NAME_UNKNOWN","message":"unknown"}]}'
+            return 200, {}, json.dumps({"name": repo, "tags": sorted(self.tags[repo])}).encode()
         m = re.match(r"^/v2/(.+)/(manifests|blobs|referrers)/(.+)$", url.path)
         if m and m.group(2) == "blobs" and m.group(3).startswith("uploads/"):
             return self._upload(method, m.group(1), m.group(3)[len("uploads/") :], query, request)
@@ -479,7 +486,10 @@ def test_push_and_list_referrers_use_api_or_tag_schema(api: bool) -> None:
     api_calls = [e for e in fake.log if "/referrers/" in e]
     assert api_calls  # the API is always asked first
     tag_reads = [e for e in fake.log if e.startswith("GET") and e.endswith(f"/manifests/{tag}")]
-    assert bool(tag_reads) is not api
+    if api:  # read once, alongside the first API call (not known yet), never again
+        assert len(tag_reads) == 1
+    else:
+        assert tag_reads
 
 
 def test_list_referrers_is_empty_when_there_are_none() -> None:
@@ -674,6 +684,41 @@ def test_a_registry_without_the_referrers_route_is_asked_once_per_client() -> No
     for _ in range(2):
         list_referrers(client, "a", digest)
     assert len([e for e in api.log if "/referrers/" in e]) == 2
+
+
+def test_referrers_of_referrers_without_the_api_from_one_tag_list() -> None:
+    fake = FakeRegistry(referrers_api=False)
+    digest, data = seed_image(fake, "a")
+    client, _ = client_for(fake)
+
+    def attest(subject: Descriptor, n: int) -> Descriptor:
+        return push_referrer(
+            client,
+            "a",
+            subject,
+            artifact_type="application/vnd.harden.test",
+            blob=b'{"att":%d}' % n,
+            blob_media_type="application/vnd.dsse.envelope.v1+json",
+            annotations=ANNOTATIONS,
+        )
+
+    referrers = [attest(Descriptor(OCI_MANIFEST, digest, len(data)), n) for n in range(3)]
+    signed = referrers[1]  # one of them has a referrer of its own
+    nested = attest(signed, 9)
+    assert list_referrers(client, "a", digest)  # the client learns there is no API
+    fake.log.clear()
+    found = list_referrers_of_each(client, "a", referrers)
+    assert found == [[], [nested], []]
+    assert fake.log == [
+        "GET /v2/a/tags/list?n=1000",
+        f"GET /v2/a/manifests/{referrers_tag(signed.digest)}",
+    ]
+    # tags that do not fit one page, or no tag list: each one is asked
+    fake.log.clear()
+    assert list_referrers_of_each(client, "a", []) == []
+    del fake.tags["a"]  # now the registry lists no tags (404): each referrer is asked
+    assert list_referrers_of_each(client, "a", referrers) == [[], [], []]
+    assert len([e for e in fake.log if "/manifests/sha256-" in e]) == 3
 
 
 def test_manifests_by_digest_are_read_once_per_client_tags_always() -> None:
