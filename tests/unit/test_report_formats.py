@@ -7,7 +7,6 @@ import html.parser
 import json
 import os
 import re
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -172,11 +171,11 @@ def test_every_format_renders_encodable_text(fmt: Format, make: Any) -> None:
 
 
 @pytest.mark.parametrize("fmt", list(Format))
-def test_large_reports_render_quickly(fmt: Format) -> None:
-    start = time.monotonic()
-    render(big_report(500), fmt)
+def test_large_reports_render_whole(fmt: Format) -> None:
+    """500 results and one huge evidence render completely (their speed is bench work, not a
+    clock in a test)."""
+    assert render(big_report(500), fmt).strip()
     text = render(huge_evidence_report(), fmt)
-    assert time.monotonic() - start < 20
     assert "fs.perms" in text and "fs.oneline" in text
 
 
