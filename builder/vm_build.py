@@ -66,7 +66,14 @@ from harden.builder.qemu import (
     hygiene_script,
     seal,
 )
-from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
+from harden.builder.render import (
+    Phase,
+    check_remediation,
+    remediation_rules,
+    render_script,
+    rule_times,
+    slowest,
+)
 from harden.builder.ssh_target import SshTarget
 from harden.clock import Clock
 from harden.errors import InputError, RemediationError, TargetError
@@ -235,11 +242,12 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = timings.get(name, 0.0) + time.monotonic() - t0
 
 
-def _remediate(target: SshTarget, script: str) -> None:
+def _remediate(target: SshTarget, script: str, progress: Progress = _noop) -> None:
     target.put_file(script.encode(), REMOTE_SCRIPT, 0o700)
     result = target.run(
         f"sh {REMOTE_SCRIPT}; rc=$?; rm -f {REMOTE_SCRIPT}; exit $rc", timeout=REMEDIATION_TIMEOUT
     )
+    progress("remediation: " + slowest(rule_times(result.stdout.decode("utf-8", "replace"))))
     check_remediation(result, consequence="; no template written")
 
 
@@ -558,7 +566,8 @@ def _build_from(
     suites = defn.suites()  # checked before the first boot: a bad path costs no VM
     rules = remediation_rules(baseline, TargetKind.VM, started.date())
     family = baseline.platforms[0].family.value
-    script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
+    # the build reboots after the script: reloads (augenrules) are left to the boot
+    script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE, reboot_follows=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".{doc.name}.building.qcow2"
     try:
@@ -573,7 +582,7 @@ def _build_from(
             with _timed(timings, "remediation"):
                 progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
                 try:
-                    _remediate(target, script)
+                    _remediate(target, script, progress)
                 except RemediationError as e:
                     if not keep_on_error:
                         raise

@@ -1,5 +1,7 @@
 # ---- t.purge (package_absent)
 printf '%s %s\n' '@@harden-rule' t.purge
+harden_clock
+harden_t0=$harden_now
 (
 set -e
 if [ -n "$R" ]; then
@@ -16,6 +18,8 @@ if [ "$#" -gt 0 ]; then
 fi
 )
 harden_status=$?
+harden_clock
+printf '%s %s %s\n' '@@harden-time' t.purge "$((harden_now - harden_t0))"
 if [ "$harden_status" -ne 0 ]; then
 	printf '%s %s %s\n' '@@harden-failed' t.purge "$harden_status" >&2
 	exit "$harden_status"

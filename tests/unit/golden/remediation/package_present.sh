@@ -1,5 +1,7 @@
 # ---- t.install (package_present)
 printf '%s %s\n' '@@harden-rule' t.install
+harden_clock
+harden_t0=$harden_now
 (
 set -e
 if [ -n "$R" ]; then
@@ -29,6 +31,8 @@ elif [ "$#" -gt 0 ]; then
 fi
 )
 harden_status=$?
+harden_clock
+printf '%s %s %s\n' '@@harden-time' t.install "$((harden_now - harden_t0))"
 if [ "$harden_status" -ne 0 ]; then
 	printf '%s %s %s\n' '@@harden-failed' t.install "$harden_status" >&2
 	exit "$harden_status"

@@ -10,21 +10,40 @@ export LC_ALL
 R="${HARDEN_ROOT:-}"
 
 harden_say() { printf 'harden: %s\n' "$*"; }
+# harden_clock: harden_now = centiseconds since boot, read from /proc/uptime without a fork
+# (0 when unreadable); the script prints each rule's elapsed time as "@@harden-time <id> <cs>"
+harden_clock() {
+	harden_now=0
+	read -r harden_up _ </proc/uptime 2>/dev/null || return 0
+	case $harden_up in
+	*[0-9].[0-9][0-9]) harden_now=$((${harden_up%.*} * 100 + 1${harden_up#*.} - 100)) ;;
+	esac
+}
+# harden_after RULE ACTION: rule number RULE was remediated and needs action number ACTION (a
+# reload) before its check can pass; the script runs each such action once, after all rules
+harden_after() {
+	: > "$harden_after_dir/r$1"
+	: > "$harden_after_dir/a$2"
+	harden_say 'check after all rules (it needs a reload first)'
+}
 # fail the current rule (exits the rule's subshell)
 harden_fail() { printf 'harden: %s\n' "$*" >&2; exit 1; }
 
 # harden_commit FILE NEW: replace FILE by NEW when they differ, keeping FILE's owner and mode
+# (and set harden_changed=1 when it did)
 harden_commit() {
 	if cmp -s "$2" "$1"; then
 		rm -f "$2"
 	elif [ -L "$1" ]; then
 		cat "$2" > "$1"
 		rm -f "$2"
+		harden_changed=1
 	else
 		chown --reference="$1" "$2"
 		chmod --reference="$1" "$2"
 		mv -f "$2" "$1"
 		harden_say "updated ${1#"$R"}"
+		harden_changed=1
 	fi
 }
 
@@ -135,6 +154,32 @@ harden_gid() {
 	printf '%s\n' "$harden_id"
 }
 
+# harden_pam_has STACK TYPE MODULE [ARG...]: an active TYPE line of /etc/pam.d/STACK calls MODULE
+# with every ARG (as verifiers/pam.py requires for a setting to be in force)
+harden_pam_has() {
+	[ -f "$R/etc/pam.d/$1" ] || return 1
+	HK_TYPE=$2 HK_MOD=$3 HK_FILE="$R/etc/pam.d/$1"
+	shift 3
+	HK_TYPE=$HK_TYPE HK_MOD=$HK_MOD HK_ARGS="$*" awk '
+	BEGIN { n = split(ENVIRON["HK_ARGS"], want, " ") }
+	{
+		t = $1
+		sub(/^-/, "", t)
+		if (t != ENVIRON["HK_TYPE"]) next
+		at = 0
+		for (i = 2; i <= NF && !at; i++) { m = $i; sub(/.*\//, "", m); if (m == ENVIRON["HK_MOD"]) at = i }
+		if (!at) next
+		ok = 1
+		for (j = 1; j <= n; j++) {
+			hit = 0
+			for (i = at + 1; i <= NF; i++) if ($i == want[j]) hit = 1
+			if (!hit) ok = 0
+		}
+		if (ok) { found = 1; exit }
+	}
+	END { exit !found }' "$HK_FILE"
+}
+
 # true on a running systemd (a VM), false in a container build or a root folder
 harden_systemd_live() {
 	[ -z "$R" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
@@ -150,6 +195,8 @@ harden_pkg_installed() {
 
 # ---- t.install (package_present)
 printf '%s %s\n' '@@harden-rule' t.install
+harden_clock
+harden_t0=$harden_now
 (
 set -e
 if [ -n "$R" ]; then
@@ -179,6 +226,8 @@ elif [ "$#" -gt 0 ]; then
 fi
 )
 harden_status=$?
+harden_clock
+printf '%s %s %s\n' '@@harden-time' t.install "$((harden_now - harden_t0))"
 if [ "$harden_status" -ne 0 ]; then
 	printf '%s %s %s\n' '@@harden-failed' t.install "$harden_status" >&2
 	exit "$harden_status"
