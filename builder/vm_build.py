@@ -98,6 +98,8 @@ def _boot_timeout() -> float:
     return max(BOOT_TIMEOUT, default_boot_timeout())
 
 
+# the guest's own power-off (eleven file systems unmounted, auditd stopped) before sealing
+SEAL_POWEROFF_TIMEOUT = 180.0
 SEALED_RULE_PREFIX = "template."
 REMOTE_SCRIPT = "/run/harden-remediation.sh"
 REMOTE_FACTS = "/run/harden-sealed-facts.sh"
@@ -599,7 +601,15 @@ def _build_from(
                 progress("sealing: hygiene, power-off, flatten")
                 _run_checked(target, hygiene_script(), "the hygiene script")
                 _run_checked(target, _SEAL_EXTRA, "removing the random seed")
-                vm.shutdown()
+                if not vm.shutdown(timeout=SEAL_POWEROFF_TIMEOUT):
+                    # killed: committed changes may sit only in the ext4 journals, and whatever
+                    # mounts the template with noload (the sealed-disk checks, a scanner) would
+                    # judge the file systems without them
+                    raise TargetError(
+                        f"the build VM did not power off within {SEAL_POWEROFF_TIMEOUT:.0f} s; "
+                        "no template written",
+                        hint="a busy host slows the guest's shutdown under TCG: build again",
+                    )
                 digest = "sha256:" + seal(vm.overlay, staging, backing=base_disk)
         report = verify_clone(
             staging,
