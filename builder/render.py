@@ -463,7 +463,7 @@ def supported_families() -> list[str]:
 class _Deferred:
     """Where a rule's ``after`` action goes in its script (see :func:`render_script`)."""
 
-    number: int  # the rule's place in the script: its flag file is "$harden_after_dir/r<number>"
+    number: int  # the rule's place in the script: its flag file is "$harden_tmp/r<number>"
     action: int | None  # the action's number (flag "a<action>"); None: a reboot follows instead
 
 

@@ -809,3 +809,34 @@ def test_pam_has_reads_the_stack_as_the_verifier_does(root: Path) -> None:
     res = run(script, root)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [f"{c}: {rc}" for c, rc in calls.items()]
+
+
+def test_installed_package_list_is_read_once_and_again_after_a_change(root: Path) -> None:
+    """harden_pkg_installed asks dpkg once per script, not once per rule; after something that
+    may install or remove packages (harden_pkgs_changed) it asks again."""
+    status = root / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    (status.parent / "info").mkdir(exist_ok=True)
+    entry = "Package: {}\nStatus: {}\nArchitecture: amd64\nVersion: 1.0\nMaintainer: t\n\n"
+    status.write_text(
+        entry.format("auditd", "install ok installed")
+        + entry.format("nginx", "deinstall ok config-files")
+        + entry.format("libc6", "hold ok installed")
+    )
+    probe = (
+        'for p in auditd nginx libc6 libc6:amd64 audit; do harden_pkg_installed "$p"; '
+        'echo "$p $?"; done\n'
+    )
+    script = render_script([], "debian", TargetKind.VM, Phase.OFFLINE).replace(
+        "printf '%s\\n' '@@harden-done'",
+        probe
+        + f"cp /dev/null {status}; echo auditd-still $(harden_pkg_installed auditd; echo $?)\n"
+        + "harden_pkgs_changed\n"
+        + probe,
+    )
+    res = run(script, root)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[:5] == ["auditd 0", "nginx 1", "libc6 0", "libc6:amd64 0", "audit 1"]
+    assert lines[5] == "auditd-still 0"  # the list of this run, not a query per rule
+    assert lines[6:] == ["auditd 1", "nginx 1", "libc6 1", "libc6:amd64 1", "audit 1"]

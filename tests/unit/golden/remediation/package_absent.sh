@@ -14,6 +14,7 @@ for p in telnet rsh-client nis; do
 done
 if [ "$#" -gt 0 ]; then
 	harden_say "purging $*"
+	harden_pkgs_changed
 	apt-get -q purge -y "$@"
 fi
 )

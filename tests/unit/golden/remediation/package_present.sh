@@ -21,9 +21,11 @@ if [ "$#" -gt 0 ] && [ -n "${HARDEN_DEBS:-}" ]; then
 	while IFS= read -r harden_f; do set -- "$@" "$HARDEN_DEBS/$harden_f"; done < "$harden_list"
 	# the files are local: apt needs no _apt sandbox (it would need CAP_SETUID to switch to it)
 	# (and nothing is downloaded, so there is nothing to clean)
+	harden_pkgs_changed
 	apt-get -q -o APT::Sandbox::User=root install -y --no-install-recommends "$@"
 elif [ "$#" -gt 0 ]; then
 	harden_say "installing $*"
+	harden_pkgs_changed
 	apt-get -q update
 	apt-get -q install -y --no-install-recommends "$@"
 	apt-get clean

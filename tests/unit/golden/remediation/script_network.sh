@@ -22,8 +22,8 @@ harden_clock() {
 # harden_after RULE ACTION: rule number RULE was remediated and needs action number ACTION (a
 # reload) before its check can pass; the script runs each such action once, after all rules
 harden_after() {
-	: > "$harden_after_dir/r$1"
-	: > "$harden_after_dir/a$2"
+	: > "$harden_tmp/r$1"
+	: > "$harden_tmp/a$2"
 	harden_say 'check after all rules (it needs a reload first)'
 }
 # fail the current rule (exits the rule's subshell)
@@ -34,17 +34,23 @@ harden_fail() { printf 'harden: %s\n' "$*" >&2; exit 1; }
 harden_commit() {
 	if cmp -s "$2" "$1"; then
 		rm -f "$2"
-	elif [ -L "$1" ]; then
+	else
+		harden_replace "$1" "$2"
+	fi
+}
+
+# harden_replace FILE NEW: FILE becomes NEW (which differs), keeping FILE's owner and mode
+harden_replace() {
+	if [ -L "$1" ]; then
 		cat "$2" > "$1"
 		rm -f "$2"
-		harden_changed=1
 	else
 		chown --reference="$1" "$2"
 		chmod --reference="$1" "$2"
 		mv -f "$2" "$1"
 		harden_say "updated ${1#"$R"}"
-		harden_changed=1
 	fi
+	harden_changed=1
 }
 
 # harden_ensure_file FILE: create an empty FILE (and its folder) when missing
@@ -70,7 +76,8 @@ harden_ensure_line() {
 # KEY: it replaces the first active KEY line (else the first commented-out one) and the other
 # active KEY lines go; without any, LINE is put first (first) or appended (last).
 harden_set_key() {
-	HK_KEY=$2 HK_LINE=$3 HK_WHERE=$4 HK_NOCASE=$5 awk '
+	hk_status=0
+	HK_KEY=$2 HK_LINE=$3 HK_WHERE=$4 HK_NOCASE=$5 HK_OUT="$1.harden-new" awk '
 	function keyof(s,    n) {
 		sub(/^[ \t]+/, "", s)
 		commented = 0
@@ -79,6 +86,7 @@ harden_set_key() {
 		if (n) s = substr(s, 1, n - 1)
 		return ENVIRON["HK_NOCASE"] == "1" ? tolower(s) : s
 	}
+	function out(s) { o[++no] = s }
 	BEGIN { want = ENVIRON["HK_KEY"]; if (ENVIRON["HK_NOCASE"] == "1") want = tolower(want) }
 	{
 		line[NR] = $0
@@ -89,14 +97,25 @@ harden_set_key() {
 	}
 	END {
 		at = first_active ? first_active : first_comment
-		if (!at && ENVIRON["HK_WHERE"] == "first") print ENVIRON["HK_LINE"]
+		if (!at && ENVIRON["HK_WHERE"] == "first") out(ENVIRON["HK_LINE"])
 		for (i = 1; i <= NR; i++) {
-			if (i == at) print ENVIRON["HK_LINE"]
-			else if (!(i in active)) print line[i]
+			if (i == at) out(ENVIRON["HK_LINE"])
+			else if (!(i in active)) out(line[i])
 		}
-		if (!at && ENVIRON["HK_WHERE"] != "first") print ENVIRON["HK_LINE"]
-	}' "$1" > "$1.harden-new"
-	harden_commit "$1" "$1.harden-new"
+		if (!at && ENVIRON["HK_WHERE"] != "first") out(ENVIRON["HK_LINE"])
+		# the same lines: exit 0 and write nothing (no cmp, no rm: forks are slow under TCG)
+		same = no == NR
+		for (i = 1; same && i <= no; i++) if (o[i] != line[i]) same = 0
+		if (same) exit 0
+		for (i = 1; i <= no; i++) print o[i] > ENVIRON["HK_OUT"]
+		close(ENVIRON["HK_OUT"])
+		exit 10
+	}' "$1" || hk_status=$?
+	case $hk_status in
+	0) ;;
+	10) harden_replace "$1" "$1.harden-new" ;;
+	*) harden_fail "could not edit ${1#"$R"} (awk exit $hk_status)" ;;
+	esac
 }
 
 # harden_get_key FILE KEY first|last NOCASE(0|1): print the effective value of KEY in FILE
@@ -187,11 +206,22 @@ harden_systemd_live() {
 
 DEBIAN_FRONTEND=noninteractive
 export DEBIAN_FRONTEND
-# harden_pkg_installed NAME: the package is installed (reads "$R"/var/lib/dpkg in a root folder)
+# harden_pkg_installed NAME: the package is installed (reads "$R"/var/lib/dpkg in a root folder).
+# One dpkg-query lists the installed packages into $harden_tmp/pkgs (a query per rule costs
+# a quarter second under TCG); whatever may install or remove packages empties that list
+# (harden_pkgs_changed) and the next question asks dpkg again.
 harden_pkg_installed() {
-	dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Status}\n' "$1" 2>/dev/null \
-		| grep -q ' installed$'
+	if [ ! -s "$harden_tmp/pkgs" ]; then
+		dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Status} ${Package} ${binary:Package} ${Architecture}\n' \
+			2>/dev/null | awk '$3 == "installed" { print $4; print $5; print $4 ":" $6 }' \
+			> "$harden_tmp/pkgs"
+	fi
+	grep -qxF -e "$1" "$harden_tmp/pkgs"
 }
+harden_pkgs_changed() { : > "$harden_tmp/pkgs"; }
+# scratch space of this run: the installed-package list, the deferred actions' flags
+harden_tmp=$(mktemp -d)
+trap 'rm -rf "$harden_tmp"' EXIT
 
 # ---- t.install (package_present)
 printf '%s %s\n' '@@harden-rule' t.install
@@ -216,9 +246,11 @@ if [ "$#" -gt 0 ] && [ -n "${HARDEN_DEBS:-}" ]; then
 	while IFS= read -r harden_f; do set -- "$@" "$HARDEN_DEBS/$harden_f"; done < "$harden_list"
 	# the files are local: apt needs no _apt sandbox (it would need CAP_SETUID to switch to it)
 	# (and nothing is downloaded, so there is nothing to clean)
+	harden_pkgs_changed
 	apt-get -q -o APT::Sandbox::User=root install -y --no-install-recommends "$@"
 elif [ "$#" -gt 0 ]; then
 	harden_say "installing $*"
+	harden_pkgs_changed
 	apt-get -q update
 	apt-get -q install -y --no-install-recommends "$@"
 	apt-get clean
