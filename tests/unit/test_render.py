@@ -812,8 +812,8 @@ def test_pam_has_reads_the_stack_as_the_verifier_does(root: Path) -> None:
 
 
 def test_installed_package_list_is_read_once_and_again_after_a_change(root: Path) -> None:
-    """harden_pkg_installed asks dpkg once per script, not once per rule; after something that
-    may install or remove packages (harden_pkgs_changed) it asks again."""
+    """harden_pkg_installed asks dpkg once per script, not once per rule; after a package rule
+    (harden_pkgs_changed) or when dpkg's status file is newer than its list, it asks again."""
     status = root / "var/lib/dpkg/status"
     status.parent.mkdir(parents=True, exist_ok=True)
     (status.parent / "info").mkdir(exist_ok=True)
@@ -823,6 +823,7 @@ def test_installed_package_list_is_read_once_and_again_after_a_change(root: Path
         + entry.format("nginx", "deinstall ok config-files")
         + entry.format("libc6", "hold ok installed")
     )
+    (status.parent / "status.new").write_text(entry.format("nginx", "install ok installed"))
     probe = (
         'for p in auditd nginx libc6 libc6:amd64 audit; do harden_pkg_installed "$p"; '
         'echo "$p $?"; done\n'
@@ -830,13 +831,19 @@ def test_installed_package_list_is_read_once_and_again_after_a_change(root: Path
     script = render_script([], "debian", TargetKind.VM, Phase.OFFLINE).replace(
         "printf '%s\\n' '@@harden-done'",
         probe
-        + f"cp /dev/null {status}; echo auditd-still $(harden_pkg_installed auditd; echo $?)\n"
+        # the same status file, rewritten in place with an older time: the list of this run
+        + f"cp /dev/null {status}; touch -d '2000-01-01' {status}\n"
+        + "echo auditd-still $(harden_pkg_installed auditd; echo $?)\n"
         + "harden_pkgs_changed\n"
-        + probe,
+        + probe
+        # dpkg wrote the status file after the list was made (as apt-get in a command would)
+        + f"cp {status}.new {status}\n"
+        + 'echo "after dpkg: $(harden_pkg_installed nginx; echo $?)"\n',
     )
     res = run(script, root)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[:5] == ["auditd 0", "nginx 1", "libc6 0", "libc6:amd64 0", "audit 1"]
     assert lines[5] == "auditd-still 0"  # the list of this run, not a query per rule
-    assert lines[6:] == ["auditd 1", "nginx 1", "libc6 1", "libc6:amd64 1", "audit 1"]
+    assert lines[6:11] == ["auditd 1", "nginx 1", "libc6 1", "libc6:amd64 1", "audit 1"]
+    assert lines[11:] == ["after dpkg: 0"]

@@ -208,10 +208,11 @@ DEBIAN_FRONTEND=noninteractive
 export DEBIAN_FRONTEND
 # harden_pkg_installed NAME: the package is installed (reads "$R"/var/lib/dpkg in a root folder).
 # One dpkg-query lists the installed packages into $harden_tmp/pkgs (a query per rule costs
-# a quarter second under TCG); whatever may install or remove packages empties that list
-# (harden_pkgs_changed) and the next question asks dpkg again.
+# a quarter second under TCG). The list is made again when dpkg's status file is newer than it
+# (test -nt compares nanoseconds in dash and bash) or when a package rule emptied it
+# (harden_pkgs_changed).
 harden_pkg_installed() {
-	if [ ! -s "$harden_tmp/pkgs" ]; then
+	if [ ! -s "$harden_tmp/pkgs" ] || [ "$R/var/lib/dpkg/status" -nt "$harden_tmp/pkgs" ]; then
 		dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Status} ${Package} ${binary:Package} ${Architecture}\n' \
 			2>/dev/null | awk '$3 == "installed" { print $4; print $5; print $4 ":" $6 }' \
 			> "$harden_tmp/pkgs"
