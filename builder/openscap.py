@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING
 from harden.errors import EnvironmentProblem, InputError, TargetError
 from harden.paths import setup_hint
 from harden.scan.arf import parse_arf
-from harden.scan.model import SSG_RULE_PREFIX, RuleOutcome, ScanResult, XccdfResult, profile_id
+from harden.scan.model import (
+    JUDGED,
+    SSG_RULE_PREFIX,
+    Family,
+    RuleOutcome,
+    ScanResult,
+    XccdfResult,
+    profile_id,
+)
 from harden.scan.rootfs import read_os_release, unpack_export
 
 if TYPE_CHECKING:
@@ -95,9 +103,9 @@ def oscap_version() -> str:
     return "OpenSCAP " + first.rsplit(" ", 1)[-1] if first else "OpenSCAP"
 
 
-def apt_config(root: Path) -> str:
+def apt_config(root: Path, cache: str = APT_CACHE_DIR) -> str:
     """The apt.conf for the dpkginfo probe (paths are relative to the probe root, which apt
-    prepends as RootDir)."""
+    prepends as RootDir); ``cache``: a writable directory inside the root, relative to it."""
     return "\n".join(
         [
             'Dir::State::status "/var/lib/dpkg/status";',
@@ -109,7 +117,7 @@ def apt_config(root: Path) -> str:
             'Dir::Etc::PreferencesParts "";',
             'APT::Architecture "amd64";',
             'APT::Architectures { "amd64"; };',
-            f'Dir::Cache "/{APT_CACHE_DIR}";',
+            f'Dir::Cache "/{cache}";',
             "",
         ]
     )
@@ -186,10 +194,12 @@ def _run_oscap(
             raise TargetError(f"the OpenSCAP scan did not finish in {timeout:.0f} s") from e
     text = log.read_bytes()[-1024 * 1024 :].decode("utf-8", "replace")
     if DPKGINFO_FAILED in text:
+        # libapt says why on stderr ("E: ..." / "W: ..."): keep it in the message
+        apt_says = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[EW]: ", ln)]
         raise TargetError(
             "the OpenSCAP dpkginfo probe failed to read the root's package database "
             f"({DPKGINFO_FAILED}): package rules would be wrong, no score is given",
-            hint=f"see {log}",
+            hint=f"see {log}" + "".join(f"\n{ln[:300]}" for ln in apt_says[:10]),
         )
     # oscap: 0 every rule passed, 2 some rule failed, anything else an error
     if rc not in (0, 2) or not arf.is_file():
@@ -207,20 +217,27 @@ def scan_root(
     html: Path | None = None,
     extra_rules: Sequence[str] = (),
     progress: Callable[[str], None] = _noop,
+    apt_cache: str = APT_CACHE_DIR,
 ) -> ScanResult:
     """Scan the unpacked ``root`` with ``profile``; the ARF is ``workdir/arf.xml``.
 
     ``extra_rules`` (short SSG ids the data stream defines): those the profile does not select
     are evaluated too, in a second run with a tailoring, into ``ScanResult.extra`` (not scored).
+    ``apt_cache``: where libapt may write its cache, relative to the root (a root mounted
+    read-only, as scripts/vm-oscap.sh mounts a VM template, offers a tmpfs for it).
     """
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*", apt_cache) or ".." in apt_cache:
+        raise InputError(f"apt cache {apt_cache!r} must be a plain path inside the root")
+    cache = root
+    for name in Path(apt_cache).parts:  # no symlink on the way: the cache stays in the root
+        cache = cache / name
+        if cache.is_symlink() or (cache.exists() and not cache.is_dir()):
+            raise InputError(f"{apt_cache} in the root is not a directory harden made")
     scanner = oscap_version()
     content = content_for(read_os_release(root))
     full_profile = profile_id(profile)
-    cache = root / APT_CACHE_DIR
-    if cache.is_symlink() or (cache.exists() and not cache.is_dir()):
-        raise InputError(f"{APT_CACHE_DIR} in the root is not a directory harden made")
     cache.mkdir(mode=0o700, exist_ok=True)
-    (workdir / "apt.conf").write_text(apt_config(root), encoding="utf-8")
+    (workdir / "apt.conf").write_text(apt_config(root, apt_cache), encoding="utf-8")
     progress(f"scanning with {scanner}, {content.path.name} {content.version}, {full_profile}")
     started = time.monotonic()
     arf = _run_oscap(root, content, ["--profile", full_profile], workdir, "arf", timeout, html=html)
@@ -395,3 +412,68 @@ def check_profile(profile: str) -> str:
             hint="e.g. --scan anssi_bp28_enhanced (minimal, intermediary, enhanced, high)",
         )
     return profile
+
+
+VM_APT_CACHE = "proc/.harden-apt-cache"  # scripts/vm-oscap.sh mounts a tmpfs on ROOT/proc
+
+
+def scan_tree_main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m harden.builder.openscap ROOT OUTDIR PROFILE...``: scan a VM template's file
+    systems that scripts/vm-oscap.sh mounted read-only under ROOT (a tmpfs on ROOT/proc holds
+    libapt's cache), with the same apt configuration, dpkginfo check, bounds and score as
+    ``harden build --scan``. Per profile: OUTDIR/PROFILE.arf.xml, OUTDIR/PROFILE.json (the
+    result), OUTDIR/PROFILE.failed (file-judged rules that fail, error or are unknown) and a
+    line on stdout. Exit 0, 2 usage, 3 bad input, 4 scanner or environment problem."""
+    import json
+    import sys
+
+    from harden.errors import HardenError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or any(a.startswith("-") for a in args):
+        sys.stderr.write("usage: python3 -m harden.builder.openscap ROOT OUTDIR PROFILE...\n")
+        return 2
+    root, outdir, profiles = Path(args[0]), Path(args[1]), args[2:]
+    try:
+        for p in profiles:
+            check_profile(p)
+        outdir.mkdir(parents=True, exist_ok=True)
+        for profile in profiles:
+            with private_dir() as work:
+                try:
+                    result = scan_root(root, profile, work, apt_cache=VM_APT_CACHE)
+                finally:  # the scanner's log, also (above all) when it failed
+                    if (work / "arf.log").is_file():
+                        shutil.copyfile(work / "arf.log", outdir / f"{profile}.log")
+                shutil.copyfile(work / "arf.xml", outdir / f"{profile}.arf.xml")
+            (outdir / f"{profile}.json").write_text(
+                json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
+            (outdir / f"{profile}.failed").write_text(
+                "".join(f"{r.short_id} {r.result.value}\n" for r in result.failing()),
+                encoding="utf-8",
+            )
+            c = result.counts()
+            passed, failed = c["pass"] + c["fixed"], c["fail"]
+            pass_fail = 100.0 * passed / (passed + failed) if passed + failed else 0.0
+            others = " ".join(
+                f"{k}={v}"
+                for k, v in c.items()
+                if v and k not in ("pass", "fixed", "fail", "notselected")
+            )
+            apart = sum(1 for r in result.rules if r.family != Family.FILE and r.result in JUDGED)
+            sys.stdout.write(
+                f"{result.profile_short} {pass_fail:.1f} pass={passed} fail={failed} {others} "
+                f"score={result.score} excluded(kernel_config_,sysctl_)={apart}\n"
+            )
+            sys.stdout.flush()
+    except HardenError as e:
+        sys.stderr.write(f"error: {e.message}\n")
+        if e.hint:
+            sys.stderr.write(f"hint: {e.hint}\n")
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(scan_tree_main())

@@ -795,19 +795,24 @@ class Vm:
                 raise self._boot_failed("come back after a reboot")
             time.sleep(_POLL)
 
-    def shutdown(self, timeout: float = 30) -> None:
-        """Power off cleanly (``systemctl poweroff`` over SSH, else ACPI via QMP), then kill."""
+    def shutdown(self, timeout: float = 30) -> bool:
+        """Power off cleanly (``systemctl poweroff`` over SSH, else ACPI via QMP), then kill.
+        True when the guest powered off by itself within ``timeout`` (its file systems were
+        unmounted); False when it had to be killed (or was not running)."""
         if not self.running:
             self.kill()
-            return
+            return False
         self._progress("powering off")
         if not self._ssh("systemctl poweroff --no-block"):
             with contextlib.suppress(TargetError):
                 self._qmp("system_powerdown")
+        clean = False
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=timeout)
+                clean = True
         self.kill()
+        return clean
 
     def kill(self) -> None:
         """End our qemu (SIGTERM to its process group, then SIGKILL) and reap it."""

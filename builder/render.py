@@ -3,7 +3,8 @@
 A script runs every rule of one :class:`Phase` in a fixed order. Each rule runs in a subshell with
 ``set -e``; before it the script prints ``@@harden-rule <id>`` to stdout, on failure
 ``@@harden-failed <id> <status>`` to stderr and stops; at the end it prints ``@@harden-done``.
-:func:`parse_failure` reads those markers back.
+After each rule it prints ``@@harden-time <id> <centiseconds>`` (read from ``/proc/uptime``).
+:func:`parse_failure` and :func:`rule_times` read those markers back.
 
 Every file path is written as ``"$R"/path`` with ``R="${HARDEN_ROOT:-}"``, so a script can be run
 against a root folder (tests); commands that only work on a live system (apt-get, systemctl,
@@ -54,6 +55,7 @@ from harden.target import CommandResult, TargetKind
 RULE_MARKER = "@@harden-rule"
 FAILED_MARKER = "@@harden-failed"
 DONE_MARKER = "@@harden-done"
+TIME_MARKER = "@@harden-time"  # "@@harden-time <id> <centiseconds>" after each rule
 
 _FAMILY_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _GLOB_CHARS = frozenset("*?[]")
@@ -309,7 +311,8 @@ def _pam_ctx(spec: ConfigLine, write_value: str) -> dict[str, Any] | None:
     names = [p.name for p in effect.profiles]
     if effect.packaged_profile:
         names.append(effect.packaged_profile)
-    return {"module": effect.module, "profiles": profiles, "names": names}
+    needs = [{"stack": n.stack, "ptype": n.ptype, "args": list(n.args)} for n in effect.needs]
+    return {"module": effect.module, "profiles": profiles, "names": names, "needs": needs}
 
 
 def _ctx_sysctl(spec: Spec, target: TargetKind) -> dict[str, Any]:
@@ -390,7 +393,11 @@ def _ctx_apt(spec: Spec, _target: TargetKind) -> dict[str, Any]:
 
 def _ctx_command(spec: Spec, _target: TargetKind) -> dict[str, Any]:
     assert isinstance(spec, Command)
-    return {"remediation": spec.remediation.rstrip("\n"), "check": spec.check.rstrip("\n")}
+    return {
+        "remediation": spec.remediation.rstrip("\n"),
+        "check": spec.check.rstrip("\n"),
+        "after": spec.after.rstrip("\n") if spec.after is not None else None,
+    }
 
 
 _CONTEXT: Mapping[RuleKind, Callable[[Spec, TargetKind], dict[str, Any]]] = {
@@ -452,9 +459,31 @@ def supported_families() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "common")
 
 
-def _render_rule(env: jinja2.Environment, rule: Rule, family: str, target: TargetKind) -> str:
+@dataclass(frozen=True)
+class _Deferred:
+    """Where a rule's ``after`` action goes in its script (see :func:`render_script`)."""
+
+    number: int  # the rule's place in the script: its flag file is "$harden_tmp/r<number>"
+    action: int | None  # the action's number (flag "a<action>"); None: a reboot follows instead
+
+
+def _after_of(rule: Rule) -> str | None:
+    if isinstance(rule.spec, Command) and rule.spec.after is not None:
+        return rule.spec.after.rstrip("\n")
+    return None
+
+
+def _render_rule(
+    env: jinja2.Environment,
+    rule: Rule,
+    family: str,
+    target: TargetKind,
+    deferred: _Deferred | None = None,
+) -> str:
     template = _family_template(env, family, rule.kind.value + ".sh.j2")
     ctx = _CONTEXT[rule.kind](rule.spec, target)
+    if rule.kind is RuleKind.COMMAND:
+        ctx["deferred"] = deferred or _Deferred(number=1, action=1)
     body = template.render(rule=rule, target=target.value, **ctx)
     if rule.kind is RuleKind.IMAGE_CONFIG:
         return body
@@ -471,14 +500,56 @@ def render_rule(rule: Rule, family: str, target: TargetKind) -> str:
     return _render_rule(template_environment(), rule, family, target)
 
 
-def render_script(rules: Sequence[Rule], family: str, target: TargetKind, phase: Phase) -> str:
-    """One POSIX sh script with every rule of ``phase``, in :data:`KIND_ORDER`."""
+def render_script(
+    rules: Sequence[Rule],
+    family: str,
+    target: TargetKind,
+    phase: Phase,
+    *,
+    reboot_follows: bool = False,
+) -> str:
+    """One POSIX sh script with every rule of ``phase``, in :data:`KIND_ORDER`.
+
+    A ``command`` rule's ``after`` action (a reload such as ``augenrules --load``) runs once,
+    after all rules, on a live system, when a rule that names it was remediated; then those
+    rules' checks run. With ``reboot_follows`` (a VM build reboots after the script, and its
+    verification runs the same checks) the actions are left out, and so are those checks.
+    """
     env = template_environment()
     _family_template(env, family, "helpers.sh.j2")  # fails early for an unknown family
     selected = sorted((r for r in rules if rule_phase(r) is phase), key=lambda r: _ORDER[r.kind])
-    blocks = [_render_rule(env, r, family, target).rstrip("\n") for r in selected]
+    actions: dict[str, list[tuple[int, Rule]]] = {}
+    blocks = []
+    for number, r in enumerate(selected, start=1):
+        after = _after_of(r)
+        deferred = None
+        if after is not None:
+            action = None
+            if not reboot_follows:
+                actions.setdefault(after, []).append((number, r))
+                action = list(actions).index(after) + 1
+            deferred = _Deferred(number=number, action=action)
+        blocks.append(_render_rule(env, r, family, target, deferred).rstrip("\n"))
+    after_blocks = [
+        {
+            "number": i,
+            "text": text,
+            "id": "after:" + users[0][1].id,
+            "rules": [
+                {"number": n, "id": r.id, "check": r.spec.check.rstrip("\n")}
+                for n, r in users
+                if isinstance(r.spec, Command)
+            ],
+        }
+        for i, (text, users) in enumerate(actions.items(), start=1)
+    ]
     return env.get_template("common/script.sh.j2").render(
-        family=family, target=target.value, phase=phase.value, blocks=blocks
+        family=family,
+        target=target.value,
+        phase=phase.value,
+        blocks=blocks,
+        after_blocks=after_blocks,
+        reboot_follows=reboot_follows,
     )
 
 
@@ -512,6 +583,24 @@ def parse_failure(stdout: str, stderr: str, exit_status: int) -> RemediationFail
     if len(text) > _OUTPUT_LIMIT:
         text = "..." + text[-_OUTPUT_LIMIT:]
     return RemediationFailure(rule_id=rule_id, exit_status=status, output=text)
+
+
+_TIME_RE = re.compile(r"^" + TIME_MARKER + r" (\S+) ([0-9]+)\s*$", re.MULTILINE)
+
+
+def rule_times(stdout: str) -> dict[str, float]:
+    """Seconds each rule of a script run took (from its ``@@harden-time`` markers)."""
+    times: dict[str, float] = {}
+    for m in _TIME_RE.finditer(stdout):
+        times[m.group(1)] = times.get(m.group(1), 0.0) + int(m.group(2)) / 100
+    return times
+
+
+def slowest(times: Mapping[str, float], n: int = 8) -> str:
+    """The ``n`` slowest rules and the total, for a progress line."""
+    top = sorted(times.items(), key=lambda kv: kv[1], reverse=True)[:n]
+    rest = ", ".join(f"{rid} {sec:.1f} s" for rid, sec in top)
+    return f"{len(times)} rules in {sum(times.values()):.1f} s; slowest: {rest or '-'}"
 
 
 def check_remediation(result: CommandResult, *, consequence: str = "") -> None:

@@ -75,7 +75,14 @@ from harden.builder.qemu import (
     hygiene_script,
     seal,
 )
-from harden.builder.render import Phase, check_remediation, remediation_rules, render_script
+from harden.builder.render import (
+    Phase,
+    check_remediation,
+    remediation_rules,
+    render_script,
+    rule_times,
+    slowest,
+)
 from harden.builder.ssh_target import SshTarget
 from harden.builder.updates import (
     NO_UPDATES,
@@ -112,6 +119,8 @@ def _boot_timeout() -> float:
     return max(BOOT_TIMEOUT, default_boot_timeout())
 
 
+# the guest's own power-off (eleven file systems unmounted, auditd stopped) before sealing
+SEAL_POWEROFF_TIMEOUT = 180.0
 SEALED_RULE_PREFIX = "template."
 REMOTE_SCRIPT = "/run/harden-remediation.sh"
 REMOTE_FACTS = "/run/harden-sealed-facts.sh"
@@ -262,11 +271,12 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = timings.get(name, 0.0) + time.monotonic() - t0
 
 
-def _remediate(target: SshTarget, script: str) -> None:
+def _remediate(target: SshTarget, script: str, progress: Progress = _noop) -> None:
     target.put_file(script.encode(), REMOTE_SCRIPT, 0o700)
     result = target.run(
         f"sh {REMOTE_SCRIPT}; rc=$?; rm -f {REMOTE_SCRIPT}; exit $rc", timeout=REMEDIATION_TIMEOUT
     )
+    progress("remediation: " + slowest(rule_times(result.stdout.decode("utf-8", "replace"))))
     check_remediation(result, consequence="; no template written")
 
 
@@ -587,7 +597,8 @@ def _build_from(
     suites = defn.suites()  # checked before the first boot: a bad path costs no VM
     rules = remediation_rules(baseline, TargetKind.VM, started.date())
     family = baseline.platforms[0].family.value
-    script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE)
+    # the build reboots after the script: reloads (augenrules) are left to the boot
+    script = render_script(rules, family, TargetKind.VM, Phase.OFFLINE, reboot_follows=True)
     plan = NO_UPDATES
     if doc.archive is None or doc.archive.apply:
         with _timed(timings, "updates"):
@@ -610,7 +621,7 @@ def _build_from(
             with _timed(timings, "remediation"):
                 progress(f"remediation: {len(rules)} rules of {baseline.id} {baseline.version}")
                 try:
-                    _remediate(target, script)
+                    _remediate(target, script, progress)
                 except RemediationError as e:
                     if not keep_on_error:
                         raise
@@ -627,7 +638,15 @@ def _build_from(
                 progress("sealing: hygiene, power-off, flatten")
                 _run_checked(target, hygiene_script(), "the hygiene script")
                 _run_checked(target, _SEAL_EXTRA, "removing the random seed")
-                vm.shutdown()
+                if not vm.shutdown(timeout=SEAL_POWEROFF_TIMEOUT):
+                    # killed: committed changes may sit only in the ext4 journals, and whatever
+                    # mounts the template with noload (the sealed-disk checks, a scanner) would
+                    # judge the file systems without them
+                    raise TargetError(
+                        f"the build VM did not power off within {SEAL_POWEROFF_TIMEOUT:.0f} s; "
+                        "no template written",
+                        hint="a busy host slows the guest's shutdown under TCG: build again",
+                    )
                 digest = "sha256:" + seal(vm.overlay, staging, backing=base_disk)
         with _timed(timings, "seal"):
             shutil.rmtree(boot_files, ignore_errors=True)

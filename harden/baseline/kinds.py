@@ -215,11 +215,15 @@ class Command(Spec):
 
     check: str = Field(min_length=1, max_length=4096)
     remediation: str = Field(min_length=1, max_length=8192)
+    # a reload the remediation needs before the check can pass on a running system (e.g.
+    # ``augenrules --load``): run once after all rules of the script, on a live system only,
+    # then the check; not run at all when a reboot follows the script (a VM build)
+    after: str | None = Field(default=None, min_length=1, max_length=1024)
 
-    @field_validator("check", "remediation")
+    @field_validator("check", "remediation", "after")
     @classmethod
-    def _no_nul(cls, v: str) -> str:
-        if "\x00" in v:
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
             raise ValueError("must not contain NUL bytes")
         return v
 

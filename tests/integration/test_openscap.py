@@ -323,7 +323,7 @@ def test_a_failed_dpkginfo_probe_is_an_error_not_a_score(
     scanner then passes every package_*_removed rule. harden refuses the result."""
     import harden.builder.openscap as adapter
 
-    def architectures_only(root: Path) -> str:
+    def architectures_only(root: Path, cache: str = "") -> str:
         return 'APT::Architecture "amd64";\nAPT::Architectures { "amd64"; };\n'
 
     monkeypatch.setattr(adapter, "apt_config", architectures_only)

@@ -26,6 +26,7 @@ from harden.builder.render import (
     render_rule,
     render_script,
     rule_phase,
+    rule_times,
     template_environment,
 )
 from harden.errors import BaselineError
@@ -538,6 +539,99 @@ def test_command_whose_check_still_fails(tmp_path: Path, root: Path) -> None:
     assert "the check still fails" in failure.output
 
 
+# a reload several rules need before their checks pass (as augenrules --load for audit rules)
+RELOAD = 'cat "$R"/etc/staged/* > "$R"/etc/loaded; echo reload >> "$R"/etc/reloads'
+
+
+def reload_rules(tmp_path: Path) -> list[Rule]:
+    def cmd(name: str, remediation: str) -> str:
+        return rule(
+            name,
+            f"command: {{remediation: '{remediation}', "
+            f"check: 'grep -qx {name} \"$R\"/etc/loaded', after: '{RELOAD}'}}",
+        )
+
+    return rules_from(
+        tmp_path,
+        cmd("a", 'mkdir -p "$R"/etc/staged; echo a > "$R"/etc/staged/a')
+        + rule("between", "file_absent: {paths: [/etc/issue]}")
+        + cmd("b", 'mkdir -p "$R"/etc/staged; echo b > "$R"/etc/staged/b'),
+    )
+
+
+def live(script: str) -> str:
+    """The script as on a running systemd (the deferred actions run only there)."""
+    start = script.index("harden_systemd_live() {")
+    end = script.index("}\n", start) + 2
+    return script[:start] + "harden_systemd_live() { true; }\n" + script[end:]
+
+
+def test_after_action_runs_once_after_all_rules_then_their_checks(
+    tmp_path: Path, root: Path
+) -> None:
+    rules = reload_rules(tmp_path)
+    script = render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE)
+    assert script.splitlines().count(RELOAD) == 1  # the one line that runs it
+    res = run(live(script), root)
+    assert res.returncode == 0, res.stderr
+    assert (root / "etc/reloads").read_text() == "reload\n"  # once, for both rules
+    assert (root / "etc/loaded").read_text() == "a\nb\n"
+    # the reload comes after every rule, and both checks after the reload
+    out = res.stdout
+    assert out.index("@@harden-rule t.between") < out.index("@@harden-rule after:t.a")
+    assert out.rindex("@@harden-rule t.a") > out.index("@@harden-rule after:t.a")
+    assert out.rindex("@@harden-rule t.b") > out.index("@@harden-rule after:t.a")
+    assert set(rule_times(out)) == {"t.a", "t.between", "t.b", "after:t.a"}
+    # compliant now: nothing is remediated, so nothing is reloaded
+    again = run(live(script), root)
+    assert again.returncode == 0, again.stderr
+    assert (root / "etc/reloads").read_text() == "reload\n"
+    assert "@@harden-rule after:t.a" not in again.stdout
+
+
+def test_after_action_alone_still_makes_its_rule_pass(tmp_path: Path, root: Path) -> None:
+    """One rule on its own: its reload runs for it."""
+    rules = [r for r in reload_rules(tmp_path) if r.id == "t.b"]
+    res = run(live(render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE)), root)
+    assert res.returncode == 0, res.stderr
+    assert (root / "etc/loaded").read_text() == "b\n"
+
+
+def test_after_action_is_not_run_off_a_live_system_and_the_check_still_decides(
+    tmp_path: Path, root: Path
+) -> None:
+    rules = reload_rules(tmp_path)
+    res = run(render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE), root)
+    assert not (root / "etc/reloads").exists()
+    failure = parse_failure(res.stdout, res.stderr, res.returncode)
+    assert failure is not None and failure.rule_id == "t.a"
+    assert "the check still fails after the remediation and" in failure.output
+
+
+def test_failing_after_action_names_the_rule_that_needs_it(tmp_path: Path, root: Path) -> None:
+    rules = rules_from(
+        tmp_path,
+        rule("x", "command: {remediation: 'true', check: 'false', after: 'echo broken; exit 3'}"),
+    )
+    res = run(live(render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE)), root)
+    failure = parse_failure(res.stdout, res.stderr, res.returncode)
+    assert failure == RemediationFailure(rule_id="after:t.x", exit_status=3, output="broken")
+
+
+def test_reboot_follows_leaves_the_after_action_and_its_check_to_the_boot(
+    tmp_path: Path, root: Path
+) -> None:
+    rules = reload_rules(tmp_path)
+    script = render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE, reboot_follows=True)
+    assert RELOAD not in script.splitlines()
+    res = run(live(script), root)
+    assert res.returncode == 0, res.stderr
+    assert DONE_MARKER in res.stdout
+    assert (root / "etc/staged/a").exists() and (root / "etc/staged/b").exists()
+    assert not (root / "etc/reloads").exists()
+    assert res.stdout.count("check deferred: it needs") == 2
+
+
 def test_when_condition_skips_the_rule(tmp_path: Path, root: Path) -> None:
     rules = rules_from(
         tmp_path,
@@ -685,3 +779,71 @@ def test_pam_config_rule_writes_the_file_and_leaves_the_stack_to_the_target(
     script = render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE)
     assert "pam-auth-update --package --enable $enable" in script
     assert "pam_faillock.so preauth" in script and "harden-faillock-preauth" in script
+
+
+def test_pam_has_reads_the_stack_as_the_verifier_does(root: Path) -> None:
+    """The remediation skips pam-auth-update when the module is already in force: the test that
+    decides it (harden_pam_has) must not take a comment, another type or a missing argument."""
+    pamd = root / "etc/pam.d"
+    pamd.mkdir(parents=True, exist_ok=True)
+    (pamd / "common-auth").write_text(
+        "# auth requisite pam_faillock.so preauth authfail\n"
+        "auth\trequisite\t\t\tpam_faillock.so preauth\n"
+        "auth\t[success=1 default=ignore]\tpam_unix.so nullok\n"
+        "-account required /lib/x86_64-linux-gnu/security/pam_faillock.so\n"
+    )
+    calls = {
+        "common-auth auth pam_faillock.so preauth": 0,
+        "common-auth auth pam_faillock.so": 0,
+        "common-auth account pam_faillock.so": 0,  # '-account' and a module path count
+        "common-auth auth pam_faillock.so authfail": 1,  # only in the comment
+        "common-auth session pam_faillock.so": 1,
+        "common-auth auth pam_unix.so nullok": 0,
+        "common-auth auth pam_unix.so": 0,
+        "common-account account pam_faillock.so": 1,  # no such stack
+    }
+    script = render_script([], "debian", TargetKind.VM, Phase.OFFLINE).replace(
+        "printf '%s\\n' '@@harden-done'",
+        "".join(f'harden_pam_has {c}; echo "{c}: $?"\n' for c in calls),
+    )
+    res = run(script, root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"{c}: {rc}" for c, rc in calls.items()]
+
+
+def test_installed_package_list_is_read_once_and_again_after_a_change(root: Path) -> None:
+    """harden_pkg_installed asks dpkg once per script, not once per rule; after a package rule
+    (harden_pkgs_changed) or when dpkg's status file is newer than its list, it asks again."""
+    status = root / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    (status.parent / "info").mkdir(exist_ok=True)
+    entry = "Package: {}\nStatus: {}\nArchitecture: amd64\nVersion: 1.0\nMaintainer: t\n\n"
+    status.write_text(
+        entry.format("auditd", "install ok installed")
+        + entry.format("nginx", "deinstall ok config-files")
+        + entry.format("libc6", "hold ok installed")
+    )
+    (status.parent / "status.new").write_text(entry.format("nginx", "install ok installed"))
+    probe = (
+        'for p in auditd nginx libc6 libc6:amd64 audit; do harden_pkg_installed "$p"; '
+        'echo "$p $?"; done\n'
+    )
+    script = render_script([], "debian", TargetKind.VM, Phase.OFFLINE).replace(
+        "printf '%s\\n' '@@harden-done'",
+        probe
+        # the same status file, rewritten in place with an older time: the list of this run
+        + f"cp /dev/null {status}; touch -d '2000-01-01' {status}\n"
+        + "echo auditd-still $(harden_pkg_installed auditd; echo $?)\n"
+        + "harden_pkgs_changed\n"
+        + probe
+        # dpkg wrote the status file after the list was made (as apt-get in a command would)
+        + f"cp {status}.new {status}\n"
+        + 'echo "after dpkg: $(harden_pkg_installed nginx; echo $?)"\n',
+    )
+    res = run(script, root)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[:5] == ["auditd 0", "nginx 1", "libc6 0", "libc6:amd64 0", "audit 1"]
+    assert lines[5] == "auditd-still 0"  # the list of this run, not a query per rule
+    assert lines[6:11] == ["auditd 1", "nginx 1", "libc6 1", "libc6:amd64 1", "audit 1"]
+    assert lines[11:] == ["after dpkg: 0"]

@@ -454,3 +454,20 @@ def test_no_scan_no_scan_key() -> None:
     r = dataclasses.replace(_report(), scan=None)
     assert "scan" not in json.loads(render(r, Format.JSON))
     assert "OpenSCAP" not in render(r, Format.TABLE) + render(r, Format.HTML)
+
+
+def test_apt_cache_of_a_read_only_tree_stays_inside_it(tmp_path: Path) -> None:
+    """scripts/vm-oscap.sh scans a VM template mounted read-only; libapt's cache then lives on
+    the tmpfs at ROOT/proc. The path is checked before the scanner runs."""
+    from harden.builder.openscap import VM_APT_CACHE, apt_config, scan_root
+
+    assert 'Dir::Cache "/proc/.harden-apt-cache";' in apt_config(tmp_path, VM_APT_CACHE)
+    assert 'Dir::State::status "/var/lib/dpkg/status";' in apt_config(tmp_path, VM_APT_CACHE)
+    root = tmp_path / "root"
+    root.mkdir()
+    for bad in ("../outside", "/abs", "proc/../../x", "a b"):
+        with pytest.raises(InputError, match="plain path inside the root"):
+            scan_root(root, "anssi_bp28_minimal", tmp_path, apt_cache=bad)
+    (root / "proc").symlink_to(tmp_path)  # a symlink on the way out of the tree
+    with pytest.raises(InputError, match="not a directory harden made"):
+        scan_root(root, "anssi_bp28_minimal", tmp_path, apt_cache=VM_APT_CACHE)

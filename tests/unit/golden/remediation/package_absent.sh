@@ -1,5 +1,7 @@
 # ---- t.purge (package_absent)
 printf '%s %s\n' '@@harden-rule' t.purge
+harden_clock
+harden_t0=$harden_now
 (
 set -e
 if [ -n "$R" ]; then
@@ -12,10 +14,13 @@ for p in telnet rsh-client nis; do
 done
 if [ "$#" -gt 0 ]; then
 	harden_say "purging $*"
+	harden_pkgs_changed
 	apt-get -q purge -y "$@"
 fi
 )
 harden_status=$?
+harden_clock
+printf '%s %s %s\n' '@@harden-time' t.purge "$((harden_now - harden_t0))"
 if [ "$harden_status" -ne 0 ]; then
 	printf '%s %s %s\n' '@@harden-failed' t.purge "$harden_status" >&2
 	exit "$harden_status"

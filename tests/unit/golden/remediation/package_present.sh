@@ -1,5 +1,7 @@
 # ---- t.install (package_present)
 printf '%s %s\n' '@@harden-rule' t.install
+harden_clock
+harden_t0=$harden_now
 (
 set -e
 if [ -n "$R" ]; then
@@ -19,9 +21,11 @@ if [ "$#" -gt 0 ] && [ -n "${HARDEN_DEBS:-}" ]; then
 	while IFS= read -r harden_f; do set -- "$@" "$HARDEN_DEBS/$harden_f"; done < "$harden_list"
 	# the files are local: apt needs no _apt sandbox (it would need CAP_SETUID to switch to it)
 	# (and nothing is downloaded, so there is nothing to clean)
+	harden_pkgs_changed
 	apt-get -q -o APT::Sandbox::User=root install -y --no-install-recommends "$@"
 elif [ "$#" -gt 0 ]; then
 	harden_say "installing $*"
+	harden_pkgs_changed
 	apt-get -q update
 	apt-get -q install -y --no-install-recommends "$@"
 	apt-get clean
@@ -29,6 +33,8 @@ elif [ "$#" -gt 0 ]; then
 fi
 )
 harden_status=$?
+harden_clock
+printf '%s %s %s\n' '@@harden-time' t.install "$((harden_now - harden_t0))"
 if [ "$harden_status" -ne 0 ]; then
 	printf '%s %s %s\n' '@@harden-failed' t.install "$harden_status" >&2
 	exit "$harden_status"

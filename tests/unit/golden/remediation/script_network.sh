@@ -10,14 +10,38 @@ export LC_ALL
 R="${HARDEN_ROOT:-}"
 
 harden_say() { printf 'harden: %s\n' "$*"; }
+# harden_clock: harden_now = centiseconds since boot, read from /proc/uptime without a fork
+# (0 when unreadable); the script prints each rule's elapsed time as "@@harden-time <id> <cs>"
+harden_clock() {
+	harden_now=0
+	read -r harden_up _ </proc/uptime 2>/dev/null || return 0
+	case $harden_up in
+	*[0-9].[0-9][0-9]) harden_now=$((${harden_up%.*} * 100 + 1${harden_up#*.} - 100)) ;;
+	esac
+}
+# harden_after RULE ACTION: rule number RULE was remediated and needs action number ACTION (a
+# reload) before its check can pass; the script runs each such action once, after all rules
+harden_after() {
+	: > "$harden_tmp/r$1"
+	: > "$harden_tmp/a$2"
+	harden_say 'check after all rules (it needs a reload first)'
+}
 # fail the current rule (exits the rule's subshell)
 harden_fail() { printf 'harden: %s\n' "$*" >&2; exit 1; }
 
 # harden_commit FILE NEW: replace FILE by NEW when they differ, keeping FILE's owner and mode
+# (and set harden_changed=1 when it did)
 harden_commit() {
 	if cmp -s "$2" "$1"; then
 		rm -f "$2"
-	elif [ -L "$1" ]; then
+	else
+		harden_replace "$1" "$2"
+	fi
+}
+
+# harden_replace FILE NEW: FILE becomes NEW (which differs), keeping FILE's owner and mode
+harden_replace() {
+	if [ -L "$1" ]; then
 		cat "$2" > "$1"
 		rm -f "$2"
 	else
@@ -26,6 +50,7 @@ harden_commit() {
 		mv -f "$2" "$1"
 		harden_say "updated ${1#"$R"}"
 	fi
+	harden_changed=1
 }
 
 # harden_ensure_file FILE: create an empty FILE (and its folder) when missing
@@ -51,7 +76,8 @@ harden_ensure_line() {
 # KEY: it replaces the first active KEY line (else the first commented-out one) and the other
 # active KEY lines go; without any, LINE is put first (first) or appended (last).
 harden_set_key() {
-	HK_KEY=$2 HK_LINE=$3 HK_WHERE=$4 HK_NOCASE=$5 awk '
+	hk_status=0
+	HK_KEY=$2 HK_LINE=$3 HK_WHERE=$4 HK_NOCASE=$5 HK_OUT="$1.harden-new" awk '
 	function keyof(s,    n) {
 		sub(/^[ \t]+/, "", s)
 		commented = 0
@@ -60,6 +86,7 @@ harden_set_key() {
 		if (n) s = substr(s, 1, n - 1)
 		return ENVIRON["HK_NOCASE"] == "1" ? tolower(s) : s
 	}
+	function out(s) { o[++no] = s }
 	BEGIN { want = ENVIRON["HK_KEY"]; if (ENVIRON["HK_NOCASE"] == "1") want = tolower(want) }
 	{
 		line[NR] = $0
@@ -70,14 +97,25 @@ harden_set_key() {
 	}
 	END {
 		at = first_active ? first_active : first_comment
-		if (!at && ENVIRON["HK_WHERE"] == "first") print ENVIRON["HK_LINE"]
+		if (!at && ENVIRON["HK_WHERE"] == "first") out(ENVIRON["HK_LINE"])
 		for (i = 1; i <= NR; i++) {
-			if (i == at) print ENVIRON["HK_LINE"]
-			else if (!(i in active)) print line[i]
+			if (i == at) out(ENVIRON["HK_LINE"])
+			else if (!(i in active)) out(line[i])
 		}
-		if (!at && ENVIRON["HK_WHERE"] != "first") print ENVIRON["HK_LINE"]
-	}' "$1" > "$1.harden-new"
-	harden_commit "$1" "$1.harden-new"
+		if (!at && ENVIRON["HK_WHERE"] != "first") out(ENVIRON["HK_LINE"])
+		# the same lines: exit 0 and write nothing (no cmp, no rm: forks are slow under TCG)
+		same = no == NR
+		for (i = 1; same && i <= no; i++) if (o[i] != line[i]) same = 0
+		if (same) exit 0
+		for (i = 1; i <= no; i++) print o[i] > ENVIRON["HK_OUT"]
+		close(ENVIRON["HK_OUT"])
+		exit 10
+	}' "$1" || hk_status=$?
+	case $hk_status in
+	0) ;;
+	10) harden_replace "$1" "$1.harden-new" ;;
+	*) harden_fail "could not edit ${1#"$R"} (awk exit $hk_status)" ;;
+	esac
 }
 
 # harden_get_key FILE KEY first|last NOCASE(0|1): print the effective value of KEY in FILE
@@ -135,6 +173,32 @@ harden_gid() {
 	printf '%s\n' "$harden_id"
 }
 
+# harden_pam_has STACK TYPE MODULE [ARG...]: an active TYPE line of /etc/pam.d/STACK calls MODULE
+# with every ARG (as verifiers/pam.py requires for a setting to be in force)
+harden_pam_has() {
+	[ -f "$R/etc/pam.d/$1" ] || return 1
+	HK_TYPE=$2 HK_MOD=$3 HK_FILE="$R/etc/pam.d/$1"
+	shift 3
+	HK_TYPE=$HK_TYPE HK_MOD=$HK_MOD HK_ARGS="$*" awk '
+	BEGIN { n = split(ENVIRON["HK_ARGS"], want, " ") }
+	{
+		t = $1
+		sub(/^-/, "", t)
+		if (t != ENVIRON["HK_TYPE"]) next
+		at = 0
+		for (i = 2; i <= NF && !at; i++) { m = $i; sub(/.*\//, "", m); if (m == ENVIRON["HK_MOD"]) at = i }
+		if (!at) next
+		ok = 1
+		for (j = 1; j <= n; j++) {
+			hit = 0
+			for (i = at + 1; i <= NF; i++) if ($i == want[j]) hit = 1
+			if (!hit) ok = 0
+		}
+		if (ok) { found = 1; exit }
+	}
+	END { exit !found }' "$HK_FILE"
+}
+
 # true on a running systemd (a VM), false in a container build or a root folder
 harden_systemd_live() {
 	[ -z "$R" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
@@ -142,14 +206,28 @@ harden_systemd_live() {
 
 DEBIAN_FRONTEND=noninteractive
 export DEBIAN_FRONTEND
-# harden_pkg_installed NAME: the package is installed (reads "$R"/var/lib/dpkg in a root folder)
+# harden_pkg_installed NAME: the package is installed (reads "$R"/var/lib/dpkg in a root folder).
+# One dpkg-query lists the installed packages into $harden_tmp/pkgs (a query per rule costs
+# a quarter second under TCG). The list is made again when dpkg's status file is newer than it
+# (test -nt compares nanoseconds in dash and bash) or when a package rule emptied it
+# (harden_pkgs_changed).
 harden_pkg_installed() {
-	dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Status}\n' "$1" 2>/dev/null \
-		| grep -q ' installed$'
+	if [ ! -s "$harden_tmp/pkgs" ] || [ "$R/var/lib/dpkg/status" -nt "$harden_tmp/pkgs" ]; then
+		dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Status} ${Package} ${binary:Package} ${Architecture}\n' \
+			2>/dev/null | awk '$3 == "installed" { print $4; print $5; print $4 ":" $6 }' \
+			> "$harden_tmp/pkgs"
+	fi
+	grep -qxF -e "$1" "$harden_tmp/pkgs"
 }
+harden_pkgs_changed() { : > "$harden_tmp/pkgs"; }
+# scratch space of this run: the installed-package list, the deferred actions' flags
+harden_tmp=$(mktemp -d)
+trap 'rm -rf "$harden_tmp"' EXIT
 
 # ---- t.install (package_present)
 printf '%s %s\n' '@@harden-rule' t.install
+harden_clock
+harden_t0=$harden_now
 (
 set -e
 if [ -n "$R" ]; then
@@ -169,9 +247,11 @@ if [ "$#" -gt 0 ] && [ -n "${HARDEN_DEBS:-}" ]; then
 	while IFS= read -r harden_f; do set -- "$@" "$HARDEN_DEBS/$harden_f"; done < "$harden_list"
 	# the files are local: apt needs no _apt sandbox (it would need CAP_SETUID to switch to it)
 	# (and nothing is downloaded, so there is nothing to clean)
+	harden_pkgs_changed
 	apt-get -q -o APT::Sandbox::User=root install -y --no-install-recommends "$@"
 elif [ "$#" -gt 0 ]; then
 	harden_say "installing $*"
+	harden_pkgs_changed
 	apt-get -q update
 	apt-get -q install -y --no-install-recommends "$@"
 	apt-get clean
@@ -179,6 +259,8 @@ elif [ "$#" -gt 0 ]; then
 fi
 )
 harden_status=$?
+harden_clock
+printf '%s %s %s\n' '@@harden-time' t.install "$((harden_now - harden_t0))"
 if [ "$harden_status" -ne 0 ]; then
 	printf '%s %s %s\n' '@@harden-failed' t.install "$harden_status" >&2
 	exit "$harden_status"
