@@ -253,46 +253,42 @@ class SshTarget:
         if self.sudo:
             self._put_file_sudo(data, remote_path, tmp, mode)
             return
+        hint = "does the folder exist, and does the host run an SFTP subsystem?"
+        with self._sftp(f"cannot write {remote_path}", hint) as sftp:
+            with sftp.open(tmp, "wb") as f:
+                f.write(data)
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, remote_path)
+
+    @contextlib.contextmanager
+    def _sftp(self, what: str, hint: str) -> Iterator[paramiko.SFTPClient]:
+        """An SFTP session as the login user; a failure of the session or of a file operation
+        in it is a TargetError saying ``what`` failed."""
         transport = self._transport()
         try:
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
                 raise TargetError(f"{self.describe()}: cannot open an SFTP session")
             with sftp:
-                with sftp.open(tmp, "wb") as f:
-                    f.write(data)
-                sftp.chmod(tmp, mode)
-                sftp.posix_rename(tmp, remote_path)
+                yield sftp
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise TargetError(
-                f"{self.describe()}: cannot write {remote_path}: {e}",
-                hint="does the folder exist, and does the host run an SFTP subsystem?",
-            ) from e
+            raise TargetError(f"{self.describe()}: {what}: {e}", hint=hint) from e
 
     def upload(self, files: Mapping[str, bytes], directory: str) -> str:
         """Write ``files`` (name -> bytes) into the new directory ``directory`` (relative to the
         login user's home) over SFTP as the login user; returns the directory's absolute path.
         Large files go here rather than through :meth:`put_file`'s ``sudo`` shell (base64)."""
-        transport = self._transport()
-        try:
-            sftp = paramiko.SFTPClient.from_transport(transport)
-            if sftp is None:
-                raise TargetError(f"{self.describe()}: cannot open an SFTP session")
-            with sftp:
-                sftp.mkdir(directory, 0o700)
-                where = sftp.normalize(directory)
-                for name, data in files.items():
-                    if "/" in name or name in ("", ".", ".."):
-                        raise TargetError(f"{self.describe()}: not a plain file name: {name!r}")
-                    with sftp.open(f"{where}/{name}", "wb") as f:
-                        f.set_pipelined(True)
-                        f.write(data)
-                return where
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise TargetError(
-                f"{self.describe()}: cannot upload to {directory}: {e}",
-                hint="does the host run an SFTP subsystem, with space in the user's home?",
-            ) from e
+        hint = "does the host run an SFTP subsystem, with space in the user's home?"
+        with self._sftp(f"cannot upload to {directory}", hint) as sftp:
+            sftp.mkdir(directory, 0o700)
+            where = sftp.normalize(directory)
+            for name, data in files.items():
+                if "/" in name or name in ("", ".", ".."):
+                    raise TargetError(f"{self.describe()}: not a plain file name: {name!r}")
+                with sftp.open(f"{where}/{name}", "wb") as f:
+                    f.set_pipelined(True)
+                    f.write(data)
+            return where
 
     def _put_file_sudo(self, data: bytes, remote_path: str, tmp: str, mode: int) -> None:
         """The same through ``sudo -n sh`` (SFTP would write as the unprivileged user)."""

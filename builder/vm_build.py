@@ -674,16 +674,13 @@ def _build_from(
             suites=suites,
         )
         report = dataclasses.replace(report, started_at=started)
-        progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-        written = report.compliant or allow_noncompliant
-        if not written:
-            progress(f"not writing {out}: the clone is not compliant")
-            staging.unlink(missing_ok=True)
+
+        def result(*, written: bool) -> VmBuildResult:
             return VmBuildResult(
                 doc.name,
                 out,
                 digest,
-                False,
+                written,
                 False,
                 str(base.disk),
                 base_sha,
@@ -696,6 +693,13 @@ def _build_from(
                 plan.fixes,
                 inventory,
             )
+
+        progress("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+        written = report.compliant or allow_noncompliant
+        if not written:
+            progress(f"not writing {out}: the clone is not compliant")
+            staging.unlink(missing_ok=True)
+            return result(written=False)
         if not report.compliant:
             progress(f"WARNING: writing NON-COMPLIANT template {out} (--allow-noncompliant)")
         kernel = initrd = None
@@ -727,23 +731,7 @@ def _build_from(
     finally:
         staging.unlink(missing_ok=True)
         shutil.rmtree(boot_files, ignore_errors=True)
-    return VmBuildResult(
-        doc.name,
-        out,
-        digest,
-        True,
-        False,
-        str(base.disk),
-        base_sha,
-        key,
-        baseline,
-        report,
-        timings,
-        plan.pending,
-        plan.added,
-        plan.fixes,
-        inventory,
-    )
+    return result(written=True)
 
 
 def _plan_updates(

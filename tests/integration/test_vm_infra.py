@@ -83,6 +83,25 @@ def test_sshd_put_file(sshd_server: SshdServer) -> None:
 
 
 @pytest.mark.integration
+def test_sshd_upload_writes_a_new_private_folder(sshd_server: SshdServer) -> None:
+    """The updates step's upload: files by name into a new folder of the login user's home."""
+    name = f"harden-upload-{os.getpid()}"
+    with sshd_server.target() as t:
+        where = t.upload({"a.deb": b"\x00a" * 70000, "b.deb": b"b\n"}, name)
+        assert where.startswith("/") and where.endswith("/" + name)
+        r = t.run(f"stat -c %a {where}; cat {where}/b.deb; wc -c < {where}/a.deb")
+        assert r.text().split() == ["700", "b", "140000"]
+        # the folder must be new (a leftover is never reused), and names are plain file names
+        with pytest.raises(TargetError) as e:
+            t.upload({"c.deb": b"c"}, name)
+        assert e.value.exit_code == ExitCode.ENVIRONMENT and "cannot upload" in e.value.message
+        with pytest.raises(TargetError):
+            t.upload({"../escape": b"x"}, name + "-2")
+        assert t.run(f"ls -A {where}-2").text().split() == []
+        t.run(f"rm -rf {where} {where}-2")
+
+
+@pytest.mark.integration
 def test_sshd_unknown_host_key_refused_with_fingerprint(sshd_server: SshdServer) -> None:
     t = sshd_server.target(pinned_host_keys=[])
     with pytest.raises(HostKeyRejected) as e:
