@@ -205,6 +205,24 @@ def _need(tool: str, package: str) -> None:
         raise TargetError(f"{tool} is not installed", hint=f"apt-get install {package}")
 
 
+def _check_reachable(work: Path, user: QemuUser | None) -> None:
+    """debugfs runs as the qemu user and opens files under ``work`` by path: every folder above
+    it must let that user pass (a TMPDIR inside a private folder does not)."""
+    if user is None:
+        return
+    for folder in work.parents:
+        st = folder.stat()
+        if st.st_uid == user.uid or st.st_mode & 0o001:
+            continue
+        if st.st_gid in (user.gid, *user.groups) and st.st_mode & 0o010:
+            continue
+        raise TargetError(
+            f"{folder} (mode {st.st_mode & 0o7777:o}) does not let the {user.name} user reach "
+            f"the temporary folder where harden reads the disk",
+            hint="set TMPDIR to a folder every user can pass through, such as /tmp",
+        )
+
+
 def _give(path: Path, user: QemuUser | None, mode: int) -> None:
     if user is not None:
         os.chown(path, user.uid, user.gid)
@@ -227,6 +245,7 @@ def extracted_tree(
     ):
         work = Path(tmp)
         work.chmod(0o711)  # the qemu user may pass through, not list
+        _check_reachable(work, user)
         # the file's digest is computed while it is flattened and copied out (pread: no shared
         # offset); on a failure the thread's result is simply never used
         hashed: list[str] = []

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,16 @@ def qemu_pids() -> set[str]:
         except OSError:
             continue
     return ours
+
+
+_tmpdirs: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_tmpdirs() -> Iterator[None]:
+    yield
+    while _tmpdirs:
+        shutil.rmtree(_tmpdirs.pop(), ignore_errors=True)
 
 
 def _build(
@@ -63,8 +76,11 @@ def _build(
         )
     )
     out_dir = tmp_path / "templates"
-    tmpdir = tmp_path / "tmp"  # harden's temporary directories, apart from concurrent runs
-    tmpdir.mkdir()
+    # harden's temporary directories, apart from concurrent runs; in /tmp because the qemu user
+    # must reach the sealed-disk reader's files by path (pytest's own folders are private)
+    tmpdir = Path(tempfile.mkdtemp(prefix="harden-vm-faults-", dir="/tmp"))
+    tmpdir.chmod(0o711)
+    _tmpdirs.append(tmpdir)
     r = subprocess.run(
         [
             sys.executable,

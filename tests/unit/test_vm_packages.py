@@ -4,6 +4,8 @@ read inside the template's root (builder/vm_packages.py)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from harden.builder.vm_packages import newest_kernel
@@ -53,3 +55,30 @@ def test_links_resolve_inside_the_root_never_on_the_host(tmp_path: Path) -> None
 
 def test_no_boot_folder_means_the_base_kernel(tmp_path: Path) -> None:
     assert newest_kernel(DirFs(tmp_path)) is None
+
+
+def test_a_private_temporary_folder_is_refused_for_the_qemu_user(tmp_path: Path) -> None:
+    """debugfs runs as the qemu user and opens the flattened disk by path: a TMPDIR below a
+    folder that user cannot pass (pytest's own, mode 0700) is a clear error, not debugfs's."""
+    import pytest
+
+    from harden.builder.qemu import QemuUser
+    from harden.builder.sealed_view import _check_reachable
+    from harden.errors import TargetError
+
+    nobody = QemuUser("harden-test-nobody", 65534, 65534, ())
+    private = tmp_path / "private"
+    (private / "work").mkdir(parents=True)
+    private.chmod(0o700)
+    with pytest.raises(TargetError) as e:
+        _check_reachable(private / "work", nobody)
+    assert "does not let the harden-test-nobody user reach" in e.value.message
+    assert e.value.hint and "TMPDIR" in e.value.hint
+    _check_reachable(private / "work", None)  # not root: harden reads as itself
+    passable = Path(tempfile.mkdtemp(prefix="harden-reach-", dir="/tmp"))
+    try:
+        passable.chmod(0o711)
+        (passable / "work").mkdir()
+        _check_reachable(passable / "work", nobody)  # /tmp, then 0711: no error
+    finally:
+        shutil.rmtree(passable)
