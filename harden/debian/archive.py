@@ -209,7 +209,7 @@ class ArchiveReader:
             digest, size = listed
             if size > MAX_INDEX_BYTES:
                 raise ArchiveError(f"{base}/{path}: {size} bytes is more than harden reads")
-            data = self.fetcher.get(f"{base}/{path}", size)
+            data = self._fetch_index(base, path, digest, size, fields)
             if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
                 raise ArchiveError(
                     f"{base}/{path}: {len(data)} bytes do not match the signed size {size} "
@@ -223,6 +223,20 @@ class ArchiveReader:
                 raise ArchiveError(f"{base}/{path}: the index unpacks to more than harden reads")
             return raw.decode("utf-8", "replace")
         raise ArchiveError(f"{base}: the signed Release lists no {component} index for {self.arch}")
+
+    def _fetch_index(
+        self, base: str, path: str, digest: str, size: int, fields: dict[str, str]
+    ) -> bytes:
+        """The index by its signed SHA-256 where the Release says ``Acquire-By-Hash: yes`` (as
+        apt does: a mirror that publishes a new Release meanwhile still serves the file this
+        one vouches for), else, or when the by-hash file is missing, by its name."""
+        if fields.get("Acquire-By-Hash", "").strip().lower() == "yes":
+            folder = path.rsplit("/", 1)[0]
+            try:
+                return self.fetcher.get(f"{base}/{folder}/by-hash/SHA256/{digest}", size)
+            except ArchiveError:
+                pass  # checked against the signed size and digest by the caller either way
+        return self.fetcher.get(f"{base}/{path}", size)
 
     def deb(self, archive: Archive, cand: Candidate) -> bytes:
         """The candidate's ``.deb``, checked against the size and SHA-256 of the signed index."""

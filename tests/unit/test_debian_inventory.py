@@ -229,3 +229,35 @@ def test_reading_only_the_names_an_archive_has_gives_the_same_pending_updates() 
     full = SecurityCheck(Reader(), with_fixes=False).pending([sec, upd], installed_of(doc))
     assert full.updates  # the test is about something
     assert check.pending([sec, upd], only) == full
+
+
+def test_indices_are_fetched_by_hash_where_the_release_offers_it(tmp_path: Path) -> None:
+    """A mirror that publishes a new Release while harden reads still serves, by hash, the
+    index the Release harden verified vouches for (CI hit that race with the plain name)."""
+    from harden.clock import FixedClock
+    from harden.debian.archive import ArchiveError, ArchiveReader
+
+    class Fetcher:
+        def __init__(self, missing: bool) -> None:
+            self.missing = missing
+            self.urls: list[str] = []
+
+        def get(self, url: str, limit: int) -> bytes:
+            self.urls.append(url)
+            if self.missing and "/by-hash/" in url:
+                raise ArchiveError(f"{url}: HTTP 404")
+            return b"index"
+
+    path, digest = "main/binary-amd64/Packages.xz", "ab" * 32
+    for offered, missing, expected in (
+        ("yes", False, [f"B/main/binary-amd64/by-hash/SHA256/{digest}"]),
+        ("yes", True, [f"B/main/binary-amd64/by-hash/SHA256/{digest}", f"B/{path}"]),
+        ("no", False, [f"B/{path}"]),
+    ):
+        fetcher = Fetcher(missing)
+        reader = ArchiveReader(
+            tmp_path, FixedClock(dt.datetime(2026, 12, 2, tzinfo=dt.UTC)), fetcher=fetcher
+        )
+        fields = {"Acquire-By-Hash": offered}
+        assert reader._fetch_index("B", path, digest, 5, fields) == b"index"
+        assert fetcher.urls == expected
