@@ -24,7 +24,7 @@ from debian.deb822 import PkgRelation
 from debian.debfile import DebFile
 
 from harden.builder.docker_engine import Engine, Step
-from harden.builder.packages import OS_RELEASE, STATUS
+from harden.builder.packages import STATUS, NoPackageDatabase, image_package_files
 from harden.debian.archive import ArchiveReader, Candidate
 from harden.debian.dpkg import parse_status, stanzas
 from harden.debian.fixes import Fix, changelog_of, fixed_ids
@@ -222,15 +222,11 @@ def apply_updates(
     """The image with every pending update installed (or ``image_id`` when none) and the plan:
     what was installed and the CVE/DSA/DLA ids the installed security updates' changelogs name
     (for the VEX)."""
-    status = engine.read_file(image_id, STATUS, 64 << 20)
-    if status is None:
-        progress(f"updates: none applied: {image_id[:19]} has no {STATUS}: not a Debian image")
+    try:
+        status, os_release = image_package_files(engine, image_id)
+    except NoPackageDatabase as e:
+        progress(f"updates: none applied: {e.message}")
         return image_id, NO_UPDATES
-    os_release = (
-        engine.read_file(image_id, OS_RELEASE[0], 64 << 10)
-        or engine.read_file(image_id, OS_RELEASE[1], 64 << 10)
-        or b""
-    )
     plan = plan_updates(status, os_release, reader, archives_of, progress, origin=image_id[:19])
     if not plan.pending:
         return image_id, plan

@@ -10,7 +10,6 @@ security update installed by the build is the kernel the template runs, not the 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
@@ -92,10 +91,3 @@ def newest_kernel(view: DirFs) -> str | None:
         if all(n is not None and n.type == FILE for n in both):
             versions.append(name[len(KERNEL_PREFIX) :].decode("utf-8", "replace"))
     return max(versions, key=cmp_to_key(compare), default=None)
-
-
-def move_boot_files(disk: DiskPackages, kernel: Path, initrd: Path) -> None:
-    """Put the copied kernel and initramfs at their final names (same file system: a rename)."""
-    assert disk.kernel is not None and disk.initrd is not None
-    shutil.move(disk.kernel, kernel)
-    shutil.move(disk.initrd, initrd)
