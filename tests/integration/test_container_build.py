@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker_run
 import harden_cli
 import pytest
 import requests
@@ -110,10 +111,8 @@ def test_verify_hardened_image_reports_every_rule_none_as_error(built: dict[str,
 def test_hardened_image_still_runs_a_shell(
     built: dict[str, Any], client: docker.DockerClient
 ) -> None:
-    out = client.containers.run(
-        built["image_id"], ["sh", "-c", "id -un; echo ok"], network_mode="none", remove=True
-    )
-    assert out.decode().split() == ["app", "ok"]
+    out = docker_run.output(client, built["image_id"], ["sh", "-c", "id -un; echo ok"])
+    assert out.split() == ["app", "ok"]
 
 
 def test_unchanged_inputs_reuse_the_image_and_force_rebuilds(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker_run
 import harden_cli
 import pytest
 from needs import unavailable
@@ -204,13 +205,13 @@ def test_the_probe_reaches_the_registry_with_host_network(
 ) -> None:
     """Control: with the host network (what the package phase used to get) the probe reads the
     registry catalogue, so its 'no connection' below is a real observation."""
-    out = client.containers.run(
+    out = docker_run.output(
+        client,
         hostile_base,
         ["/bin/sh", "-c", f"cat {PROBE_LOG}"],
         environment={"HARDEN_DEBS": "/nonexistent"},
         network_mode="host",
-        remove=True,
-    ).decode()
+    )
     assert re.search(r"connected: HTTP/1\.[01] 200", out) and "repositories" in out, out
 
 
@@ -246,9 +247,7 @@ def test_package_install_runs_base_code_without_network(
     client: docker.DockerClient, golden: dict[str, Any]
 ) -> None:
     image = golden["result"]["image_id"]
-    probe = client.containers.run(
-        image, ["cat", PROBE_LOG], entrypoint=[], user="root", network_mode="none", remove=True
-    ).decode()
+    probe = docker_run.output(client, image, ["cat", PROBE_LOG], entrypoint=[], user="root")
     # the install step and the package's maintainer scripts ran the hostile /bin/sh ...
     assert "probe install-step" in probe, probe
     assert re.search(r"^probe (preinst|postinst|config|triggered)", probe, re.M), probe
@@ -258,22 +257,16 @@ def test_package_install_runs_base_code_without_network(
             assert line.split()[1:] == ["lo"], probe
     assert "connected" not in probe and "repositories" not in probe, probe
     assert "no connection" in probe
-    status = client.containers.run(
-        image,
-        ["dpkg-query", "-W", "-f", "${Status}", PACKAGE],
-        entrypoint=[],
-        network_mode="none",
-        remove=True,
-    ).decode()
+    status = docker_run.output(
+        client, image, ["dpkg-query", "-W", "-f", "${Status}", PACKAGE], entrypoint=[]
+    )
     assert status == "install ok installed"
     assert golden["result"]["summary"]["error"] == 0
     # the build says what it installed, fetched by the host's apt
     assert "package installs: " in golden["stderr"] and PACKAGE in golden["stderr"]
     assert "fetched and verified on the host" in golden["stderr"]
     # no trace of the local package folder in the image
-    ls = client.containers.run(
-        image, ["ls", "-A", "/run"], entrypoint=[], network_mode="none", remove=True
-    ).decode()
+    ls = docker_run.output(client, image, ["ls", "-A", "/run"], entrypoint=[])
     assert "harden-debs" not in ls
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker_run
 import harden_cli
 import pytest
 
@@ -104,13 +105,12 @@ def test_faillock_conf_without_the_module_fails_and_the_rule_puts_it_in_force(
     fixed = _build(tmp_path, bdir, "pam-faillock", f"itest-pam-faillock-{tag}")
     assert fixed["compliant"] and fixed["summary"]["passed"] == 1
     client = docker.from_env()
-    out = client.containers.run(
+    out = docker_run.output(
+        client,
         fixed["image_id"],
         ["sh", "-c", "grep -h pam_faillock /etc/pam.d/common-auth /etc/pam.d/common-account"],
-        remove=True,
-        network_mode="none",
         user="root",
-    ).decode()
+    )
     assert "pam_faillock.so preauth" in out and "pam_faillock.so authfail" in out
     assert "account\trequired\tpam_faillock.so" in out
     r = harden(

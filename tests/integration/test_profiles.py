@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import docker
+import docker_run
 import harden_cli
 import pytest
 
@@ -44,7 +45,5 @@ def test_anssi_high_container_profile_builds_and_explains_what_the_host_enforces
     assert "host's kernel" in by_id["sysctl.kernel-kptr-restrict"]["reason"]
     assert by_id["login.umask-profile"]["status"] == "passed"
     assert "umask 077" in by_id["login.umask-profile"]["evidence"][0]
-    out = docker.from_env().containers.run(
-        built["image_id"], ["sh", "-lc", "id -un; umask"], network_mode="none", remove=True
-    )
-    assert out.decode().split() == ["app", "0077"]
+    out = docker_run.output(docker.from_env(), built["image_id"], ["sh", "-lc", "id -un; umask"])
+    assert out.split() == ["app", "0077"]
