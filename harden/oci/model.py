@@ -166,6 +166,7 @@ def add_to_referrers_index(
     referrers: Sequence[Descriptor],
     *,
     attempts: int = TAG_INDEX_ATTEMPTS,
+    written: Callable[[], None] | None = None,
 ) -> None:
     """Merge ``referrers`` into the ``sha256-<hex>`` index without losing concurrent entries.
 
@@ -173,6 +174,9 @@ def add_to_referrers_index(
     jittered pause and repeat until every entry of ours is present (bounded). distribution 2.8
     ignores If-Match, so the re-read is what catches a lost update there; a writer that reads
     and writes within our pause can still be overwritten, the re-read of *its* write repairs it.
+    ``written`` is called once, as soon as the index holds every entry of ours (after the first
+    write that was not refused, or at once when they were all there), before the re-check: the
+    caller may tag meanwhile (what the re-check repairs is a racing writer's doing, not ours).
     """
     from harden.oci.client import PreconditionFailed
 
@@ -182,6 +186,8 @@ def add_to_referrers_index(
         present = {entry.get("digest") for entry in existing}
         missing = [r for r in referrers if r.digest not in present]
         if not missing:
+            if written is not None:
+                written()
             return
         if attempt == attempts:
             break
@@ -195,6 +201,9 @@ def add_to_referrers_index(
         except PreconditionFailed:
             client.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
             continue
+        if written is not None:
+            written()
+            written = None
         client.sleep(random.uniform(0.005, 0.03))  # let a racing writer land, then re-read
     raise RegistryError(
         f"could not record referrers of {subject_digest} in {repository}:{tag} after "
@@ -399,8 +408,10 @@ def copy_image(
     together with its referrers' manifests (a referrer may name a subject not yet there: the
     OCI distribution spec asks registries to accept it); the referrers tag-schema index after
     them, the tag last: an interrupted copy never leaves the tag pointing at something
-    incomplete, and running the copy again completes it. ``prepared`` (from
-    :func:`prepare_copy`) saves the reads and mounts done already.
+    incomplete, and running the copy again completes it. (The tag is written while the index's
+    lost-update re-check runs, once our write of it has landed: the re-check guards against
+    another writer, and returns only after it.) ``prepared`` (from :func:`prepare_copy`) saves
+    the reads and mounts done already.
     """
     if tag is not None and not _TAG_RE.match(tag):
         raise InputError(f"not a valid tag: {tag!r}")
@@ -433,15 +444,28 @@ def copy_image(
     copier.ask_first = present
     if listing is not None:
         found = listing.result()
-    if with_referrers and found:
-        copier.referrers(
-            manifest.digest, depth=1, found=found, subject=None if present else manifest
-        )
-    elif not present:
-        copier.put(manifest)
-    if tag is not None:
+    tagging: list[concurrent.futures.Future[None]] = []
+
+    def put_tag() -> None:
+        assert tag is not None
         dst.put_manifest(dst_repo, tag, manifest.data, manifest.media_type)
         copier.note(f"tagged {dst_repo}:{tag} -> {manifest.digest}")
+
+    if tag is not None:
+        copier.indexed = lambda: tagging.append(dst.submit(lambda _: put_tag(), None))
+    try:
+        if with_referrers and found:
+            copier.referrers(
+                manifest.digest, depth=1, found=found, subject=None if present else manifest
+            )
+        elif not present:
+            copier.put(manifest)
+    finally:
+        concurrent.futures.wait(tagging)
+    if tagging:
+        tagging[0].result()
+    elif tag is not None:
+        put_tag()
     return manifest.descriptor()
 
 
@@ -479,6 +503,9 @@ class _Copier:
         self._blobs_done: set[str] = set()  # attestations share blobs (the empty config)
         self._nested: dict[str, list[Descriptor]] = {}  # listed already (prepared)
         self._lock = threading.Lock()
+        # called once the subject's own referrers index is written, when nothing deeper is
+        # left to copy (copy_image tags then, while the index is re-checked)
+        self.indexed: Callable[[], None] | None = None
 
     def prepared(self, plan: PreparedCopy) -> None:
         self._blobs_done |= plan.blobs
@@ -560,8 +587,12 @@ class _Copier:
         else:
             nested = list_referrers_of_each(self.src, self.src_repo, found)
         self._copy_all(manifests, subject)
+        last = depth == 1 and not any(nested)
+        indexed, self.indexed = (self.indexed, None) if last else (None, self.indexed)
         if not self.dst_has_referrers_api(subject_digest):
-            add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found)
+            add_to_referrers_index(self.dst, self.dst_repo, subject_digest, found, written=indexed)
+        elif indexed is not None:
+            indexed()
         self.note(f"{len(found)} referrer(s) of {subject_digest[:19]} copied")
         for r, more in zip(found, nested, strict=True):
             if more:

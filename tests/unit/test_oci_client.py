@@ -576,6 +576,43 @@ def test_tag_index_gives_up_after_bounded_attempts() -> None:
     assert sum(e == f"PUT /v2/a/manifests/{tag}" for e in fake.log) == 3
 
 
+def test_tag_index_says_when_our_entries_are_in_before_the_recheck() -> None:
+    fake = FakeRegistry()
+    digest, _ = seed_image(fake, "a")
+    client, sleeps = client_for(fake)
+    tag = referrers_tag(digest)
+    referrer = Descriptor(OCI_MANIFEST, compute_digest(b"r"), 1)
+    seen: list[tuple[int, int]] = []  # (index writes, pauses) when told
+
+    def written() -> None:
+        puts = sum(e == f"PUT /v2/a/manifests/{tag}" for e in fake.log)
+        seen.append((puts, len(sleeps)))
+
+    add_to_referrers_index(client, "a", digest, [referrer], written=written)
+    assert seen == [(1, 0)]  # once, right after the write, before the pause and the re-read
+    assert len(sleeps) == 1 and fake.log[-1] == f"HEAD /v2/a/manifests/{tag}"  # the re-read
+    # every entry there already: told at once, nothing written
+    seen.clear()
+    add_to_referrers_index(client, "a", digest, [referrer], written=written)
+    assert seen == [(1, 1)]
+
+
+def test_copy_never_tags_when_the_referrers_index_cannot_be_written() -> None:
+    fake = FakeRegistry()
+    digest, data = seed_image(fake, "staging/img")
+    client, _ = client_for(fake)
+    _push_attestation(client, "staging/img", digest, len(data))
+
+    def fail_on_index(repo: str, ref: str) -> None:
+        if repo == "prod/img" and ref == referrers_tag(digest):
+            raise requests.ConnectionError("interrupted")
+
+    fake.before_put = fail_on_index
+    with pytest.raises(RegistryError):
+        copy_image(client, "staging/img", digest, client, "prod/img", tag="1.0")
+    assert "1.0" not in fake.tags.get("prod/img", {})
+
+
 # ---- copy --------------------------------------------------------------------------------------
 def _push_attestation(client: RegistryClient, repo: str, digest: str, size: int) -> Descriptor:
     return push_referrer(
