@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -174,6 +175,10 @@ def add_to_referrers_index(
     jittered pause and repeat until every entry of ours is present (bounded). distribution 2.8
     ignores If-Match, so the re-read is what catches a lost update there; a writer that reads
     and writes within our pause can still be overwritten, the re-read of *its* write repairs it.
+    The pause is one to two times what our own read and write took (at least 2 ms, at most
+    2 s): a writer whose read came before our write lands its own write within about that long,
+    on a registry next door as on one across an ocean (a fixed pause is too long for the first
+    and too short for the second).
     ``written`` is called once, as soon as the index holds every entry of ours (after the first
     write that was not refused, or at once when they were all there), before the re-check: the
     caller may tag meanwhile (what the re-check repairs is a racing writer's doing, not ours).
@@ -182,6 +187,7 @@ def add_to_referrers_index(
 
     tag = referrers_tag(subject_digest)
     for attempt in range(attempts + 1):
+        began = time.monotonic()
         existing, etag = _read_referrers_index(client, repository, tag)
         present = {entry.get("digest") for entry in existing}
         missing = [r for r in referrers if r.digest not in present]
@@ -204,7 +210,9 @@ def add_to_referrers_index(
         if written is not None:
             written()
             written = None
-        client.sleep(random.uniform(0.005, 0.03))  # let a racing writer land, then re-read
+        # let a racing writer land, then re-read
+        round_trip = time.monotonic() - began
+        client.sleep(min(max(random.uniform(1.0, 2.0) * round_trip, 0.002), 2.0))
     raise RegistryError(
         f"could not record referrers of {subject_digest} in {repository}:{tag} after "
         f"{attempts} attempts",
