@@ -18,7 +18,7 @@ rc=$?
 set -e
 if [ "$rc" -ne 1 ]; then echo "demo-vm: expected the base template to be non-compliant, got $rc" >&2; exit 1; fi
 
-say "build the hardened template (boot, remediate over SSH, reboot, verify, seal, verify a clone),"
+say "build the hardened template (boot, remediate over SSH, seal, verify a booted clone),"
 say "sign it and push it as an OCI artifact to 127.0.0.1:5000/staging/debian12-vm"
 if [ ! -f "$KEY.key" ]; then harden keygen --out "$KEY"; rm -f "$HARDEN_HOME/revocations-ref"; fi
 # the signed revocation list the gate requires (harden revocations): one per demo key
