@@ -5,6 +5,7 @@ side on the same VM and the same SSH connection (targets: >= 10x faster and < 5 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import testinfra
@@ -64,19 +65,34 @@ def bench_verify() -> Result:
 def bench_build() -> list[Result]:
     defn = load_definition(ROOT / "images" / "debian12-vm.yaml")
     with tempfile.TemporaryDirectory(prefix="harden-bench-vm-out-") as out:
+        began = time.monotonic()
         result = build_vm(
             defn, Catalogue.from_search_path(), SystemClock(), out_dir=Path(out), force=True
         )
+        took = time.monotonic() - began
     return [
         Result(
-            name=f"vm template build: {phase}",
-            harden_s=seconds,
+            name="vm template build, end to end (TCG)",
+            harden_s=took,
             baseline_name="",
             baseline_s=0.0,
-            target="(split of the build)",
-            met=True,
-        )
-        for phase, seconds in result.timings.items()
+            target="< 240 s, compliant",
+            met=took < 240.0 and result.report.compliant,
+            note="{passed} passed, {failed} failed of {total} rules".format(
+                **result.report.summary()
+            ),
+        ),
+        *(
+            Result(
+                name=f"vm template build: {phase}",
+                harden_s=seconds,
+                baseline_name="",
+                baseline_s=0.0,
+                target="(split of the build)",
+                met=True,
+            )
+            for phase, seconds in result.timings.items()
+        ),
     ]
 
 
