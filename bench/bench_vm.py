@@ -4,6 +4,7 @@ side on the same VM and the same SSH connection (targets: >= 10x faster and < 5 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -34,10 +35,13 @@ def bench_verify() -> Result:
         tempfile.TemporaryDirectory(prefix="harden-bench-vm-") as work,
         Vm(image, Path(work)) as vm,
     ):
-        target = vm.connect("root", key)
+        # the base's build account (root cannot log in over SSH); commands go through sudo
+        user = json.loads(MANIFEST.read_text()).get("ssh_user") or "root"
+        target = vm.connect(user, key)
         target.run("true")
-        # plain testinfra on the very same (pinned, TCP_NODELAY) paramiko connection
-        host = testinfra.get_host(f"paramiko://root@127.0.0.1:{vm.ssh_port}")
+        # plain testinfra on the very same (pinned, TCP_NODELAY) paramiko connection, through
+        # sudo as harden's own commands are
+        host = testinfra.get_host(f"paramiko://{user}@127.0.0.1:{vm.ssh_port}", sudo=user != "root")
         host.backend.__dict__["client"] = target._client
         clock = SystemClock()
 
