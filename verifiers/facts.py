@@ -201,11 +201,17 @@ class FactPlan:
                 'sec "sysctlfile:$f"; cat_file "$f"; end; done'
             )
             if self.target is TargetKind.VM:
-                for key in sorted(self.sysctl_keys):
-                    proc = "/proc/sys/" + key.replace(".", "/")
-                    # cat, not the read builtin: /proc/sys answers a read at an offset > 0
-                    # with end-of-file, so byte-wise reads saw "65536" as "6"
-                    out.append(f"sec {q('sysctl-live:' + key)}; cat {q(proc)} 2>/dev/null; end")
+                # one grep for every key ("PATH:VALUE" lines, split by parse()), not the read
+                # builtin: /proc/sys answers a read at an offset > 0 with end-of-file, so
+                # byte-wise reads saw "65536" as "6"; and not a cat per key: a fork costs
+                # 40 ms under TCG, 2.5 s for debian-vm's 62 keys
+                procs = " ".join(q(_proc_sys(key)) for key in sorted(self.sysctl_keys))
+                out.append(
+                    f"sec {SYSCTL_LIVE}; if command -v grep >/dev/null 2>&1; then "
+                    f"grep -H '' {procs} 2>/dev/null; else for f in {procs}; do "
+                    '[ -f "$f" ] && printf \'%s:%s\\n\' "$f" "$(cat "$f" 2>/dev/null)"; '
+                    "done; fi; end"
+                )
         for unit in sorted(self.units):
             lines = [f"sec {q('unit:' + unit)}"]
             for d in UNIT_DIRS:
@@ -392,6 +398,14 @@ class Facts:
         return (self.sections.get("systemd") or "").strip() == "running"
 
 
+SYSCTL_LIVE = "sysctl-live"  # facts "sysctl-live:KEY": the running kernel's values (VM)
+_PROC_SYS = "/proc/sys/"
+
+
+def _proc_sys(key: str) -> str:
+    return _PROC_SYS + key.replace(".", "/")
+
+
 def new_nonce() -> str:
     return secrets.token_hex(8)
 
@@ -428,6 +442,13 @@ def parse(output: bytes | str, nonce: str) -> Facts:
             name = None
         elif name is not None:
             buf.append(line)
+    live = sections.pop(SYSCTL_LIVE, None)
+    if live is not None:
+        for line in live.split("\n"):
+            path, colon, value = line.partition(":")
+            if colon and path.startswith(_PROC_SYS):
+                name = SYSCTL_LIVE + ":" + path[len(_PROC_SYS) :].replace("/", ".")
+                sections[name] = sections[name] + "\n" + value if name in sections else value
     walk = sections.get("walk")
     if walk is not None:
         # NUL-separated (find -printf %p\0): a newline in a name stays in the name, escaped
