@@ -464,7 +464,7 @@ class _Deferred:
     """Where a rule's ``after`` action goes in its script (see :func:`render_script`)."""
 
     number: int  # the rule's place in the script: its flag file is "$harden_tmp/r<number>"
-    action: int | None  # the action's number (flag "a<action>"); None: a reboot follows instead
+    action: int  # the action's number (flag "a<action>")
 
 
 def _after_of(rule: Rule) -> str | None:
@@ -505,15 +505,12 @@ def render_script(
     family: str,
     target: TargetKind,
     phase: Phase,
-    *,
-    reboot_follows: bool = False,
 ) -> str:
     """One POSIX sh script with every rule of ``phase``, in :data:`KIND_ORDER`.
 
     A ``command`` rule's ``after`` action (a reload such as ``augenrules --load``) runs once,
     after all rules, on a live system, when a rule that names it was remediated; then those
-    rules' checks run. With ``reboot_follows`` (a VM build reboots after the script, and its
-    verification runs the same checks) the actions are left out, and so are those checks.
+    rules' checks run.
     """
     env = template_environment()
     _family_template(env, family, "helpers.sh.j2")  # fails early for an unknown family
@@ -524,11 +521,8 @@ def render_script(
         after = _after_of(r)
         deferred = None
         if after is not None:
-            action = None
-            if not reboot_follows:
-                actions.setdefault(after, []).append((number, r))
-                action = list(actions).index(after) + 1
-            deferred = _Deferred(number=number, action=action)
+            actions.setdefault(after, []).append((number, r))
+            deferred = _Deferred(number=number, action=list(actions).index(after) + 1)
         blocks.append(_render_rule(env, r, family, target, deferred).rstrip("\n"))
     after_blocks = [
         {
@@ -549,7 +543,6 @@ def render_script(
         phase=phase.value,
         blocks=blocks,
         after_blocks=after_blocks,
-        reboot_follows=reboot_follows,
     )
 
 

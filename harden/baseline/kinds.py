@@ -217,7 +217,7 @@ class Command(Spec):
     remediation: str = Field(min_length=1, max_length=8192)
     # a reload the remediation needs before the check can pass on a running system (e.g.
     # ``augenrules --load``): run once after all rules of the script, on a live system only,
-    # then the check; not run at all when a reboot follows the script (a VM build)
+    # then the check
     after: str | None = Field(default=None, min_length=1, max_length=1024)
 
     @field_validator("check", "remediation", "after")

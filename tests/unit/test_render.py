@@ -618,20 +618,6 @@ def test_failing_after_action_names_the_rule_that_needs_it(tmp_path: Path, root:
     assert failure == RemediationFailure(rule_id="after:t.x", exit_status=3, output="broken")
 
 
-def test_reboot_follows_leaves_the_after_action_and_its_check_to_the_boot(
-    tmp_path: Path, root: Path
-) -> None:
-    rules = reload_rules(tmp_path)
-    script = render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE, reboot_follows=True)
-    assert RELOAD not in script.splitlines()
-    res = run(live(script), root)
-    assert res.returncode == 0, res.stderr
-    assert DONE_MARKER in res.stdout
-    assert (root / "etc/staged/a").exists() and (root / "etc/staged/b").exists()
-    assert not (root / "etc/reloads").exists()
-    assert res.stdout.count("check deferred: it needs") == 2
-
-
 def test_when_condition_skips_the_rule(tmp_path: Path, root: Path) -> None:
     rules = rules_from(
         tmp_path,
