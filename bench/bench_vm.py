@@ -4,7 +4,6 @@ side on the same VM and the same SSH connection (targets: >= 10x faster and < 5 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from harden.verifiers.runner import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path("/var/cache/harden/vm/current/manifest.json")
+DEFINITION = ROOT / "images" / "debian12-vm.yaml"
 
 
 def bench_verify() -> Result:
@@ -30,13 +30,14 @@ def bench_verify() -> Result:
     bl = resolve(catalogue, "debian-vm")
     rules = [r for r in bl.rules if TargetKind.VM.value in {t.value for t in r.targets}]
     image = VmImage.from_manifest(MANIFEST)
-    key = MANIFEST.parent / "id_ed25519"
+    # the account and key a build of the demo definition logs in with (root has no SSH access)
+    src = load_definition(DEFINITION).doc.vm
+    assert src is not None and src.ssh_key is not None
+    user, key = src.ssh_user, Path(src.ssh_key)
     with (
         tempfile.TemporaryDirectory(prefix="harden-bench-vm-") as work,
         Vm(image, Path(work)) as vm,
     ):
-        # the base's build account (root cannot log in over SSH); commands go through sudo
-        user = json.loads(MANIFEST.read_text()).get("ssh_user") or "root"
         target = vm.connect(user, key)
         target.run("true")
         # plain testinfra on the very same (pinned, TCP_NODELAY) paramiko connection, through
@@ -67,7 +68,7 @@ def bench_verify() -> Result:
 
 
 def bench_build() -> list[Result]:
-    defn = load_definition(ROOT / "images" / "debian12-vm.yaml")
+    defn = load_definition(DEFINITION)
     with tempfile.TemporaryDirectory(prefix="harden-bench-vm-out-") as out:
         began = time.monotonic()
         result = build_vm(
