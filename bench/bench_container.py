@@ -18,7 +18,7 @@ from harden.baseline import kinds as k
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, Rule, resolve
 from harden.builder.container_build import build_container
 from harden.builder.docker_engine import Engine, RunningContainerTarget
-from harden.builder.render import Phase, remediation_rules, render_script
+from harden.builder.render import Phase, audit_check_script, remediation_rules, render_script
 from harden.clock import SystemClock
 from harden.imagedef import load_definition
 from harden.target import TargetKind
@@ -67,6 +67,8 @@ def plain_testinfra_check(host: Any, rule: Rule, image_config: dict[str, Any]) -
         return host.file("/etc/passwd").exists and host.file("/etc/shadow").exists
     if isinstance(spec, k.Command):
         return host.run(spec.check).rc == 0
+    if isinstance(spec, k.AuditRules):
+        return host.run(audit_check_script(spec)).rc == 0
     if isinstance(spec, k.ImageConfig):
         return bool(image_config.get("User"))
     return host.run("true").rc == 0  # kernel modules / mounts: not applicable in a container

@@ -27,8 +27,11 @@ from typing import Any
 import jinja2
 
 from harden.baseline.kinds import (
+    AUDIT_RELOAD,
+    AUDIT_RULES_DIR,
     Accounts,
     Apt,
+    AuditRules,
     Command,
     Compare,
     ConfigLine,
@@ -50,7 +53,7 @@ from harden.baseline.pam import PAM_EFFECT
 from harden.baseline.resolve import ResolvedBaseline, Rule
 from harden.errors import BaselineError, RemediationError
 from harden.paths import templates_dir
-from harden.target import CommandResult, TargetKind
+from harden.target import CommandResult, TargetKind, walk_prune
 
 RULE_MARKER = "@@harden-rule"
 FAILED_MARKER = "@@harden-failed"
@@ -107,6 +110,8 @@ KIND_ORDER: tuple[RuleKind, ...] = (
     RuleKind.COMMAND,
     RuleKind.FILE_PERMISSIONS,
     RuleKind.SUID_SGID_ALLOWLIST,
+    # after the setuid bits that stay are known: one audit rule per privileged program
+    RuleKind.AUDIT_RULES,
     RuleKind.WORLD_WRITABLE,
     RuleKind.IMAGE_CONFIG,
 )
@@ -174,6 +179,7 @@ def template_environment() -> jinja2.Environment:
     env.filters["rooted"] = rooted
     env.filters["rooted_glob"] = rooted_glob
     env.filters["glob_pattern"] = glob_pattern
+    env.globals["walk_prune"] = walk_prune
     return env
 
 
@@ -391,6 +397,40 @@ def _ctx_apt(spec: Spec, _target: TargetKind) -> dict[str, Any]:
     return {"check": spec.check.value}
 
 
+def audit_check_script(spec: AuditRules) -> str:
+    """The shell form of an ``audit_rules`` check, for a build's "already compliant?" test and
+    its re-check after the reload (the verifier judges the same facts in Python)."""
+    out = [
+        "if [ -d /run/systemd/system ]; then r=$(auditctl -l 2>&1) || "
+        '{ echo "auditctl -l: $r"; exit 1; }; s="auditctl -l"; '
+        f"else r=$(cat {AUDIT_RULES_DIR}/*.rules 2>/dev/null); s={AUDIT_RULES_DIR}; fi"
+    ]
+    if spec.expect:
+        out.append(
+            f"for p in {' '.join(quote(p) for p in spec.expect)}; do "
+            'printf \'%s\\n\' "$r" | grep -Eq -- "$p" || { echo "not in $s: $p"; exit 1; }; '
+            'done; echo "all in $s"'
+        )
+    if spec.privileged_programs:
+        out.append(
+            f"n=0; for f in $(find / {walk_prune()} -type f -perm /6000 -print 2>/dev/null); do "
+            'n=$((n + 1)); printf \'%s\\n\' "$r" | grep -Fq -- "-F path=$f -F perm=x" || '
+            '{ echo "not in $s: $f"; exit 1; }; done; echo "$n setuid/setgid programs, each in $s"'
+        )
+    return "\n".join(out)
+
+
+def _ctx_audit_rules(spec: Spec, _target: TargetKind) -> dict[str, Any]:
+    assert isinstance(spec, AuditRules)
+    return {
+        "path": f"{AUDIT_RULES_DIR}/{spec.file}",
+        "rules": list(spec.rules),
+        "privileged_programs": spec.privileged_programs,
+        "check": audit_check_script(spec),
+        "after": AUDIT_RELOAD,
+    }
+
+
 def _ctx_command(spec: Spec, _target: TargetKind) -> dict[str, Any]:
     assert isinstance(spec, Command)
     return {
@@ -415,6 +455,7 @@ _CONTEXT: Mapping[RuleKind, Callable[[Spec, TargetKind], dict[str, Any]]] = {
     RuleKind.ACCOUNTS: _ctx_accounts,
     RuleKind.IMAGE_CONFIG: _ctx_image_config,
     RuleKind.APT: _ctx_apt,
+    RuleKind.AUDIT_RULES: _ctx_audit_rules,
     RuleKind.COMMAND: _ctx_command,
 }
 
@@ -470,7 +511,17 @@ class _Deferred:
 def _after_of(rule: Rule) -> str | None:
     if isinstance(rule.spec, Command) and rule.spec.after is not None:
         return rule.spec.after.rstrip("\n")
+    if isinstance(rule.spec, AuditRules):
+        return AUDIT_RELOAD
     return None
+
+
+def _check_of(rule: Rule) -> str:
+    """The shell check of a rule with an ``after`` action, run again after it."""
+    if isinstance(rule.spec, AuditRules):
+        return audit_check_script(rule.spec)
+    assert isinstance(rule.spec, Command)
+    return rule.spec.check.rstrip("\n")
 
 
 def _render_rule(
@@ -482,7 +533,7 @@ def _render_rule(
 ) -> str:
     template = _family_template(env, family, rule.kind.value + ".sh.j2")
     ctx = _CONTEXT[rule.kind](rule.spec, target)
-    if rule.kind is RuleKind.COMMAND:
+    if rule.kind in (RuleKind.COMMAND, RuleKind.AUDIT_RULES):
         ctx["deferred"] = deferred or _Deferred(number=1, action=1)
     body = template.render(rule=rule, target=target.value, **ctx)
     if rule.kind is RuleKind.IMAGE_CONFIG:
@@ -508,7 +559,7 @@ def render_script(
 ) -> str:
     """One POSIX sh script with every rule of ``phase``, in :data:`KIND_ORDER`.
 
-    A ``command`` rule's ``after`` action (a reload such as ``augenrules --load``) runs once,
+    A ``command`` rule's ``after`` action (and an ``audit_rules`` rule's reload) (a reload such as ``augenrules --load``) runs once,
     after all rules, on a live system, when a rule that names it was remediated; then those
     rules' checks run.
     """
@@ -529,11 +580,7 @@ def render_script(
             "number": i,
             "text": text,
             "id": "after:" + users[0][1].id,
-            "rules": [
-                {"number": n, "id": r.id, "check": r.spec.check.rstrip("\n")}
-                for n, r in users
-                if isinstance(r.spec, Command)
-            ],
+            "rules": [{"number": n, "id": r.id, "check": _check_of(r)} for n, r in users],
         }
         for i, (text, users) in enumerate(actions.items(), start=1)
     ]

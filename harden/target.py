@@ -9,6 +9,26 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+# A walk of a target's file system (the fact walk, the suid and world-writable remediations)
+# enters every local file system, not only the one "/" is on: a partitioned VM keeps /var,
+# /home, ... on file systems of their own. It skips the kernel's own trees and file systems,
+# and network or FUSE mounts, whose files are another machine's (or a user's) and which a walk
+# could hang on.
+WALK_SKIP_PATHS = ("/proc", "/sys", "/dev", "/run")
+WALK_SKIP_FSTYPES = (
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
+    "tracefs", "bpf", "pstore", "configfs", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc",
+    "autofs", "nfs", "nfs4", "cifs", "smb3", "9p", "fuse", "fuse.sshfs", "ceph", "glusterfs",
+)  # fmt: skip
+
+
+def walk_prune(root: str = "") -> str:
+    """``find`` words that prune what a walk skips, ending in ``-o``; ``root`` is a shell word
+    prefixed to the paths (``"$R"`` for a remediation against a root folder)."""
+    tests = [f"-path {root}{p}" for p in WALK_SKIP_PATHS]
+    tests += [f"-fstype {t}" for t in WALK_SKIP_FSTYPES]
+    return "\\( " + " -o ".join(tests) + " \\) -prune -o"
+
 
 class TargetKind(StrEnum):
     CONTAINER = "container"

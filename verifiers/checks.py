@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.baseline.kinds import (
+    AUDIT_RULES_DIR,
     AccountCheck,
     Accounts,
     Apt,
     AptCheck,
+    AuditRules,
     Command,
     Compare,
     ConfigLine,
@@ -39,7 +41,7 @@ from harden.baseline.kinds import (
 from harden.baseline.resolve import Rule
 from harden.target import TargetKind
 from harden.verifiers import aptconf
-from harden.verifiers.facts import SYSCTL_DIRS, SYSCTL_FILES, Facts
+from harden.verifiers.facts import AUDIT_LOADED, SYSCTL_DIRS, SYSCTL_FILES, Facts
 from harden.verifiers.pam import effect as pam_effect
 
 MAX_EVIDENCE = 20  # lines per rule; the rest is summarised
@@ -473,6 +475,52 @@ def _world_writable(spec: WorldWritable, ctx: CheckContext) -> Outcome:
     return Outcome.ok("no world-writable files; world-writable directories are sticky")
 
 
+# ---------------------------------------------------------------- audit rules
+
+
+def audit_rules_in_force(facts: Facts) -> tuple[list[str], str] | Outcome:
+    """The audit rules in force and where they were read: the kernel's list on a running
+    system (``auditctl -l``), else the rules files augenrules loads at boot (``*.rules`` of
+    /etc/audit/rules.d, in name order). A failing ``auditctl`` is a failed rule, never an
+    empty list."""
+    if facts.systemd_running:
+        if AUDIT_LOADED not in facts.status:
+            return Outcome.fail("the loaded audit rules were not read")
+        text = facts.get(AUDIT_LOADED) or ""
+        rc = facts.status[AUDIT_LOADED]
+        if rc != 0:
+            first = next((ln for ln in text.splitlines() if ln.strip()), "")
+            return Outcome.fail(f"auditctl -l exited {rc}: {first}".rstrip(": "))
+        lines = [ln for ln in text.splitlines() if ln.strip() and ln.strip() != "No rules"]
+        return lines, "auditctl -l"
+    files = sorted(f for f in facts.lines("dir:" + AUDIT_RULES_DIR) if f.endswith(".rules"))
+    lines = [ln for f in files for ln in (facts.file(f) or "").splitlines() if ln.strip()]
+    return lines, AUDIT_RULES_DIR
+
+
+def _audit_rules(spec: AuditRules, ctx: CheckContext) -> Outcome:
+    found = audit_rules_in_force(ctx.facts)
+    if isinstance(found, Outcome):
+        return found
+    lines, source = found
+    missing = [
+        f"not in {source}: {p}"
+        for p in spec.expect
+        if not any(re.search(p, line) for line in lines)
+    ]
+    programs = ctx.facts.lines("suid") if spec.privileged_programs else []
+    missing += [
+        f"no rule in {source} for privileged program {f}"
+        for f in programs
+        if not any(f"-F path={f} -F perm=x" in line for line in lines)
+    ]
+    if missing:
+        return Outcome.fail(*missing)
+    if spec.privileged_programs:
+        return Outcome.ok(f"{len(programs)} setuid/setgid program(s), each with a rule in {source}")
+    return Outcome.ok(f"all {len(spec.expect)} expected rule(s) in {source} ({len(lines)} rules)")
+
+
 # ---------------------------------------------------------------- accounts
 
 
@@ -657,6 +705,7 @@ CHECKERS: dict[RuleKind, Checker] = {
     RuleKind.ACCOUNTS: _accounts,
     RuleKind.IMAGE_CONFIG: _image_config,
     RuleKind.APT: _apt,
+    RuleKind.AUDIT_RULES: _audit_rules,
 }
 
 

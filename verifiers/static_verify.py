@@ -78,9 +78,15 @@ def verify_image(
 
 
 # what a running system has and a file system at rest does not: a `command` check's execution,
-# live kernel parameters, loaded modules, mounts
+# live kernel parameters, loaded modules and audit rules, mounts
 RUNNING_KINDS = frozenset(
-    {RuleKind.COMMAND, RuleKind.SYSCTL, RuleKind.KERNEL_MODULE_DISABLED, RuleKind.MOUNT_OPTION}
+    {
+        RuleKind.COMMAND,
+        RuleKind.SYSCTL,
+        RuleKind.KERNEL_MODULE_DISABLED,
+        RuleKind.MOUNT_OPTION,
+        RuleKind.AUDIT_RULES,
+    }
 )
 NEEDS_RUNNING = "needs a running system: {why} (this verify read the file system without booting)"
 _WHY = {
@@ -88,6 +94,7 @@ _WHY = {
     RuleKind.SYSCTL: "the kernel's live value is checked as well",
     RuleKind.KERNEL_MODULE_DISABLED: "whether the module is loaded is checked as well",
     RuleKind.MOUNT_OPTION: "the mounted options are checked",
+    RuleKind.AUDIT_RULES: "the kernel's loaded audit rules are checked",
 }
 
 

@@ -7,10 +7,18 @@ quote every value as well, so a baseline cannot smuggle shell into a build.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 PARAM_REF = r"^\$\{[a-z_][a-z0-9_]*\}$"
 ParamRef = Annotated[str, StringConstraints(pattern=PARAM_REF)]
@@ -50,6 +58,7 @@ class RuleKind(StrEnum):
     ACCOUNTS = "accounts"
     IMAGE_CONFIG = "image_config"
     APT = "apt"
+    AUDIT_RULES = "audit_rules"
     COMMAND = "command"
 
 
@@ -208,6 +217,56 @@ class Apt(Spec):
     check: AptCheck
 
 
+# one audit rule as augenrules reads it: a single line starting with an option, no quote
+AuditRuleLine = Annotated[str, StringConstraints(pattern=r"^-[^\x00-\x1f\x7f']*$", max_length=1024)]
+# a pattern over loaded audit rules (``auditctl -l``) or rules files, one line at a time: the
+# extended regular expressions grep -E and Python's re read alike (no backslash, no POSIX class,
+# no interval)
+AuditPattern = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_ ,.=/^$()|*+?!<>:\[\]-]+$", max_length=256)
+]
+AuditRulesFile = Annotated[str, StringConstraints(pattern=r"^[0-9]{2}-[a-z0-9][a-z0-9-]*\.rules$")]
+AUDIT_RULES_DIR = "/etc/audit/rules.d"
+# what loads a rules file into the kernel on a running system; a build's rules need it once,
+# after all rules (auditd runs it at every boot)
+AUDIT_RELOAD = "augenrules --load >/dev/null"
+
+
+class AuditRules(Spec):
+    """Audit rules the kernel enforces (VM only). ``expect`` patterns each match a loaded rule
+    (``auditctl -l`` on a running system, the files of /etc/audit/rules.d at rest); with
+    ``privileged_programs`` every setuid/setgid program on the system has its own
+    ``-F path=P -F perm=x`` rule. Remediation writes ``rules`` (or one rule per privileged
+    program) to ``/etc/audit/rules.d/<file>`` and loads them once after all rules."""
+
+    file: AuditRulesFile
+    rules: list[AuditRuleLine] = Field(default_factory=list, max_length=256)
+    expect: list[AuditPattern] = Field(default_factory=list, max_length=256)
+    privileged_programs: bool = False
+
+    @field_validator("expect")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if "[:" in pattern or "{" in pattern:
+                raise ValueError(
+                    f"pattern {pattern!r}: POSIX classes and intervals are not read alike"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"pattern {pattern!r} is not a regular expression: {e}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> AuditRules:
+        if self.privileged_programs == bool(self.rules):
+            raise ValueError("give either rules (with expect) or privileged_programs: true")
+        if self.rules and not self.expect:
+            raise ValueError("rules need expect: the patterns the loaded rules must match")
+        return self
+
+
 class Command(Spec):
     """Escape hatch for what genuinely needs execution: ``check`` exits 0 when compliant,
     ``remediation`` makes it so. For a container image the check runs in a contained container
@@ -243,11 +302,14 @@ KIND_MODELS: dict[RuleKind, type[Spec]] = {
     RuleKind.ACCOUNTS: Accounts,
     RuleKind.IMAGE_CONFIG: ImageConfig,
     RuleKind.APT: Apt,
+    RuleKind.AUDIT_RULES: AuditRules,
     RuleKind.COMMAND: Command,
 }
 
 # kinds that only make sense on a VM (a container shares the host kernel and has no mounts/boot)
-VM_ONLY_KINDS = frozenset({RuleKind.KERNEL_MODULE_DISABLED, RuleKind.MOUNT_OPTION})
+VM_ONLY_KINDS = frozenset(
+    {RuleKind.KERNEL_MODULE_DISABLED, RuleKind.MOUNT_OPTION, RuleKind.AUDIT_RULES}
+)
 CONTAINER_ONLY_KINDS = frozenset({RuleKind.IMAGE_CONFIG})
 
 
@@ -263,6 +325,7 @@ HOST_ENFORCED_WHY: dict[RuleKind, str] = {
     "kernel decides which modules exist",
     RuleKind.MOUNT_OPTION: "the container runtime sets a container's mounts, not the image",
     RuleKind.SERVICE_DISABLED: "no init system runs in a container: services are the host's",
+    RuleKind.AUDIT_RULES: "a container shares the host's kernel: the host's audit rules apply",
 }
 HOST_ENFORCED_DEFAULT = (
     "enforced by the host: a container image has no boot, no logins and no services of its own"

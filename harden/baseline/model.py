@@ -29,6 +29,7 @@ from harden.baseline.frameworks import (
 from harden.baseline.kinds import (
     Accounts,
     Apt,
+    AuditRules,
     Command,
     ConfigLine,
     FileAbsent,
@@ -285,6 +286,7 @@ class RuleDoc(Strict):
     accounts: Accounts | None = None
     image_config: ImageConfig | None = None
     apt: Apt | None = None
+    audit_rules: AuditRules | None = None
     command: Command | None = None
 
     @model_validator(mode="before")

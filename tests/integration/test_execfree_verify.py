@@ -282,6 +282,36 @@ def test_setuid_files_with_a_newline_in_the_name_are_reported_exactly(
     ]
 
 
+def test_a_setuid_file_on_another_file_system_of_a_running_target_is_seen(
+    base_tar: Path, tmp_path: Path, images: list[str], home: dict[str, str], client: Any
+) -> None:
+    """A partitioned VM keeps /var, /home, ... on file systems of their own: the walk of a
+    running target must enter every local file system, not stop at the one "/" is on."""
+    ref = build(base_tar, tmp_path, "other-fs", images, push=False)
+    box = client.containers.run(
+        ref,
+        ["sleep", "300"],
+        network_mode="none",
+        detach=True,
+        name=f"harden-test-{RUN}-otherfs",
+        tmpfs={"/srv/data": "rw,exec,suid,mode=0755"},
+    )
+    try:
+        planted = box.exec_run(
+            ["sh", "-c", "cp /usr/bin/dash /srv/data/rootsh && chmod 4755 /srv/data/rootsh"]
+        )
+        assert planted.exit_code == 0, planted.output
+        mounts = box.exec_run(["cat", "/proc/self/mounts"]).output.decode()
+        assert any(line.split()[1] == "/srv/data" for line in mounts.splitlines()), mounts
+        rc, live, err = verify(f"docker://{box.name}", env=home)
+    finally:
+        box.remove(force=True)
+    assert rc == 1, err
+    rule = by_id(live)["fs.suid-sgid-allowlist"]
+    assert rule["status"] == "failed"
+    assert "setuid/setgid not on the allow-list: /srv/data/rootsh" in rule["evidence"]
+
+
 def test_offending_accounts_after_ten_thousand_entries_are_seen(
     base_tar: Path,
     tmp_path: Path,

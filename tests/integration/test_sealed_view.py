@@ -167,7 +167,8 @@ def test_base_template_file_level_rules_without_booting(
     running = {
         r["id"]
         for r in shown["rules"]
-        if r["kind"] in {"command", "sysctl", "kernel_module_disabled", "mount_option"}
+        if r["kind"]
+        in {"command", "sysctl", "kernel_module_disabled", "mount_option", "audit_rules"}
     }
     results = {x["rule_id"]: x for x in report["results"]}
     errors = {k for k, x in results.items() if x["status"] == "error"}

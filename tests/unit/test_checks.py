@@ -11,6 +11,7 @@ import pytest
 
 from harden.baseline.resolve import Catalogue, ResolvedBaseline, resolve
 from harden.clock import FixedClock
+from harden.errors import BaselineError
 from harden.results import RuleResult, Status
 from harden.target import CommandResult, TargetKind
 from harden.verifiers.facts import FactPlan, Facts, parse
@@ -349,6 +350,28 @@ def test_parse_ignores_forged_markers_and_bad_bytes() -> None:
     f = parse(out, "abc")
     assert "passwd" not in f.sections
     assert "\ufffd" in f.sections["os-release"]
+
+
+def test_owners_are_judged_against_the_targets_own_account_files() -> None:
+    """The walk prints the numeric owner of what root does not own; parse() judges it against
+    the target's /etc/passwd and /etc/group, as the sealed view does (not NSS: find -nouser
+    asked it once per file)."""
+    walk = b"own 1000 1000 /home/a\0own 4242 0 /srv/orphan\nfile\0own 0 4343 /srv/g\0suid /usr/bin/su\0"
+    out = (
+        b"\n@@F-n passwd\nroot:x:0:0::/root:/bin/sh\na:x:1000:1000::/home/a:/bin/sh\n@@E-n 0\n"
+        b"\n@@F-n group\nroot:x:0:\na:x:1000:\n@@E-n 0\n"
+        b"\n@@F-n walk\n" + walk + b"\n@@E-n 0\n"
+    )
+    f = parse(out, "n")
+    assert f.lines("unowned") == ["/srv/orphan\\nfile"]
+    assert f.lines("ungrouped") == ["/srv/g"]
+    assert f.lines("suid") == ["/usr/bin/su"]
+    # without root in the account files, what root owns is unowned too (the walk skips it)
+    f = parse(out.replace(b"root:x:0:0::/root:/bin/sh\n", b""), "n")
+    assert f.lines("unowned") == ["the entries owned by uid 0", "/srv/orphan\\nfile", "/srv/g"]
+    # a passwd cut short cannot say which uids exist: the owner rules are errors, not passes
+    f = parse(out.replace(b"/bin/sh\n@@E-n 0", b"/bin/sh\n@@E-n 0 truncated", 1), "n")
+    assert "unowned" in f.limits and "ungrouped" not in f.limits
 
 
 class ScriptTarget:
@@ -739,3 +762,141 @@ def test_live_sysctl_values_are_read_by_one_process_and_split_per_key() -> None:
     )
     assert many.get("sysctl-live:a.b") == "1\n2"
     assert [k for k in many.sections if k.startswith("sysctl-live")] == ["sysctl-live:a.b"]
+
+
+AUDIT_RULES = """\
+- id: audit.identity
+  title: identity files audited
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  audit_rules:
+    file: 50-harden-identity.rules
+    rules: ["-w /etc/passwd -p wa -k identity", "-a always,exit -F arch=b64 -S chmod,fchmod -k perm"]
+    expect: ["^-w /etc/passwd -p wa", "arch=b64 -S ([a-z0-9_]+,)*fchmod(,| |$)"]
+- id: audit.privileged
+  title: privileged programs audited
+  controls: {iso27017: [CLD.9.5.2]}
+  applies_to: {targets: [vm]}
+  audit_rules: {file: 50-harden-privileged.rules, privileged_programs: true}
+"""
+OS = {"os-release": "ID=debian\nVERSION_ID=12\n"}
+SUID = {"suid": "/usr/bin/su\n/usr/bin/sudo\n"}
+LOADED = (
+    "-w /etc/passwd -p wa -k identity\n"
+    "-a always,exit -F arch=b64 -S chmod,fchmod -F key=perm\n"
+    "-a always,exit -S all -F path=/usr/bin/su -F perm=x -F auid>=1000 -F auid!=-1 -F key=p\n"
+    "-a always,exit -S all -F path=/usr/bin/sudo -F perm=x -F auid>=1000 -F auid!=-1 -F key=p\n"
+)
+
+
+def live(loaded: str, rc: int = 0, more: dict[str, str] | None = None) -> Facts:
+    sections = {**OS, **SUID, "systemd": "running", "audit-loaded": loaded, **(more or {})}
+    return Facts(sections, {"audit-loaded": rc})
+
+
+def test_audit_rules_are_judged_on_the_kernels_loaded_list(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, AUDIT_RULES)
+    res = run(bl, live(LOADED), TargetKind.VM)
+    assert res["audit.identity"].status is Status.PASSED, res["audit.identity"]
+    assert res["audit.identity"].evidence == ("all 2 expected rule(s) in auditctl -l (4 rules)",)
+    assert res["audit.privileged"].status is Status.PASSED
+    # "su" is not satisfied by the rule for "sudo", nor a syscall by a longer name's rule
+    res = run(
+        bl,
+        live(
+            LOADED.replace("path=/usr/bin/su ", "path=/usr/bin/sux ").replace(
+                ",fchmod", ",fchmodat"
+            )
+        ),
+        TargetKind.VM,
+    )
+    assert res["audit.identity"].evidence == (
+        "not in auditctl -l: arch=b64 -S ([a-z0-9_]+,)*fchmod(,| |$)",
+    )
+    assert res["audit.privileged"].evidence == (
+        "no rule in auditctl -l for privileged program /usr/bin/su",
+    )
+
+
+def test_rules_files_without_the_rules_loaded_fail_on_a_running_system(tmp_path: Path) -> None:
+    """What harden wrote to /etc/audit/rules.d is not what the kernel enforces: a running
+    system is judged on auditctl -l only; its failure or an empty list is a failure."""
+    bl = baseline(tmp_path, AUDIT_RULES)
+    files = {
+        "dir:/etc/audit/rules.d": "/etc/audit/rules.d/50-harden-identity.rules",
+        "file:/etc/audit/rules.d/50-harden-identity.rules": LOADED,
+    }
+    res = run(bl, live("No rules\n", more=files), TargetKind.VM)
+    assert res["audit.identity"].status is Status.FAILED
+    assert res["audit.identity"].evidence[0] == "not in auditctl -l: ^-w /etc/passwd -p wa"
+    res = run(bl, live("You must be root to run this program.\n", rc=4, more=files), TargetKind.VM)
+    assert res["audit.identity"].evidence == (
+        "auditctl -l exited 4: You must be root to run this program.",
+    )
+    assert res["audit.privileged"].status is Status.FAILED
+    no_section = Facts({**OS, **SUID, "systemd": "running", **files}, {})
+    assert run(bl, no_section, TargetKind.VM)["audit.identity"].evidence == (
+        "the loaded audit rules were not read",
+    )
+
+
+def test_audit_rules_at_rest_are_the_rules_files_augenrules_loads(tmp_path: Path) -> None:
+    bl = baseline(tmp_path, AUDIT_RULES)
+    d = "/etc/audit/rules.d"
+    f = Facts(
+        {
+            **OS,
+            **SUID,
+            "systemd": "",
+            f"dir:{d}": f"{d}/10-base.rules\n{d}/50-harden-identity.rules.bak\n{d}/README",
+            f"file:{d}/10-base.rules": LOADED.replace("/etc/passwd", "/etc/shadow"),
+            f"file:{d}/50-harden-identity.rules.bak": LOADED,  # augenrules reads *.rules only
+            f"file:{d}/README": LOADED,
+        },
+        {},
+    )
+    res = run(bl, f, TargetKind.VM)
+    assert res["audit.identity"].evidence == ("not in /etc/audit/rules.d: ^-w /etc/passwd -p wa",)
+    assert res["audit.privileged"].status is Status.PASSED
+
+
+def test_the_plan_reads_auditctl_once_for_every_audit_rule() -> None:
+    from harden.baseline.resolve import Catalogue, resolve
+
+    bl = resolve(Catalogue.from_search_path(), "debian-vm")
+    audit = [r for r in bl.rules if r.kind.value == "audit_rules"]
+    assert len(audit) >= 13
+    script = FactPlan.for_rules(bl.rules, TargetKind.VM).script("N")
+    assert script.count("auditctl -l") == 1 and "sec audit-loaded" in script
+    assert "sec walk" in script  # privileged programs come from the one walk
+    # an audit_rules rule is a VM rule: a container's script does not read audit rules
+    assert all({t.value for t in r.targets} == {"vm"} for r in audit)
+    assert "audit-loaded" not in FactPlan.for_rules(audit, TargetKind.CONTAINER).script("N")
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ('{file: 50-x.rules, rules: ["-w /x -p wa"], expect: ["^-w /x\\\\s"]}', "expect.0"),
+        ('{file: 50-x.rules, rules: ["-w /x -p wa"], expect: ["[[:space:]]"]}', "POSIX classes"),
+        ('{file: 50-x.rules, rules: ["-w /x -p wa"], expect: ["(unclosed"]}', "not a regular"),
+        ('{file: 50-x.rules, rules: ["-w /x -p wa"]}', "rules need expect"),
+        ("{file: ../../cron.d/x.rules, privileged_programs: true}", "file"),
+        ('{file: 50-x.rules, rules: ["-w /x; rm -rf /"], expect: [x]}', None),
+        ('{file: 50-x.rules, rules: ["-w /x\' -p wa"], expect: [x]}', "rules.0"),
+    ],
+)
+def test_audit_rules_specs_that_would_not_mean_the_same_are_refused(
+    tmp_path: Path, spec: str, words: str | None
+) -> None:
+    rule = f"- id: a.b\n  title: t\n  controls: {{iso27017: [CLD.9.5.2]}}\n  audit_rules: {spec}\n"
+    if words is None:  # a shell metacharacter is harmless: every line is quoted when written
+        bl = baseline(tmp_path, rule)
+        from harden.builder.render import render_rule
+
+        text = render_rule(bl.rules[0], "debian", TargetKind.VM)
+        assert "'-w /x; rm -rf /'" in text
+        return
+    with pytest.raises(BaselineError) as e:
+        baseline(tmp_path, rule)
+    assert "t.yaml:" in str(e.value) and words in str(e.value), str(e.value)
