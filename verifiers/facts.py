@@ -168,6 +168,7 @@ class FactPlan:
             f'if [ "$n" -ge "$m" ] || [ "${{#l}}" -gt {MAX_LINE_CHARS} ]; then tr=1; break; fi; '
             'printf \'%s\\n\' "$l"; n=$((n + 1)); done < "$1"; }',
             "tr=",
+            *(self._commands_start() if self.commands else []),
             "set --",
             "sec os-release; if [ -f /etc/os-release ]; then cat_file /etc/os-release; "
             "else cat_file /usr/lib/os-release; fi; end",
@@ -284,47 +285,57 @@ class FactPlan:
                 "else echo 'auditctl: not found'; rc=127; fi; else rc=0; fi; end $rc"
             )
         if self.commands:
-            out.append(self._commands_script())
+            out.extend(self._commands_collect())
         out.append("exit 0")
         return "\n".join(out) + "\n"
 
     def commands_script(self, nonce: str) -> str:
         """Only the baseline authors' checks (``command`` rules), framed like :meth:`script`."""
-        head = self.script(nonce).split("\nset --\n", 1)[0]
-        return f"{head}\nset --\n{self._commands_script()}\nexit 0\n" if self.commands else ""
+        if not self.commands:
+            return ""
+        head = self.script(nonce).split("\ntr=\n", 1)[0]
+        return f"{head}\ntr=\nset --\n{self._commands_script()}\nexit 0\n"
 
     def _commands_script(self) -> str:
-        """The baseline authors' checks: exit status and a little output of each.
+        return "\n".join([*self._commands_start(), *self._commands_collect()])
 
-        They run concurrently when a private folder on /dev/shm (tmpfs: never part of an image
-        layer) can hold their results: on an emulated VM the two filesystem walks alone take
-        1.4 s one after the other. Otherwise, one after the other.
-        """
-        items = sorted(self.commands.items())
-        parallel = [
-            "if [ -d /dev/shm ] && T=$(mktemp -d /dev/shm/harden-facts.XXXXXX 2>/dev/null); then"
+    def _commands_start(self) -> list[str]:
+        """Start the baseline authors' checks concurrently, when a private folder on /dev/shm
+        (tmpfs: never part of an image layer) can hold their results. :meth:`script` starts them
+        before the other sections, which then run beside them: a section is one shell's work,
+        one CPU of an emulated VM, while the checks are many processes."""
+        out = [
+            "P=; if [ -d /dev/shm ] && T=$(mktemp -d /dev/shm/harden-facts.XXXXXX 2>/dev/null); then",
+            "P=1",
         ]
-        for i, (_rule_id, check) in enumerate(items):
+        for i, (_rule_id, check) in enumerate(sorted(self.commands.items())):
             # braces, not a subshell: $( ) forks once already; printf truncates (builtin)
-            parallel.append(
+            out.append(
                 f"( o=$( {{ {check}\n}} 2>&1 </dev/null ); rc=$?; "
                 f'printf \'%.2000s\\n\' "$o" > "$T/{i}.out"; echo "$rc" > "$T/{i}.rc" ) &'
             )
-        parallel.append("wait")
+        out.append("fi")
+        return out
+
+    def _commands_collect(self) -> list[str]:
+        """The checks' exit status and a little output each, as ``command:`` sections: those
+        started by :meth:`_commands_start`, or (no /dev/shm) one after the other here."""
+        items = sorted(self.commands.items())
+        out = ['if [ -n "$P" ]; then', "wait"]
         for i, (rule_id, _check) in enumerate(items):
-            parallel.append(
+            out.append(
                 f'rc=127; [ -f "$T/{i}.rc" ] && read -r rc < "$T/{i}.rc"; '
                 f'sec {q("command:" + rule_id)}; cat_file "$T/{i}.out"; end "$rc"'
             )
-        parallel.append('rm -rf "$T"')
-        parallel.append("else")
+        out.append('rm -rf "$T"')
+        out.append("else")
         for rule_id, check in items:
-            parallel.append(
+            out.append(
                 f"sec {q('command:' + rule_id)}; o=$( {{ {check}\n}} 2>&1 </dev/null ); rc=$?; "
                 "printf '%.2000s\\n' \"$o\"; end $rc"
             )
-        parallel.append("fi")
-        return "\n".join(parallel)
+        out.append("fi")
+        return out
 
 
 def _paths(value: object) -> list[str]:
