@@ -399,11 +399,12 @@ def _ctx_apt(spec: Spec, _target: TargetKind) -> dict[str, Any]:
 
 def audit_check_script(spec: AuditRules) -> str:
     """The shell form of an ``audit_rules`` check, for a build's "already compliant?" test and
-    its re-check after the reload (the verifier judges the same facts in Python)."""
+    its re-check after the reload (the verifier judges the same facts in Python): the loaded
+    rules on a running system, else the rules files under the script's root folder ``$R``."""
     out = [
-        "if [ -d /run/systemd/system ]; then r=$(auditctl -l 2>&1) || "
+        'if [ -z "${R:-}" ] && [ -d /run/systemd/system ]; then r=$(auditctl -l 2>&1) || '
         '{ echo "auditctl -l: $r"; exit 1; }; s="auditctl -l"; '
-        f"else r=$(cat {AUDIT_RULES_DIR}/*.rules 2>/dev/null); s={AUDIT_RULES_DIR}; fi"
+        f'else r=$(cat "${{R:-}}"{AUDIT_RULES_DIR}/*.rules 2>/dev/null); s={AUDIT_RULES_DIR}; fi'
     ]
     if spec.expect:
         out.append(
@@ -412,9 +413,11 @@ def audit_check_script(spec: AuditRules) -> str:
             'done; echo "all in $s"'
         )
     if spec.privileged_programs:
+        root = '"${R:-}"'
         out.append(
-            f"n=0; for f in $(find / {walk_prune()} -type f -perm /6000 -print 2>/dev/null); do "
-            'n=$((n + 1)); printf \'%s\\n\' "$r" | grep -Fq -- "-F path=$f -F perm=x" || '
+            f"n=0; for f in $(find {root}/ {walk_prune(root)} -type f -perm /6000 -print "
+            '2>/dev/null); do f=${f#"${R:-}"}; n=$((n + 1)); '
+            'printf \'%s\\n\' "$r" | grep -Fq -- "-F path=$f -F perm=x" || '
             '{ echo "not in $s: $f"; exit 1; }; done; echo "$n setuid/setgid programs, each in $s"'
         )
     return "\n".join(out)

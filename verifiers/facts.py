@@ -251,12 +251,12 @@ class FactPlan:
             out.append("sec mounts; cat /proc/self/mounts 2>/dev/null; end")
             out.append("sec fstab; cat_file /etc/fstab; end")
         if self.suid or self.world_writable or self.owners:
-            # one walk of the file systems for all (GNU find's "," evaluates every branch), every
-            # local one (walk_prune): a setuid file on a partitioned VM's /var is in force as
-            # much as one on "/", and the sealed view reads every partition too
-            # the numeric owner of what root does not own, judged against the target's own
-            # passwd and group by parse() as the sealed view judges: -nouser/-nogroup asked
-            # NSS once per file (1.4 s of 2.8 under TCG for 10,500 files)
+            # One walk for all (GNU find's "," evaluates every branch), of every local file
+            # system (walk_prune): a setuid file on a partitioned VM's /usr or /var is in force
+            # as much as one on "/", and the sealed view reads every partition too.
+            # Owners: the numeric ids of what root does not own, judged by parse() against the
+            # target's own passwd and group as the sealed view judges (-nouser/-nogroup asked
+            # NSS once per file: 1.4 s of 2.8 under TCG for 10,500 entries).
             owners = (
                 ", \\( \\( ! -uid 0 -o ! -gid 0 \\) -printf 'own %U %G %p\\0' \\) "
                 if self.owners

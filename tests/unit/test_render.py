@@ -833,3 +833,54 @@ def test_installed_package_list_is_read_once_and_again_after_a_change(root: Path
     assert lines[5] == "auditd-still 0"  # the list of this run, not a query per rule
     assert lines[6:11] == ["auditd 1", "nginx 1", "libc6 1", "libc6:amd64 1", "audit 1"]
     assert lines[11:] == ["after dpkg: 0"]
+
+
+def test_audit_rules_write_quoted_lines_and_a_rule_per_privileged_program(
+    tmp_path: Path, root: Path
+) -> None:
+    """Off a live system the check reads the rules files under the root folder: the first run
+    writes them (quoted, one per line; one rule per setuid program of the tree), the second
+    finds the tree compliant and changes nothing."""
+    rules = rules_from(
+        tmp_path,
+        rule(
+            "watch",
+            "audit_rules: {file: 50-harden-watch.rules, "
+            f"rules: ['-w /etc/passwd -p wa -k identity', '-w /etc/x$(touch {tmp_path}/pwned) -p wa'], "
+            "expect: ['^-w /etc/passwd -p wa', '^-w /etc/x']}",
+            "  applies_to: {targets: [vm]}\n",
+        )
+        + rule(
+            "privileged",
+            "audit_rules: {file: 50-harden-privileged.rules, privileged_programs: true}",
+            "  applies_to: {targets: [vm]}\n",
+        ),
+    )
+    (root / "etc/audit/rules.d").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/true", root / "usr/bin/rootsh")
+    (root / "usr/bin/rootsh").chmod(0o4755)
+    script = render_script(rules, "debian", TargetKind.VM, Phase.OFFLINE)
+    res = run(script, root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    watch = (root / "etc/audit/rules.d/50-harden-watch.rules").read_text()
+    assert watch == f"-w /etc/passwd -p wa -k identity\n-w /etc/x$(touch {tmp_path}/pwned) -p wa\n"
+    assert not (tmp_path / "pwned").exists()  # written as text, never run
+    privileged = (root / "etc/audit/rules.d/50-harden-privileged.rules").read_text()
+    assert (
+        "-a always,exit -F path=/usr/bin/rootsh -F perm=x -F auid>=1000 -F auid!=unset "
+        "-k privileged\n"
+    ) in privileged
+    assert mode(root / "etc/audit/rules.d/50-harden-watch.rules") == 0o640
+    before = {p: p.stat().st_mtime_ns for p in (root / "etc/audit/rules.d").iterdir()}
+    again = run(script, root)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (root / "etc/audit/rules.d").iterdir()} == before
+    # a new setuid program is a missing rule: the check fails, the remediation adds it
+    shutil.copy("/bin/true", root / "usr/bin/other")
+    (root / "usr/bin/other").chmod(0o2755)
+    assert run(script, root).returncode == 0
+    assert (
+        "-F path=/usr/bin/other -F perm=x"
+        in (root / "etc/audit/rules.d/50-harden-privileged.rules").read_text()
+    )
