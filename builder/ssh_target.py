@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import paramiko
 
 from harden.errors import TargetError, UsageError
-from harden.target import CommandResult, TargetKind
+from harden.target import MAX_TARGET_OUTPUT, CommandResult, TargetKind, output_refused
 
 _BUF = 65536
 # Preferred first: paramiko negotiates the type of the first pinned key.
@@ -128,6 +128,7 @@ class SshTarget:
     """
 
     kind = TargetKind.VM
+    max_output = MAX_TARGET_OUTPUT  # bytes one run() reads before it refuses
 
     def __init__(
         self,
@@ -206,17 +207,25 @@ class SshTarget:
         deadline = time.monotonic() + timeout
         out: list[bytes] = []
         err: list[bytes] = []
+        size = 0
         try:
             chan.exec_command("sudo -n sh -s" if self.sudo else "sh -s")
             chan.sendall(script.encode("utf-8"))
             chan.shutdown_write()
             fd = chan.fileno()
             while True:
+                if size > self.max_output:
+                    raise TargetError(
+                        output_refused(self.describe(), self.max_output),
+                        hint="is the target what you meant to verify?",
+                    )
                 if chan.recv_ready():
                     out.append(chan.recv(_BUF))
+                    size += len(out[-1])
                     continue
                 if chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(_BUF))
+                    size += len(err[-1])
                     continue
                 if chan.exit_status_ready() and (chan.eof_received or chan.closed):
                     break

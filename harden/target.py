@@ -30,6 +30,20 @@ def walk_prune(root: str = "") -> str:
     return "\\( " + " -o ".join(tests) + " \\) -prune -o"
 
 
+# What one command on a target may print (stdout and stderr together) before harden stops
+# reading and refuses: a fact script prints a few megabytes (the walk lists only setuid,
+# world-writable and foreign-owned entries); a hostile or broken target must not grow harden's
+# memory without bound.
+MAX_TARGET_OUTPUT = 64 << 20
+
+
+def output_refused(target: str, limit: int) -> str:
+    return (
+        f"{target}: the command printed more than {limit >> 20} MiB: refused "
+        "(harden reads at most that much from a target)"
+    )
+
+
 class TargetKind(StrEnum):
     CONTAINER = "container"
     VM = "vm"

@@ -405,6 +405,54 @@ def test_a_200_mb_line_is_an_error_and_memory_stays_bounded(
         assert "more than the limit" in rules[k]["evidence"][0]
 
 
+def test_a_running_container_that_prints_forever_is_refused_with_bounded_memory(
+    base_tar: Path, tmp_path: Path, images: list[str], home: dict[str, str], client: Any
+) -> None:
+    """A hostile container answers the fact script's dpkg-query with endless output: harden
+    stops reading at its output limit and exits 4 with one line, within bounded memory. (The
+    engine's exec API cannot kill the writer: it runs on inside that container, in its limits.)"""
+    endless = b"#!/bin/sh\nwhile :; do echo 'ii \tpackage-that-never-ends'; done\n"
+
+    def extra(t: tarfile.TarFile) -> None:
+        add(t, "usr/bin/dpkg-query", endless, mode=0o755)
+
+    ref = build(
+        base_tar,
+        tmp_path,
+        "endless",
+        images,
+        drop=("/usr/bin/dpkg-query",),
+        extra=extra,
+        push=False,
+    )
+    box = client.containers.run(
+        ref, ["sleep", "300"], network_mode="none", detach=True, name=f"harden-test-{RUN}-endless"
+    )
+    probe = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, timeout=300)\n"
+        "sys.stdout.write(r.stdout.decode())\n"
+        "sys.stderr.write(r.stderr.decode())\n"
+        "sys.stderr.write('MAXRSS_KB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(r.returncode)\n"
+    )
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", probe, *harden_cli.COMMAND, "verify", f"docker://{box.name}"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **home},
+            cwd=harden_cli.ROOT,
+            check=False,
+        )
+    finally:
+        box.remove(force=True)
+    assert r.returncode == 4, r.stderr[-3000:]
+    assert "printed more than 64 MiB: refused" in r.stderr and "Traceback" not in r.stderr
+    maxrss_kb = int(r.stderr.rsplit("MAXRSS_KB=", 1)[1].split()[0])
+    assert maxrss_kb < 300 * 1024, f"harden used {maxrss_kb} KB"  # 64 MiB read, then refused
+
+
 # ---------------------------------------------------------------- the caller's baseline
 
 

@@ -11,6 +11,7 @@ import pytest
 from vm_fixtures import SshdServer
 
 from harden.builder.ssh_target import known_hosts_name
+from harden.errors import TargetError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +54,20 @@ def test_verify_over_ssh_refuses_an_unknown_host_key(
     r = harden("verify", url, "--known-hosts", str(empty), "-i", str(sshd_server.key_path))
     assert r.returncode == 4, r.stderr
     assert "SHA256:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_host_that_prints_without_end_is_refused_at_the_output_limit(
+    sshd_server: SshdServer,
+) -> None:
+    """A hostile or broken host cannot grow harden's memory: one command's output is read up to
+    the target's limit, then refused (TargetError: exit 4 from the CLI); the connection stays
+    usable for the next command."""
+    target = sshd_server.target()
+    target.max_output = 1 << 20
+    with pytest.raises(TargetError, match=r"printed more than 1 MiB: refused"):
+        target.run("yes harden-output-without-end")
+    assert target.run("echo still-here").stdout == b"still-here\n"
+    # stderr counts as well
+    with pytest.raises(TargetError, match="refused"):
+        target.run("yes harden-output-without-end >&2")
+    assert target.run("head -c 900000 /dev/zero | wc -c").stdout.strip() == b"900000"
