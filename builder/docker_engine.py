@@ -543,7 +543,7 @@ class RunningContainerTarget:
                 for stream_id, data in frames_iter(sock, tty=False):
                     (err if stream_id == STDERR else out).append(data)
                     size += len(data)
-                    if size > self.max_output:  # the exec ends on a closed pipe
+                    if size > self.max_output:  # the API cannot kill the exec's process
                         raise TargetError(
                             output_refused(self.describe(), self.max_output),
                             hint="is the container what you meant to verify?",

@@ -161,6 +161,31 @@ def verify(*args: str, env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
     return r.returncode, report, r.stderr
 
 
+_MAXRSS_PROBE = (
+    "import resource, subprocess, sys\n"
+    "r = subprocess.run(sys.argv[1:], capture_output=True, timeout=600)\n"
+    "sys.stdout.write(r.stdout.decode())\n"
+    "sys.stderr.write(r.stderr.decode())\n"
+    "sys.stderr.write('MAXRSS_KB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(r.returncode)\n"
+)
+
+
+def verify_measured(
+    home: dict[str, str], *args: str
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``harden verify ARGS`` in a child process, and that process's peak RSS in KB."""
+    r = subprocess.run(
+        [sys.executable, "-c", _MAXRSS_PROBE, *harden_cli.COMMAND, "verify", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **home},
+        cwd=harden_cli.ROOT,
+        check=False,
+    )
+    return r, int(r.stderr.rsplit("MAXRSS_KB=", 1)[1].split()[0])
+
+
 def by_id(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {x["rule_id"]: x for x in report["results"]}
 
@@ -375,24 +400,8 @@ def test_a_200_mb_line_is_an_error_and_memory_stays_bounded(
         t.addfile(info, io.BufferedReader(Repeat()))
 
     ref = build(base_tar, tmp_path, "huge-line", images, drop=("/etc/login.defs",), extra=extra)
-    probe = (
-        "import resource, subprocess, sys\n"
-        "r = subprocess.run(sys.argv[1:], capture_output=True)\n"
-        "sys.stdout.write(r.stdout.decode())\n"
-        "sys.stderr.write(r.stderr.decode())\n"
-        "sys.stderr.write('MAXRSS_KB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-        "sys.exit(r.returncode)\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", probe, *harden_cli.COMMAND, "verify", ref, "--format", "json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **home},
-        cwd=harden_cli.ROOT,
-        check=False,
-    )
+    r, maxrss_kb = verify_measured(home, ref, "--format", "json")
     assert r.returncode == 1, r.stderr[-3000:]
-    maxrss_kb = int(r.stderr.rsplit("MAXRSS_KB=", 1)[1].split()[0])
     assert maxrss_kb < 150 * 1024, f"harden used {maxrss_kb} KB"
     rules = by_id(json.loads(r.stdout))
     from harden.baseline.resolve import Catalogue, resolve
@@ -428,28 +437,12 @@ def test_a_running_container_that_prints_forever_is_refused_with_bounded_memory(
     box = client.containers.run(
         ref, ["sleep", "300"], network_mode="none", detach=True, name=f"harden-test-{RUN}-endless"
     )
-    probe = (
-        "import resource, subprocess, sys\n"
-        "r = subprocess.run(sys.argv[1:], capture_output=True, timeout=300)\n"
-        "sys.stdout.write(r.stdout.decode())\n"
-        "sys.stderr.write(r.stderr.decode())\n"
-        "sys.stderr.write('MAXRSS_KB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-        "sys.exit(r.returncode)\n"
-    )
     try:
-        r = subprocess.run(
-            [sys.executable, "-c", probe, *harden_cli.COMMAND, "verify", f"docker://{box.name}"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **home},
-            cwd=harden_cli.ROOT,
-            check=False,
-        )
+        r, maxrss_kb = verify_measured(home, f"docker://{box.name}")
     finally:
         box.remove(force=True)
     assert r.returncode == 4, r.stderr[-3000:]
     assert "printed more than 64 MiB: refused" in r.stderr and "Traceback" not in r.stderr
-    maxrss_kb = int(r.stderr.rsplit("MAXRSS_KB=", 1)[1].split()[0])
     assert maxrss_kb < 300 * 1024, f"harden used {maxrss_kb} KB"  # 64 MiB read, then refused
 
 
