@@ -17,7 +17,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from harden.errors import ExitCode, RegistryError
+from harden.errors import ExitCode, HardenError, RegistryError
 from harden.oci import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -33,6 +33,8 @@ from harden.oci import (
     push_referrer,
     referrers_tag,
 )
+from harden.oci import client as client_module
+from harden.oci.client import _Session
 from harden.oci.model import (
     CREATED_ANNOTATION,
     EMPTY_DIGEST,
@@ -246,7 +248,7 @@ class FakeRegistry(BaseAdapter):
 
 
 def client_for(adapter: BaseAdapter, **kwargs: Any) -> tuple[RegistryClient, list[float]]:
-    session = requests.Session()
+    session = _Session()  # the client's own: its fast preparation is what runs in production
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     sleeps: list[float] = []
@@ -301,6 +303,82 @@ def test_basic_auth_is_sent_after_a_basic_challenge() -> None:
     assert "Authorization" not in adapter.requests[0].headers
     expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
     assert adapter.requests[1].headers["Authorization"] == expected
+
+
+def test_requests_are_prepared_as_requests_prepares_them() -> None:
+    # the client's session skips requests' general preparation for plain requests: what
+    # reaches the transport must be what the general path would have sent
+    adapter = ScriptedAdapter()
+    digest = compute_digest(b"{}")
+    adapter.add("PUT", "/v2/a/b/manifests/v1", (201, {"Docker-Content-Digest": digest}, b""))
+    adapter.add("POST", "/v2/a/b/blobs/uploads/", (202, {"Location": "/up/1?_state=a%2Fb"}, b""))
+    adapter.add("DELETE", "/up/1", (204, {}, b""))
+    client, _ = client_for(adapter)
+    client.put_manifest("a/b", "v1", b"{}", OCI_MANIFEST)
+    put = adapter.requests[0]
+    assert (put.method, put.body) == ("PUT", b"{}")
+    assert put.headers["Content-Length"] == "2"
+    assert put.headers["Content-Type"] == OCI_MANIFEST
+    assert "Transfer-Encoding" not in put.headers
+    general = requests.Request(
+        "PUT", str(put.url), headers={"Content-Type": OCI_MANIFEST}, data=b"{}"
+    )
+    expected = requests.Session().prepare_request(general)
+    assert put.url == expected.url
+    assert {k.lower(): v for k, v in put.headers.items()} == {
+        k.lower(): v for k, v in expected.headers.items()
+    }
+    session = client._session
+    response = session.request(
+        "POST",
+        client.base_url + "/v2/a/b/blobs/uploads/",
+        headers={},
+        data=None,
+        stream=False,
+        timeout=(1.0, 1.0),
+        verify=True,
+        allow_redirects=False,
+        auth=client_module._NO_NETRC,
+    )
+    assert response.status_code == 202
+    assert adapter.requests[-1].headers["Content-Length"] == "0"  # a POST without a body
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["T1\r\nX-Injected: 1", "T1\nHost: evil.test", " T1", "T1\x00"],
+)
+def test_a_token_with_control_characters_is_refused_not_sent(token: str) -> None:
+    # a hostile token service answers a token meant to smuggle a header into the next request
+    adapter = ScriptedAdapter()
+    challenge = 'Bearer realm="https://auth.test/token",service="reg.test"'
+    adapter.add("GET", "/v2/", (401, {"WWW-Authenticate": challenge}, b""))
+    adapter.add("GET", "/token", (200, {}, json.dumps({"token": token}).encode()))
+    client, _ = client_for(adapter)
+    with pytest.raises(RegistryError) as raised:
+        client.ping()
+    assert raised.value.exit_code == ExitCode.ENVIRONMENT
+    sent = [r for r in adapter.requests if _url(r).path == "/v2/"]
+    assert len(sent) == 1  # the token never went out
+    assert not any("X-Injected" in r.headers or "evil" in str(r.headers) for r in sent)
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["/up/1 with space", "/up/%zz", "/up/\u00e9t\u00e9", "/up/1#frag"],
+)
+def test_an_odd_upload_location_takes_the_general_path(location: str) -> None:
+    # what the fast preparation does not send as it is goes through requests' own checks
+    adapter = ScriptedAdapter()
+    adapter.add("POST", "/v2/a/b/blobs/uploads/", (202, {"Location": location}, b""))
+    client, _ = client_for(adapter)
+    try:
+        client.upload_blob("a/b", b"data", compute_digest(b"data"))
+    except HardenError as e:
+        assert e.exit_code in (ExitCode.ENVIRONMENT, ExitCode.INVALID_INPUT), e
+    puts = [r for r in adapter.requests if r.method == "PUT"]
+    for put in puts:  # what was sent is a valid request target, never the raw bytes
+        assert " " not in str(put.url) and "\u00e9" not in str(put.url)
 
 
 def test_bearer_token_is_fetched_per_scope_and_cached() -> None:
@@ -650,7 +728,7 @@ def test_copy_across_registries_streams_and_is_resumable() -> None:
     src_fake, dst_fake = FakeRegistry(), FakeRegistry(referrers_api=True)
     digest, data = seed_image(src_fake, "staging/img")
     src, _ = client_for(src_fake)
-    session = requests.Session()
+    session = _Session()
     session.mount("https://", dst_fake)
     dst = RegistryClient("other.test", session=session, sleep=lambda _s: None)
     referrer = _push_attestation(src, "staging/img", digest, len(data))
@@ -692,7 +770,7 @@ def test_copy_of_an_index_copies_its_children_first() -> None:
     )
     src_fake.manifests["s"][compute_digest(index)] = (index, OCI_INDEX)
     src, _ = client_for(src_fake)
-    session = requests.Session()
+    session = _Session()
     session.mount("https://", dst_fake)
     dst = RegistryClient("other.test", session=session, sleep=lambda _s: None)
     result = copy_image(src, "s", compute_digest(index), dst, "d", tag="multi")
