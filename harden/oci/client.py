@@ -68,7 +68,7 @@ _BACKOFF_CAP = 8.0
 _DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 # what _Session.request sends without requests' general preparation: an absolute http(s) URL of
 # RFC 3986 characters with well-formed escapes and no fragment, header values of visible ASCII
-# with inner spaces (a token with a line break takes the general path, which refuses it)
+# with inner spaces (a value with a line break takes the general path, which refuses it)
 _PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*)?\Z")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,65536}\Z")  # RFC 6750 b64token and JWTs are visible ASCII
